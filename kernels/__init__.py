@@ -1,0 +1,6 @@
+"""Compiled kernels of relprop, one subpackage per backend.
+
+``relprop.kernels.cpu`` holds the Numba kernels. A GPU backend (CuPy) will sit beside it in
+``relprop.kernels.gpu`` with the same function names and signatures. Only
+``relprop.backend`` imports a backend; the rest of relprop goes through it.
+"""

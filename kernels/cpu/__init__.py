@@ -1,0 +1,37 @@
+"""Numba CPU kernels. Plain functions over arrays, ``cache=True``, batched.
+
+Layout conventions shared by all kernels:
+
+* activations are NCHW (``(N, C, H, W)``) or ``(N, F)``; a dense layer is treated as a
+  1x1 "convolution" over ``P = 1`` positions;
+* a linear layer's contraction runs on BLAS as ``Z = B @ cols`` with ``cols`` of shape
+  ``(K, M)``, ``M = N * P`` (batch times output positions), so GEMM outputs are
+  ``(rows, M)`` and the epilogue kernels below move them back to NCHW.
+"""
+from .conv import im2col, col2im_gather, conv_out_shape
+from .elementwise import (
+    bias_act_from_gemm,
+    bias_act_rows,
+    act_backward,
+    act_rescale_backward,
+    lrp_ratio,
+    grad_to_rows,
+    stacked_mul_sum,
+    stack_input_mods,
+    all_nonnegative,
+)
+from .pool import (
+    maxpool_forward,
+    maxpool_backward,
+    maxpool_rescale_backward,
+    avgpool_forward,
+    avgpool_backward,
+)
+
+__all__ = [
+    "im2col", "col2im_gather", "conv_out_shape",
+    "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
+    "lrp_ratio", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
+    "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",
+    "avgpool_forward", "avgpool_backward",
+]

@@ -1,0 +1,101 @@
+"""im2col / col2im for 2-D convolutions (NCHW, zero padding).
+
+A convolution ``z[n, o, p] = sum_k W[o, k] x_col[k, n*P + p]`` runs as one BLAS GEMM
+``Z = Wmat @ cols`` with ``cols = im2col(x)`` of shape ``(C*kh*kw, N*P)``; its transpose
+(the backward pass of every method) is ``cols_grad = Wmat.T @ S`` followed by
+``col2im_gather``.
+"""
+import numba as nb
+
+
+
+def conv_out_shape(h, w, kh, kw, sh, sw, ph, pw):
+    """Output height and width of a convolution/pooling window sweep."""
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+@nb.njit(cache=True, parallel=True)
+def im2col(x, kh, kw, sh, sw, ph, pw, cols):
+    """Unfold ``x`` (N, C, H, W) into ``cols`` (C*kh*kw, N*Ho*Wo).
+
+    ``cols[(c*kh + i)*kw + j, n*P + ho*Wo + wo] = x[n, c, ho*sh - ph + i, wo*sw - pw + j]``
+    (zero outside the image). Parallel over the rows of ``cols``.
+    """
+    n_, c_, h_, w_ = x.shape
+    ho_ = (h_ + 2 * ph - kh) // sh + 1
+    wo_ = (w_ + 2 * pw - kw) // sw + 1
+    p_ = ho_ * wo_
+    rows = c_ * kh * kw
+    for r in nb.prange(rows):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        for n in range(n_):
+            base = n * p_
+            for ho in range(ho_):
+                h = ho * sh - ph + i
+                off = base + ho * wo_
+                if h < 0 or h >= h_:
+                    for wo in range(wo_):
+                        cols[r, off + wo] = 0.0
+                    continue
+                for wo in range(wo_):
+                    w = wo * sw - pw + j
+                    if w < 0 or w >= w_:
+                        cols[r, off + wo] = 0.0
+                    else:
+                        cols[r, off + wo] = x[n, c, h, w]
+
+
+@nb.njit(cache=True, parallel=True)
+def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods):
+    """Fold ``cols`` (Ct*kh*kw, N*Ho*Wo) back onto the input grid (the transpose of im2col).
+
+    Written as a gather (each input pixel sums the window positions that read it), so the
+    parallel loop over (n, channel) never writes the same element twice.
+
+    ``mods == 0``: ``out`` (N, Ct, H, W) receives the folded values.
+    ``mods  > 0``: the Ct = mods*C folded channels are combined with the stacked modified
+    inputs ``xs`` (N, Ct, H, W): ``out[n, c] = sum_m xs[n, m*C + c] * fold[n, m*C + c]``,
+    the ``a'_i * (W'^T s)_i`` product of an LRP rule, fused here.
+    """
+    n_ = out.shape[0]
+    h_ = out.shape[2]
+    w_ = out.shape[3]
+    ct = cols.shape[0] // (kh * kw)
+    ho_ = (h_ + 2 * ph - kh) // sh + 1
+    wo_ = (w_ + 2 * pw - kw) // sw + 1
+    p_ = ho_ * wo_
+    c_out = ct if mods == 0 else ct // mods
+    for t in nb.prange(n_ * c_out):
+        n = t // c_out
+        c = t % c_out
+        nm = 1 if mods == 0 else mods
+        for h in range(h_):
+            for w in range(w_):
+                acc = 0.0
+                for m in range(nm):
+                    cc = c + m * c_out
+                    v = 0.0
+                    for i in range(kh):
+                        hh = h + ph - i
+                        if hh < 0 or hh % sh != 0:
+                            continue
+                        ho = hh // sh
+                        if ho >= ho_:
+                            continue
+                        for j in range(kw):
+                            ww = w + pw - j
+                            if ww < 0 or ww % sw != 0:
+                                continue
+                            wo = ww // sw
+                            if wo >= wo_:
+                                continue
+                            v += cols[(cc * kh + i) * kw + j, n * p_ + ho * wo_ + wo]
+                    if mods == 0:
+                        acc = v
+                    else:
+                        acc += xs[n, cc, h, w] * v
+                out[n, c, h, w] = acc
+
+

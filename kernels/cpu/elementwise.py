@@ -1,0 +1,195 @@
+"""Fused elementwise kernels around the BLAS contractions.
+
+Activation codes (shared with ``relprop.graph``): 0 identity, 1 ReLU, 2 tanh, 3 sigmoid.
+Mask codes of an LRP rule group: 0 none, 1 keep where z > 0, 2 keep where z < 0.
+Input-modifier codes: 0 x, 1 x+ = max(x, 0), 2 x- = min(x, 0), 3 ones, 4 low, 5 high.
+"""
+import math
+
+import numba as nb
+
+
+@nb.njit(cache=True, inline="always")
+def _act(z, act):
+    if act == 1:
+        return z if z > 0 else 0.0 * z
+    if act == 2:
+        return math.tanh(z)
+    if act == 3:
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    return z
+
+
+@nb.njit(cache=True, inline="always")
+def _dact(z, a, act):
+    """f'(z) written with the stored input z (ReLU) or output a (tanh, sigmoid)."""
+    if act == 1:
+        return 1.0 if z > 0 else 0.0
+    if act == 2:
+        return 1.0 - a * a
+    if act == 3:
+        return a * (1.0 - a)
+    return 1.0
+
+
+@nb.njit(cache=True, parallel=True)
+def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z):
+    """Conv epilogue: ``z[n, o, p] = zg[o, n*P + p] + b[o]``, ``a = f(z)``.
+
+    ``zg`` (O, N*P) is the GEMM output, ``a_out``/``z_out`` (N, O, P); ``z_out`` is written
+    only when ``store_z`` (the method needs the pre-activation).
+    """
+    n_, o_, p_ = a_out.shape
+    for t in nb.prange(n_ * o_):
+        n = t // o_
+        o = t % o_
+        b = bias[o]
+        for p in range(p_):
+            z = zg[o, n * p_ + p] + b
+            if store_z:
+                z_out[n, o, p] = z
+            a_out[n, o, p] = _act(z, act)
+
+
+@nb.njit(cache=True, parallel=True)
+def bias_act_rows(z, bias, act, a_out, store_z):
+    """Dense epilogue, in place on ``z`` (N, O): ``z += b``; ``a_out = f(z)``.
+
+    With ``store_z`` false and an activation, ``a_out`` may be ``z`` itself.
+    """
+    n_, o_ = z.shape
+    for n in nb.prange(n_):
+        for o in range(o_):
+            v = z[n, o] + bias[o]
+            if store_z:
+                z[n, o] = v
+            a_out[n, o] = _act(v, act)
+
+
+@nb.njit(cache=True, parallel=True)
+def act_backward(g, z, a, act, out):
+    """Chain rule through an activation: ``out = g * f'(z)`` (flat arrays)."""
+    for i in nb.prange(g.size):
+        out[i] = g[i] * _dact(z[i], a[i], act)
+
+
+@nb.njit(cache=True, parallel=True)
+def act_rescale_backward(g, z, z0, a, a0, act, eps, out):
+    """DeepLIFT Rescale multiplier (seed 000 Eq. 9.45-9.47, seed 004 Prop. 2).
+
+    ``out = g * (f(z) - f(z0)) / (z - z0)``, and ``g * f'(z)`` where ``|z - z0| < eps``
+    (Captum's convention, eps = 1e-10).
+    """
+    for i in nb.prange(g.size):
+        dz = z[i] - z0[i]
+        if abs(dz) < eps:
+            out[i] = g[i] * _dact(z[i], a[i], act)
+        else:
+            out[i] = g[i] * ((a[i] - a0[i]) / dz)
+
+
+@nb.njit(cache=True, inline="always")
+def _stab_div(r, den, eps):
+    """``r / (den + eps * sign(den))`` with sign(0) = +1 (Zennit's convention).
+
+    eps == 0 is LRP-0: the ratio is taken as 0 where the denominator is exactly 0.
+    """
+    if eps == 0.0:
+        return 0.0 * r if den == 0.0 else r / den
+    return r / (den + eps if den >= 0 else den - eps)
+
+
+@nb.njit(cache=True, parallel=True)
+def lrp_ratio(zg, has_zg, bias_g, zorig, r, coefs, masks, eps, s):
+    """The ratio step of an LRP rule with G output groups (seed 003 rule table).
+
+    For group g and output unit (n, o, p), with ``m = n*P + p``::
+
+        den   = (zg[g*O + o, m] if has_zg else zorig[n, o, p]) + bias_g[g*O + o]
+        s[g*O + o, m] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
+
+    ``zg`` (G*O, M) is the rule's modified forward GEMM; rules whose denominator is the
+    layer's own pre-activation (epsilon, z) skip that GEMM and read the stored ``zorig``.
+    ``s`` is laid out (G*O, M) for the backward GEMM ``B.T @ s``.
+    """
+    n_, o_, p_ = r.shape
+    g_ = coefs.shape[0]
+    for t in nb.prange(n_ * o_):
+        n = t // o_
+        o = t % o_
+        for p in range(p_):
+            m = n * p_ + p
+            zo = zorig[n, o, p]
+            rv = r[n, o, p]
+            for g in range(g_):
+                k = g * o_ + o
+                mk = masks[g]
+                if (mk == 1 and not zo > 0) or (mk == 2 and not zo < 0):
+                    s[k, m] = 0.0
+                    continue
+                den = (zg[k, m] if has_zg else zo) + bias_g[k]
+                s[k, m] = coefs[g] * _stab_div(rv, den, eps)
+
+
+@nb.njit(cache=True, parallel=True)
+def grad_to_rows(g, z, a, act, s):
+    """Layout move for the backward GEMM of gradient-type methods, fused with the
+    derivative of the activation that follows the layer: ``s[o, n*P + p] = g[n, o, p] * f'(z)``.
+    ``act == 0`` is a plain transpose."""
+    n_, o_, p_ = g.shape
+    for t in nb.prange(n_ * o_):
+        n = t // o_
+        o = t % o_
+        for p in range(p_):
+            if act == 0:
+                s[o, n * p_ + p] = g[n, o, p]
+            else:
+                s[o, n * p_ + p] = g[n, o, p] * _dact(z[n, o, p], a[n, o, p], act)
+
+
+@nb.njit(cache=True, parallel=True)
+def stacked_mul_sum(xs, c, mods, out):
+    """``out[n, f] = sum_m xs[n, m*F + f] * c[n, m*F + f]`` for (N, mods*F) inputs."""
+    n_, f_ = out.shape
+    for n in nb.prange(n_):
+        for f in range(f_):
+            acc = 0.0
+            for m in range(mods):
+                acc += xs[n, m * f_ + f] * c[n, m * f_ + f]
+            out[n, f] = acc
+
+
+@nb.njit(cache=True, parallel=True)
+def stack_input_mods(x, modes, low, high, out):
+    """Stack the rule's modified inputs along the feature axis.
+
+    ``x`` (N, F); ``out`` (N, len(modes)*F); ``low``/``high`` (N, F) are read only for
+    modes 4 and 5 (the z^B rule's bounds).
+    """
+    n_, f_ = x.shape
+    for n in nb.prange(n_):
+        for mi in range(modes.shape[0]):
+            md = modes[mi]
+            base = mi * f_
+            for f in range(f_):
+                v = x[n, f]
+                if md == 1:
+                    v = v if v > 0 else 0.0 * v
+                elif md == 2:
+                    v = v if v < 0 else 0.0 * v
+                elif md == 3:
+                    v = 1.0
+                elif md == 4:
+                    v = low[n, f]
+                elif md == 5:
+                    v = high[n, f]
+                out[n, base + f] = v
+
+
+@nb.njit(cache=True)
+def all_nonnegative(x):
+    """True when no element of the flat array ``x`` is negative."""
+    for i in range(x.size):
+        if x[i] < 0:
+            return False
+    return True

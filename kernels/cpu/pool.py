@@ -1,0 +1,151 @@
+"""2-D max and average pooling, forward and backward (NCHW)."""
+import numba as nb
+
+
+@nb.njit(cache=True, parallel=True)
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx):
+    """``out[n, c, ho, wo] = max`` over the window (padding never wins), ``idx`` the flat
+    ``h*W + w`` position of the first maximum in row-major window order (torch's choice)."""
+    n_, c_, h_, w_ = x.shape
+    ho_, wo_ = out.shape[2], out.shape[3]
+    for t in nb.prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        for ho in range(ho_):
+            for wo in range(wo_):
+                best = -1
+                bv = x[n, c, 0, 0]
+                for i in range(kh):
+                    h = ho * sh - ph + i
+                    if h < 0 or h >= h_:
+                        continue
+                    for j in range(kw):
+                        w = wo * sw - pw + j
+                        if w < 0 or w >= w_:
+                            continue
+                        v = x[n, c, h, w]
+                        if best < 0 or v > bv or (v != v and bv == bv):
+                            bv = v
+                            best = h * w_ + w
+                out[n, c, ho, wo] = bv
+                idx[n, c, ho, wo] = best
+
+
+@nb.njit(cache=True, parallel=True)
+def maxpool_backward(g, idx, out):
+    """Route ``g`` (N, C, Ho, Wo) to the window winners: ``out`` (N, C, H, W) = sum of the
+    ``g`` of every window a pixel won (the gradient of max pooling)."""
+    n_, c_, h_, w_ = out.shape
+    ho_, wo_ = g.shape[2], g.shape[3]
+    for t in nb.prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        for h in range(h_):
+            for w in range(w_):
+                out[n, c, h, w] = 0.0
+        for ho in range(ho_):
+            for wo in range(wo_):
+                k = idx[n, c, ho, wo]
+                out[n, c, k // w_, k % w_] += g[n, c, ho, wo]
+
+
+@nb.njit(cache=True, parallel=True)
+def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out):
+    """DeepLIFT multiplier through max pooling, Captum's convention.
+
+    The change of each window's max, ``y - y0``, is split as ``(max(y, y0) - y0)`` routed to
+    the input's winner and ``(y - max(y, y0))`` routed to the baseline's winner, each times
+    the upstream multiplier ``g``; the pixel's multiplier is that sum divided by
+    ``x - x0``, or the plain max-pool gradient where ``|x - x0| < eps``.
+    """
+    n_, c_, h_, w_ = out.shape
+    ho_, wo_ = g.shape[2], g.shape[3]
+    for t in nb.prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        # out collects the routed deltas; a scratch plane would double memory, so the
+        # plain gradient for the |dx| < eps pixels is recomputed in a second sweep.
+        for h in range(h_):
+            for w in range(w_):
+                out[n, c, h, w] = 0.0
+        for ho in range(ho_):
+            for wo in range(wo_):
+                gv = g[n, c, ho, wo]
+                yv = y[n, c, ho, wo]
+                y0v = y0[n, c, ho, wo]
+                ym = yv if yv > y0v else y0v
+                k = idx[n, c, ho, wo]
+                out[n, c, k // w_, k % w_] += gv * (ym - y0v)
+                k0 = idx0[n, c, ho, wo]
+                out[n, c, k0 // w_, k0 % w_] += gv * (yv - ym)
+        for h in range(h_):
+            for w in range(w_):
+                dx = x[n, c, h, w] - x0[n, c, h, w]
+                if abs(dx) >= eps:
+                    out[n, c, h, w] = out[n, c, h, w] / dx
+                else:
+                    out[n, c, h, w] = 0.0
+        for ho in range(ho_):
+            for wo in range(wo_):
+                k = idx[n, c, ho, wo]
+                hh = k // w_
+                ww = k % w_
+                if abs(x[n, c, hh, ww] - x0[n, c, hh, ww]) < eps:
+                    out[n, c, hh, ww] += g[n, c, ho, wo]
+
+
+@nb.njit(cache=True, parallel=True)
+def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out):
+    """Window mean with zero padding counted (torch's ``count_include_pad=True``)."""
+    n_, c_, h_, w_ = x.shape
+    ho_, wo_ = out.shape[2], out.shape[3]
+    inv = 1.0 / (kh * kw)
+    for t in nb.prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        for ho in range(ho_):
+            for wo in range(wo_):
+                acc = 0.0
+                for i in range(kh):
+                    h = ho * sh - ph + i
+                    if h < 0 or h >= h_:
+                        continue
+                    for j in range(kw):
+                        w = wo * sw - pw + j
+                        if 0 <= w < w_:
+                            acc += x[n, c, h, w]
+                out[n, c, ho, wo] = acc * inv
+
+
+@nb.njit(cache=True, parallel=True)
+def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out):
+    """Transpose of average pooling: ``out[n, c, h, w] = sum_windows g / (kh*kw)``.
+
+    With ``mul_x`` the result is multiplied by ``x`` (N, C, H, W): the z-rule (Zennit's
+    ``Norm``) redistribution ``R_in = x * pool^T(R / stab(z))``, fused.
+    """
+    n_, c_, h_, w_ = out.shape
+    ho_, wo_ = g.shape[2], g.shape[3]
+    inv = 1.0 / (kh * kw)
+    for t in nb.prange(n_ * c_):
+        n = t // c_
+        c = t % c_
+        for h in range(h_):
+            for w in range(w_):
+                acc = 0.0
+                for i in range(kh):
+                    hh = h + ph - i
+                    if hh < 0 or hh % sh != 0:
+                        continue
+                    ho = hh // sh
+                    if ho >= ho_:
+                        continue
+                    for j in range(kw):
+                        ww = w + pw - j
+                        if ww < 0 or ww % sw != 0:
+                            continue
+                        wo = ww // sw
+                        if wo < wo_:
+                            acc += g[n, c, ho, wo]
+                v = acc * inv
+                out[n, c, h, w] = v * x[n, c, h, w] if mul_x else v

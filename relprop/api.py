@@ -1,0 +1,253 @@
+"""The public entry points: ``attribute`` and ``forward``, with all input validation.
+
+Everything a user passes is checked here, once, before any kernel runs; the message says
+what was received, where, and what was expected.
+"""
+from __future__ import annotations
+
+import difflib
+import numbers
+
+import numpy as np
+
+from . import backend, engine
+from . import composites as C
+from . import rules as R
+from .graph import Graph
+from .methods import IG_SCHEMES, METHODS, rules_for
+
+# bytes of stored activations one internal batch may hold; larger batches run in pieces
+BATCH_BUDGET = 768 * 2**20
+
+
+def _check_model(net):
+    if not isinstance(net, Graph):
+        raise TypeError(f"net must be a relprop model (rp.Sequential or rp.Graph), got {type(net).__name__}")
+
+
+def _check_x(net, x, name="x"):
+    """Validate the batch; returns (x as a contiguous float array, per-node shapes)."""
+    backend.kernels_for(x)
+    if not isinstance(x, np.ndarray):  # pragma: no cover - kernels_for raised already
+        raise TypeError(f"{name} must be a numpy array")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+    rank = net.input_rank()
+    if x.ndim < 2 or (rank is not None and x.ndim != rank + 1):
+        want = f"{rank + 1} dimensions (N, ...)" if rank is not None else "at least 2 dimensions (N, ...)"
+        raise ValueError(f"{name} must have {want} with the batch first, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {x.shape})")
+    shapes = net.infer_shapes(x.shape[1:])
+    if len(shapes[net.score_node]) != 1:
+        raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    x = np.ascontiguousarray(x)
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    return x, shapes
+
+
+def _check_target(target, n, classes):
+    if target is None:
+        return None
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError(f"target must be None, an int or an int array of shape ({n},), got {target!r}")
+    if isinstance(target, numbers.Integral):
+        t = int(target)
+        if not 0 <= t < classes:
+            raise ValueError(f"target {t} is out of range for a model with {classes} outputs (expected 0..{classes - 1})")
+        return np.full(n, t, dtype=np.int64)
+    t = np.asarray(target)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"target must be None, an int or an int array of shape ({n},), got dtype {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"target array must have shape ({n},) (one class per sample), got {t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= classes):
+        raise ValueError(f"target values must lie in 0..{classes - 1} for a model with {classes} outputs, "
+                         f"got min {t.min()}, max {t.max()}")
+    return t.astype(np.int64)
+
+
+def _check_params(method, params):
+    spec = METHODS[method]
+    unknown = [k for k in params if k not in spec.params]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(spec.params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(spec.params) or "none"
+        raise TypeError(f"method {method!r} got an unknown parameter {k!r}{hint} (its parameters: {known})")
+    return {**spec.params, **params}
+
+
+def _number(v, name, low=None, integer=False):
+    ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+    if integer:
+        ok = isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    if not ok or not np.isfinite(v):
+        raise TypeError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
+    if low is not None and v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v!r}")
+
+
+def _check_baseline(b, x, name="baseline"):
+    if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
+        if not np.isfinite(b):
+            raise ValueError(f"{name} must be finite, got {b!r}")
+        return
+    if not isinstance(b, np.ndarray):
+        raise TypeError(f"{name} must be a number or a numpy array broadcastable to x {x.shape}, got {type(b).__name__}")
+    try:
+        np.broadcast_shapes(b.shape, x.shape)
+        if np.broadcast_shapes(b.shape, x.shape) != x.shape:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name} of shape {b.shape} does not broadcast to x of shape {x.shape}") from None
+    if not np.all(np.isfinite(b)):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _check_bounds(low, high, x, where):
+    for nm, v in (("low", low), ("high", high)):
+        try:
+            if np.broadcast_shapes(np.shape(v), x.shape) != x.shape:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{where}: {nm} of shape {np.shape(v)} does not broadcast to x of shape {x.shape}") from None
+    lo, hi = np.broadcast_to(np.asarray(low, np.float64), x.shape), np.broadcast_to(np.asarray(high, np.float64), x.shape)
+    if np.any(x < lo) or np.any(x > hi):
+        raise ValueError(
+            f"{where}: x is not inside the bounds [low, high] (x range [{x.min():.4g}, {x.max():.4g}], "
+            f"low min {lo.min():.4g}, high max {hi.max():.4g}); the z^B rule needs low <= x <= high"
+        )
+
+
+def _check_method_params(net, method, p, x):
+    """Method-specific parameter checks; returns the parameters to pass on."""
+    if method == "integrated_gradients":
+        _check_baseline(p["baseline"], x)
+        _number(p["steps"], "steps", 1, integer=True)
+        if p["scheme"] not in IG_SCHEMES:
+            close = difflib.get_close_matches(str(p["scheme"]), IG_SCHEMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown integrated_gradients scheme {p['scheme']!r}{hint} (one of {', '.join(IG_SCHEMES)})")
+        if p["scheme"] in ("uniform", "riemann_trapezoid") and p["steps"] < 2:
+            raise ValueError(f"scheme {p['scheme']!r} needs steps >= 2, got {p['steps']}")
+    elif method == "deeplift.rescale":
+        _check_baseline(p["baseline"], x)
+    elif method == "lrp":
+        rules = p["rules"]
+        nlin = len(net.linear_nodes())
+        if rules is None:
+            raise TypeError("method 'lrp' needs rules=: a composite (rp.composites.*) or a list of rules, one per Dense/Conv2d layer")
+        if not isinstance(rules, C.Composite):
+            if not isinstance(rules, (list, tuple)):
+                raise TypeError(f"rules must be a composite or a list of rules, got {type(rules).__name__}")
+            if len(rules) != nlin:
+                raise ValueError(f"rules has {len(rules)} entries but the model has {nlin} Dense/Conv2d layers (one rule each)")
+            for i, r in enumerate(rules):
+                if not isinstance(r, R.Rule):
+                    raise TypeError(f"rules[{i}] must be a rule from rp.rules, got {type(r).__name__}")
+    elif method == "deep_taylor":
+        if (p["low"] is None) != (p["high"] is None):
+            raise ValueError("deep_taylor: give both low and high (z^B first layer) or neither (w^2 first layer)")
+    elif method.startswith("lrp."):
+        pass  # the rule constructors validate (epsilon, gamma, alpha - beta = 1, include_bias)
+    if method.startswith("lrp") or method == "deep_taylor":
+        try:
+            rules = rules_for(net, method, {k: v for k, v in p.items()})
+        except TypeError as e:
+            raise TypeError(f"method {method!r}: {e}") from None
+        lin = net.linear_nodes()
+        for node, rule in zip(lin, rules):
+            if isinstance(rule, R.ZBox) and node.inputs[0] == "input":
+                _check_bounds(rule.low, rule.high, x, f"ZBox rule on layer {node.name!r}")
+        return {"rules": rules} if method == "lrp" or method == "deep_taylor" else p
+    return p
+
+
+def attribute(net, x, method, target=None, **params):
+    """Attribute the target score of ``net`` at ``x`` to the input features.
+
+    Parameters
+    ----------
+    net : relprop model (``rp.Sequential``)
+    x : numpy array (N, ...), float32 or float64 (float64 runs in float64 end to end)
+    method : str
+        ``"gradient"``, ``"saliency"``, ``"gradient_x_input"``, ``"integrated_gradients"``,
+        ``"deeplift.rescale"``, ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
+        ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``) or ``"deep_taylor"``.
+    target : None (each sample's argmax), int, or int array (N,)
+    **params : the method's parameters (see ``relprop.METHODS[method].params``)
+
+    Returns
+    -------
+    numpy array, same shape and dtype as ``x``.
+
+    Examples
+    --------
+    >>> R = rp.attribute(net, x, "lrp.epsilon", epsilon=1e-3)            # doctest: +SKIP
+    >>> R = rp.attribute(net, x, "lrp", rules=rp.composites.EpsilonPlusFlat())  # doctest: +SKIP
+    """
+    _check_model(net)
+    if not isinstance(method, str) or method not in METHODS:
+        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown method {method!r}{hint} (available: {', '.join(METHODS)})")
+    p = _check_params(method, params)
+    x, shapes = _check_x(net, x)
+    classes = shapes[net.score_node][0]
+    t = _check_target(target, x.shape[0], classes)
+    p = _check_method_params(net, method, p, x)
+    if method == "lrp" or method == "deep_taylor":
+        run = _run_rules
+    else:
+        run = METHODS[method].run
+    step = _batch_step(shapes, x.itemsize, method, p)
+    with backend.LOCK:
+        if step >= x.shape[0]:
+            return run(net, x, t, shapes, **p)
+        out = np.empty_like(x)
+        for i in range(0, x.shape[0], step):
+            sl = slice(i, i + step)
+            pp = _slice_params(p, x, sl)
+            out[sl] = run(net, x[sl], None if t is None else t[sl], shapes, **pp)
+        return out
+
+
+def _run_rules(net, x, t, shapes, rules):
+    from .methods import lrp
+
+    return lrp(net, x, t, shapes, rules)
+
+
+def _slice_params(p, x, sl):
+    """Per-batch slices of array parameters that follow the batch axis (baselines)."""
+    out = dict(p)
+    b = p.get("baseline")
+    if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == x.shape[0] and x.shape[0] > 1:
+        out["baseline"] = b[sl]
+    return out
+
+
+def _batch_step(shapes, itemsize, method, p):
+    per = sum(int(np.prod(s)) for s in shapes.values()) * itemsize
+    if method == "deeplift.rescale":
+        per *= 2
+    return max(1, int(BATCH_BUDGET // max(per, 1)))
+
+
+def forward(net, x):
+    """The model's output for ``x`` (softmax applied when the last layer is Softmax)."""
+    _check_model(net)
+    x, shapes = _check_x(net, x)
+    with backend.LOCK:
+        step = _batch_step(shapes, x.itemsize, "forward", {})
+        outs = []
+        for i in range(0, x.shape[0], step):
+            _, out, _ = engine.forward(net, x[i:i + step], (), (), shapes)
+            outs.append(out)
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)

@@ -1,0 +1,330 @@
+"""The two passes: one forward that stores what the method needs, one backward traversal.
+
+The backward traversal is the same for every method (seed 004, Table 1); a ``mode`` picks
+what happens at each node:
+
+=============  ===========================  ============================  ======================
+node           GRAD (gradient, IG)          LRP (rules)                   DEEPLIFT (rescale)
+=============  ===========================  ============================  ======================
+Dense/Conv2d   ``W^T g``                    the layer's rule (RuleState)  ``W^T g`` (linear rule)
+activation     ``g * f'(z)``                pass ``R`` through            ``g * df/dz`` (rescale)
+MaxPool2d      route to the winner          route to the winner           Captum's max rule
+AvgPool2d      ``pool^T g``                 ``x * pool^T(R / stab(z))``   ``pool^T g``
+=============  ===========================  ============================  ======================
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from . import backend
+from .graph import ACT_CODES
+from .plan import DEEPLIFT, GRAD, LRP, rule_state
+from . import rules as R
+
+# bytes one im2col buffer may take; batches are cut into chunks below this
+COLS_BUDGET = 48 * 2**20
+DEEPLIFT_EPS = 1e-10
+POOL_STABILIZER = 1e-6
+
+
+class Tape:
+    """What the forward pass kept: node outputs, max-pool winners, and the batch size."""
+
+    def __init__(self, n):
+        self.n = n
+        self.out = {}
+        self.idx = {}
+
+
+def _chunks(n, per_sample_bytes):
+    step = max(1, int(COLS_BUDGET // max(per_sample_bytes, 1)))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _fusable_act(graph, node):
+    """The activation node that consumes ``node`` alone, if any (fused into its epilogue)."""
+    cons = graph.consumers.get(node.name, [])
+    if len(cons) == 1:
+        nxt = graph.by_name[cons[0]]
+        if nxt.layer.kind in ACT_CODES:
+            return nxt
+    return None
+
+
+def forward(graph, x, keep=(), idx_nodes=(), shapes=None):
+    """Run the graph on ``x``; return (score-node output, final output, Tape).
+
+    ``keep``: names whose outputs the tape stores; ``idx_nodes``: max-pool nodes whose
+    winner indices it stores; ``shapes``: per-sample shapes from ``graph.infer_shapes``.
+    """
+    k = backend.kernels_for(x)
+    dtype = x.dtype
+    tape = Tape(x.shape[0])
+    tape.shapes = shapes if shapes is not None else graph.infer_shapes(x.shape[1:])
+    score = graph.score_node
+    live = {"input": x}
+    remaining = {name: len(c) for name, c in graph.consumers.items()}
+    skip = set()
+    if "input" in keep:
+        tape.out["input"] = x
+    for node in graph.nodes:
+        if node.name in skip:
+            continue
+        layer = node.layer
+        xin = live[node.inputs[0]]
+        kind = layer.kind
+        fused = _fusable_act(graph, node) if layer.linear else None
+        act = ACT_CODES[fused.layer.kind] if fused is not None else 0
+        if layer.linear:
+            z, a = _linear_forward(k, graph, node, xin, act, fused is not None and node.name in keep, dtype)
+            outs = {node.name: z}
+            if fused is not None:
+                outs[fused.name] = a
+                skip.add(fused.name)
+        elif kind in ACT_CODES:
+            outs = {node.name: _act_numpy(kind, xin)}
+        elif kind == "MaxPool2d":
+            out, idx = _pool_forward(k, layer, xin, True)
+            outs = {node.name: out}
+            if node.name in idx_nodes:
+                tape.idx[node.name] = idx
+        elif kind == "AvgPool2d":
+            outs = {node.name: _pool_forward(k, layer, xin, False)[0]}
+        elif kind == "Flatten":
+            outs = {node.name: xin.reshape(xin.shape[0], -1)}
+        elif kind == "Softmax":
+            zc = xin - xin.max(axis=1, keepdims=True)
+            e = np.exp(zc)
+            outs = {node.name: e / e.sum(axis=1, keepdims=True)}
+        else:  # pragma: no cover - every IR layer is handled above
+            raise TypeError(f"no forward for layer kind {kind}")
+        for name, val in outs.items():
+            if val is not None:
+                live[name] = val
+                if name in keep:
+                    tape.out[name] = val
+        for src in node.inputs + ((node.name,) if fused is not None else ()):
+            remaining[src] -= 1
+            if remaining[src] == 0 and src != score:
+                live.pop(src, None)
+    return live[graph.score_node], live[graph.output], tape
+
+
+def _act_numpy(kind, x):
+    if kind == "ReLU":
+        return np.maximum(x, 0)
+    if kind == "Tanh":
+        return np.tanh(x)
+    if kind == "Sigmoid":
+        return expit(x)
+    return x
+
+
+def _linear_forward(k, graph, node, xin, act, store_z, dtype):
+    """Dense/Conv2d forward with bias and the following activation fused in the epilogue.
+    Returns (z or None, a) where z is kept only when ``store_z``."""
+    W, b = graph.params(node, dtype)
+    n = xin.shape[0]
+    if node.layer.kind == "Dense":
+        z = xin @ W.T
+        a = np.empty_like(z) if (store_z and act) else z
+        k.bias_act_rows(z, b, act, a, store_z)
+        return (z if (store_z or not act) else None), a
+    o, c, kh, kw = W.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    h, w = xin.shape[2:]
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    p = ho * wo
+    Wm = W.reshape(o, -1)
+    a = np.empty((n, o, ho, wo), dtype)
+    z = np.empty_like(a) if (store_z and act) else a
+    for i0, i1 in _chunks(n, c * kh * kw * p * a.itemsize):
+        cols = np.empty((c * kh * kw, (i1 - i0) * p), dtype)
+        k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+        zg = Wm @ cols
+        k.bias_act_from_gemm(zg, b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p), store_z and act != 0)
+    return (z if (store_z or not act) else None), a
+
+
+def _pool_forward(k, layer, xin, is_max):
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    n, c, h, w = xin.shape
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    out = np.empty((n, c, ho, wo), xin.dtype)
+    if is_max:
+        idx = np.empty((n, c, ho, wo), np.int64)
+        k.maxpool_forward(xin, kh, kw, sh, sw, ph, pw, out, idx)
+        return out, idx
+    k.avgpool_forward(xin, kh, kw, sh, sw, ph, pw, out)
+    return out, None
+
+
+# ---------------------------------------------------------------------------------------
+# backward
+
+
+def backward(graph, tape, start, mode, rules=None, dl_tape=None, bounds=None):
+    """Propagate ``start`` (signal at the score node) to the input.
+
+    ``mode``: GRAD, LRP or DEEPLIFT. ``rules``: node name -> Rule (LRP). For DEEPLIFT the
+    tape holds the forward of ``[x; baseline]`` (2N rows) and ``start`` has N rows.
+    ``bounds``: (low, high) arrays shaped like x for z^B rules on the first layer.
+    """
+    k = backend.kernels_for(start)
+    sig = {graph.score_node: start}
+    names = [n.name for n in graph.nodes]
+    stop = names.index(graph.score_node)
+    n = start.shape[0]
+    for node in reversed(graph.nodes[: stop + 1]):
+        g = sig.pop(node.name, None)
+        if g is None:
+            continue
+        layer = node.layer
+        kind = layer.kind
+        src = node.inputs[0]
+        if layer.linear:
+            if mode == LRP:
+                gin = _linear_lrp(k, graph, node, tape.out[src][:n] if src in tape.out else None,
+                                  tape.out.get(node.name), g, rules[node.name], bounds)
+            else:
+                gin = _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g))
+        elif kind in ("ReLU", "Tanh", "Sigmoid"):
+            if mode == LRP:
+                gin = g
+            else:
+                gin = np.empty_like(g)
+                code = ACT_CODES[kind]
+                if mode == GRAD:
+                    zz = tape.out[src] if kind == "ReLU" else g
+                    aa = tape.out[node.name] if kind != "ReLU" else g
+                    k.act_backward(g.ravel(), zz.ravel(), aa.ravel(), code, gin.ravel())
+                else:
+                    z2, a2 = tape.out[src], tape.out[node.name]
+                    k.act_rescale_backward(g.ravel(), z2[:n].ravel(), z2[n:].ravel(), a2[:n].ravel(),
+                                           a2[n:].ravel(), code, DEEPLIFT_EPS, gin.ravel())
+        elif kind == "Identity":
+            gin = g
+        elif kind == "Flatten":
+            gin = g.reshape(_in_shape(tape, graph, node, g))
+        elif kind == "MaxPool2d":
+            gin = _maxpool_backward(k, graph, node, tape, g, mode, n)
+        elif kind == "AvgPool2d":
+            (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+            shape = _in_shape(tape, graph, node, g)
+            gin = np.empty(shape, g.dtype)
+            if mode == LRP:
+                x_in, zo = tape.out[src], tape.out[node.name]
+                s = g / (zo + np.where(zo >= 0, POOL_STABILIZER, -POOL_STABILIZER).astype(g.dtype))
+                k.avgpool_backward(s, kh, kw, sh, sw, ph, pw, x_in, True, gin)
+            else:
+                k.avgpool_backward(g, kh, kw, sh, sw, ph, pw, gin, False, gin)
+        else:  # pragma: no cover
+            raise TypeError(f"no backward for layer kind {kind}")
+        if src in sig:
+            sig[src] = sig[src] + gin
+        else:
+            sig[src] = gin
+    return sig["input"]
+
+
+def _in_shape(tape, graph, node, g):
+    return (g.shape[0],) + tape.shapes[node.inputs[0]]
+
+
+def _maxpool_backward(k, graph, node, tape, g, mode, n):
+    shape = _in_shape(tape, graph, node, g)
+    gin = np.empty(shape, g.dtype)
+    idx = tape.idx[node.name]
+    if mode == DEEPLIFT:
+        xx, yy = tape.out[node.inputs[0]], tape.out[node.name]
+        k.maxpool_rescale_backward(g, xx[:n], xx[n:], yy[:n], yy[n:], idx[:n], idx[n:], DEEPLIFT_EPS, gin)
+    else:
+        k.maxpool_backward(g, idx[:n], gin)
+    return gin
+
+
+def _linear_grad(k, graph, node, g, in_shape):
+    """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
+    W, _ = graph.params(node, g.dtype)
+    if node.layer.kind == "Dense":
+        return g @ W
+    o, c, kh, kw = W.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    n, _, ho, wo = g.shape
+    p = ho * wo
+    h, w = in_shape[2:]
+    Wm = W.reshape(o, -1)
+    gin = np.empty((n, c, h, w), g.dtype)
+    for i0, i1 in _chunks(n, c * kh * kw * p * g.itemsize):
+        s = np.empty((o, (i1 - i0) * p), g.dtype)
+        gc = g[i0:i1].reshape(i1 - i0, o, p)
+        k.grad_to_rows(gc, gc, gc, 0, s)
+        cols = Wm.T @ s
+        k.col2im_gather(cols, kh, kw, sh, sw, ph, pw, gin[i0:i1], gin[i0:i1], 0)
+    return gin
+
+
+def _linear_lrp(k, graph, node, a, z, r, rule, bounds):
+    """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
+    dtype = r.dtype
+    n = r.shape[0]
+    modes_needed = {t.mode for grp in rule.groups() for t in grp.terms}
+    nonneg = R.XNEG in modes_needed and k.all_nonnegative(a.ravel())
+    st = rule_state(graph, node, rule, dtype, nonneg)
+    mm = len(st.modes)
+    a2 = a.reshape(n, -1)
+    if mm == 1 and st.modes[0] == R.X:
+        xs = a2
+    else:
+        low = high = a2
+        if R.LOW in st.modes:
+            low, high = (np.ascontiguousarray(np.broadcast_to(v, a.shape), dtype=dtype).reshape(n, -1)
+                         for v in _zbox_bounds(rule, a, node))
+        xs = np.empty((n, mm * a2.shape[1]), dtype)
+        k.stack_input_mods(a2, st.modes, low, high, xs)
+    if node.layer.kind == "Dense":
+        o = node.layer.weight.shape[0]
+        r3 = r.reshape(n, o, 1)
+        z3 = (z if z is not None else r).reshape(n, o, 1)
+        zg = st.B @ xs.T if st.has_zg else r3  # r3 is a typed placeholder when unused
+        s = np.empty((st.B.shape[0], n), dtype)
+        k.lrp_ratio(zg if st.has_zg else s, st.has_zg, st.bias_g, z3, r3, st.coefs, st.masks, st.eps, s)
+        c = s.T @ st.B
+        out = np.empty_like(a2)
+        k.stacked_mul_sum(xs, c, mm, out)
+        return out.reshape(a.shape)
+    o, cin, kh, kw = node.layer.weight.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    _, _, ho, wo = r.shape
+    p = ho * wo
+    h, w = a.shape[2:]
+    xs4 = xs.reshape(n, mm * cin, h, w)
+    out = np.empty(a.shape, dtype)
+    zz = z if z is not None else r
+    for i0, i1 in _chunks(n, max(mm, 2) * cin * kh * kw * p * r.itemsize + st.B.shape[0] * p * r.itemsize):
+        nc = i1 - i0
+        s = np.empty((st.B.shape[0], nc * p), dtype)
+        if st.has_zg:
+            cols = np.empty((mm * cin * kh * kw, nc * p), dtype)
+            k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+            zg = st.B @ cols
+            del cols
+        else:
+            zg = s
+        k.lrp_ratio(zg, st.has_zg, st.bias_g, zz[i0:i1].reshape(nc, o, p), r[i0:i1].reshape(nc, o, p),
+                    st.coefs, st.masks, st.eps, s)
+        del zg
+        ccols = st.B.T @ s
+        k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out[i0:i1], xs4[i0:i1], mm)
+    return out
+
+
+def _zbox_bounds(rule, a, node):
+    low, high = np.broadcast_to(rule.low, a.shape), np.broadcast_to(rule.high, a.shape)
+    if np.any(a < low) or np.any(a > high):
+        raise ValueError(
+            f"ZBox on layer {node.name!r}: its input is not inside [low, high]; "
+            f"input range [{a.min():.4g}, {a.max():.4g}], bounds [{np.min(low):.4g}, {np.max(high):.4g}]"
+        )
+    return low, high

@@ -1,0 +1,174 @@
+"""Methods: a starting signal, a traversal mode, and (LRP) a rule per linear layer.
+
+Each method is a :class:`Method` with its parameters' defaults; ``run`` takes a validated
+batch and returns the attribution. The traversal itself lives in ``relprop.engine``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import composites as C
+from . import engine
+from . import rules as R
+from .plan import DEEPLIFT, GRAD, LRP, needs
+
+IG_SCHEMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre", "uniform")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    run: object
+    params: dict = field(default_factory=dict)
+    doc: str = ""
+
+
+def _onehot(score, target, scale):
+    """Starting signal at the score node: ``e_c`` (gradient family) or ``s_c e_c`` (LRP)."""
+    start = np.zeros_like(score)
+    rows = np.arange(score.shape[0])
+    start[rows, target] = score[rows, target] if scale else 1
+    return start
+
+
+def _resolve_target(score, target):
+    if target is None:
+        return score.argmax(axis=1)
+    return target
+
+
+def gradient(graph, x, target, shapes):
+    """``d s_c / dx`` by one forward and one backward pass (seed 000 Eq. 9.12-9.13)."""
+    keep, idx = needs(graph, GRAD)
+    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
+    t = _resolve_target(score, target)
+    return engine.backward(graph, tape, _onehot(score, t, False), GRAD)
+
+
+def _saliency(graph, x, target, shapes):
+    return np.abs(gradient(graph, x, target, shapes))
+
+
+def _gradient_x_input(graph, x, target, shapes):
+    return gradient(graph, x, target, shapes) * x
+
+
+def ig_points(scheme, steps):
+    """Path positions ``alpha_k`` in [0, 1] and quadrature weights ``w_k`` of a scheme.
+
+    ``riemann_*`` and ``gauss_legendre`` follow Captum; ``uniform`` is the textbook rule
+    (seed 000 Eq. 9.15-9.16): ``alpha_t = t / (T - 1)``, ``w_t = 1 / T``.
+    """
+    n = steps
+    if scheme == "riemann_left":
+        return np.linspace(0, 1 - 1 / n, n), np.full(n, 1 / n)
+    if scheme == "riemann_right":
+        return np.linspace(1 / n, 1, n), np.full(n, 1 / n)
+    if scheme == "riemann_middle":
+        return np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n), np.full(n, 1 / n)
+    if scheme == "riemann_trapezoid":
+        w = np.full(n, 1 / (n - 1))
+        w[0] = w[-1] = 1 / (2 * (n - 1))
+        return np.linspace(0, 1, n), w
+    if scheme == "gauss_legendre":
+        xg, wg = np.polynomial.legendre.leggauss(n)
+        return 0.5 * (xg + 1), 0.5 * wg
+    if scheme == "uniform":
+        return np.arange(n) / (n - 1), np.full(n, 1 / n)
+    raise ValueError(f"unknown scheme {scheme!r}")  # validated earlier
+
+
+# samples per forward/backward batch for path methods (bounded memory, large GEMMs)
+def _path_chunk(shapes, itemsize, budget=256 * 2**20):
+    per = sum(int(np.prod(s)) for s in shapes.values()) * itemsize * 2
+    return max(1, budget // max(per, 1))
+
+
+def integrated_gradients(graph, x, target, shapes, baseline, steps, scheme):
+    """``(x - x0) * sum_k w_k grad(x0 + alpha_k (x - x0))`` with all path points of the batch
+    evaluated as one large batch (in bounded chunks)."""
+    n = x.shape[0]
+    x0 = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
+    if target is None:
+        score, _, _ = engine.forward(graph, x, (graph.score_node,), (), shapes)
+        target = score.argmax(axis=1)
+    alphas, weights = ig_points(scheme, steps)
+    diff = x - x0
+    acc = np.zeros(x.shape, np.float64 if x.dtype == np.float64 else np.float32)
+    per_chunk = max(1, _path_chunk(shapes, x.itemsize) // n)
+    for k0 in range(0, steps, per_chunk):
+        al = alphas[k0:k0 + per_chunk].astype(x.dtype)
+        m = al.shape[0]
+        pts = (x0[None] + al.reshape((m,) + (1,) * x.ndim) * diff[None]).reshape((m * n,) + x.shape[1:])
+        g = gradient(graph, np.ascontiguousarray(pts), np.tile(target, m), shapes).reshape((m,) + x.shape)
+        acc += np.tensordot(weights[k0:k0 + m].astype(acc.dtype), g, axes=1)
+    return (acc * diff).astype(x.dtype)
+
+
+def deeplift_rescale(graph, x, target, shapes, baseline):
+    """DeepLIFT Rescale (seed 000 Eq. 9.38-9.49, seed 004 Eq. 17-18): multipliers
+    ``Delta f / Delta z`` at nonlinearities, the linear rule at linear layers, times ``x - x0``."""
+    n = x.shape[0]
+    x0 = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
+    xx = np.concatenate([x, x0])
+    keep, idx = needs(graph, DEEPLIFT)
+    score, _, tape = engine.forward(graph, xx, keep, idx, shapes)
+    t = _resolve_target(score[:n], target)
+    g = engine.backward(graph, tape, _onehot(score[:n], t, False), DEEPLIFT)
+    return g * (x - x0)
+
+
+def lrp(graph, x, target, shapes, rules):
+    """Layer-wise relevance propagation from ``R = s_c e_c`` with one rule per linear layer."""
+    by_node = dict(zip((nd.name for nd in graph.linear_nodes()), rules))
+    keep, idx = needs(graph, LRP, by_node)
+    keep.add("input")
+    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
+    t = _resolve_target(score, target)
+    return engine.backward(graph, tape, _onehot(score, t, True), LRP, rules=by_node)
+
+
+def rules_for(graph, method, params):
+    """The per-layer rule list of an LRP-family call (validated parameters)."""
+    nlin = len(graph.linear_nodes())
+    p = dict(params)
+    if method == "lrp":
+        rules = p["rules"]
+        if isinstance(rules, C.Composite):
+            return rules.rules_for(graph)
+        return list(rules)
+    if method == "deep_taylor":
+        low, high = p["low"], p["high"]
+        first = R.WSquare(p["epsilon"]) if low is None else R.ZBox(low, high, p["epsilon"])
+        return [first] + [R.ZPlus(p["epsilon"]) for _ in range(nlin - 1)]
+    cls = {"lrp.z": R.Z, "lrp.epsilon": R.Epsilon, "lrp.gamma": R.Gamma, "lrp.alpha_beta": R.AlphaBeta,
+           "lrp.z_plus": R.ZPlus}[method]
+    rule = cls(**p)
+    return [rule] * nlin
+
+
+def _lrp_method(name):
+    def run(graph, x, target, shapes, **params):
+        return lrp(graph, x, target, shapes, rules_for(graph, name, params))
+
+    return run
+
+
+METHODS = {
+    "gradient": Method("gradient", gradient, {}, "gradient of the target score"),
+    "saliency": Method("saliency", _saliency, {}, "absolute gradient"),
+    "gradient_x_input": Method("gradient_x_input", _gradient_x_input, {}, "gradient times input"),
+    "integrated_gradients": Method("integrated_gradients", integrated_gradients,
+                                   {"baseline": 0.0, "steps": 50, "scheme": "gauss_legendre"}),
+    "deeplift.rescale": Method("deeplift.rescale", deeplift_rescale, {"baseline": 0.0}),
+    "lrp.z": Method("lrp.z", _lrp_method("lrp.z"), {"include_bias": True}),
+    "lrp.epsilon": Method("lrp.epsilon", _lrp_method("lrp.epsilon"), {"epsilon": 1e-6, "include_bias": True}),
+    "lrp.gamma": Method("lrp.gamma", _lrp_method("lrp.gamma"), {"gamma": 0.25, "epsilon": 1e-6, "include_bias": True}),
+    "lrp.alpha_beta": Method("lrp.alpha_beta", _lrp_method("lrp.alpha_beta"),
+                             {"alpha": 1.0, "beta": 0.0, "epsilon": 1e-6, "include_bias": True}),
+    "lrp.z_plus": Method("lrp.z_plus", _lrp_method("lrp.z_plus"), {"epsilon": 1e-6, "include_bias": True}),
+    "lrp": Method("lrp", _lrp_method("lrp"), {"rules": None}),
+    "deep_taylor": Method("deep_taylor", _lrp_method("deep_taylor"), {"low": None, "high": None, "epsilon": 1e-6}),
+}

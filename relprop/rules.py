@@ -1,0 +1,283 @@
+"""LRP rules for linear layers (Dense, Conv2d), declared as data.
+
+Every rule is a list of output *groups*; a group has a coefficient, an optional mask on the
+sign of the layer's own pre-activation z, and *terms* ``(input modifier, weight map, bias map)``.
+For layer weights ``W``, inputs ``a`` and upper relevance ``R_j`` (seed 003's rule table)::
+
+    z_g   = sum_{t in g} W_t a_t + b_t                  (one modified forward)
+    s_g   = coef_g * mask_g(z) * R / stab(z_g)          stab(z) = z + eps * sign(z), sign(0) = +1
+    R_in  = sum_g sum_{t in g} a_t * (W_t^T s_g)        (one modified backward)
+
+which is Zennit's rule semantics (input/param modifiers, gradient mapper, reducer). The engine
+stacks all terms of a rule into ONE block matrix, so any rule costs one forward GEMM and one
+backward GEMM per layer (the epsilon and z rules reuse the stored forward and skip the first).
+``include_bias=False`` drops the bias from every denominator (the textbook's exactly
+conservative form, seed 000 Eq. 9.27).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# input-modifier codes (kernels/cpu/elementwise.py)
+X, XPOS, XNEG, ONES, LOW, HIGH = 0, 1, 2, 3, 4, 5
+# group masks on the sign of the layer's own z
+NOMASK, ZPOS, ZNEG = 0, 1, 2
+
+
+def _pos(w):
+    return np.maximum(w, 0)
+
+
+def _neg(w):
+    return np.minimum(w, 0)
+
+
+def _ident(w):
+    return w
+
+
+def _zero(w):
+    return np.zeros_like(w)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One modified contribution ``weight(W) @ mode(a) + bias(b)``."""
+
+    mode: int
+    weight: object
+    bias: object
+
+
+@dataclass(frozen=True)
+class Group:
+    """Output group: relevance ``coef * mask * R`` divided by the stabilized sum of its terms."""
+
+    coef: float
+    mask: int
+    terms: tuple
+
+
+def _check_eps(name, eps):
+    if not isinstance(eps, (int, float, np.floating)) or isinstance(eps, bool) or not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+class Rule:
+    """Base class of linear-layer rules. ``key`` identifies the rule for weight caching."""
+
+    name = "rule"
+    #: True when the denominator is the layer's own pre-activation z (no extra forward GEMM)
+    uses_layer_z = False
+
+    def __init__(self, epsilon=1e-6, include_bias=True):
+        self.epsilon = _check_eps(type(self).__name__, epsilon)
+        if not isinstance(include_bias, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}: include_bias must be True or False, got {include_bias!r}")
+        self.include_bias = bool(include_bias)
+
+    def _b(self, f):
+        return f if self.include_bias else _zero
+
+    def groups(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def key(self):
+        return (type(self).__name__, self.epsilon, self.include_bias) + self._extra_key()
+
+    def _extra_key(self):
+        return ()
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in self._repr_items())
+        return f"{type(self).__name__}(epsilon={self.epsilon}, include_bias={self.include_bias}{extra})"
+
+    def _repr_items(self):
+        return ()
+
+
+class Epsilon(Rule):
+    """LRP-epsilon: ``R_i = sum_j a_i w_ij / (z_j + eps sign(z_j)) R_j`` (seed 000 Eq. 9.28)."""
+
+    name = "epsilon"
+    uses_layer_z = True
+
+    def groups(self):
+        return (Group(1.0, NOMASK, (Term(X, _ident, self._b(_ident)),)),)
+
+
+class Z(Epsilon):
+    """LRP-0 (seed 000 Eq. 9.27): epsilon = 0; a zero denominator passes zero relevance."""
+
+    name = "z"
+
+    def __init__(self, include_bias=True):
+        super().__init__(0.0, include_bias)
+
+    def __repr__(self):
+        return f"Z(include_bias={self.include_bias})"
+
+
+class Gamma(Rule):
+    """Generalized LRP-gamma (Montavon et al. 2019; Zennit's ``Gamma``).
+
+    Positive outputs (z > 0) are explained by ``(W + gamma W+) a+ + (W + gamma W-) a-``,
+    negative outputs by ``(W + gamma W-) a+ + (W + gamma W+) a-``; on a >= 0 this is the
+    textbook ``w + gamma w+`` rule.
+    """
+
+    name = "gamma"
+
+    def __init__(self, gamma=0.25, epsilon=1e-6, include_bias=True):
+        super().__init__(epsilon, include_bias)
+        if not isinstance(gamma, (int, float, np.floating)) or isinstance(gamma, bool) or not np.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"Gamma: gamma must be a finite number >= 0, got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def _extra_key(self):
+        return (self.gamma,)
+
+    def _repr_items(self):
+        return (("gamma", self.gamma),)
+
+    def groups(self):
+        g = self.gamma
+
+        def up(w):
+            return w + g * np.maximum(w, 0)
+
+        def down(w):
+            return w + g * np.minimum(w, 0)
+
+        b = self._b
+        return (
+            Group(1.0, ZPOS, (Term(XPOS, up, b(up)), Term(XNEG, down, _zero))),
+            Group(1.0, ZNEG, (Term(XPOS, down, b(down)), Term(XNEG, up, _zero))),
+        )
+
+
+class AlphaBeta(Rule):
+    """LRP-alpha-beta (Bach et al. 2015; Zennit's ``AlphaBeta``), alpha - beta = 1.
+
+    ``R_i = sum_j (alpha (a_i w_ij)+ / z_j+ - beta (a_i w_ij)- / z_j-) R_j`` with the positive
+    part ``W+ a+ + W- a- (+ b+)`` and negative part ``W- a+ + W+ a- (+ b-)``.
+    """
+
+    name = "alpha_beta"
+
+    def __init__(self, alpha=1.0, beta=0.0, epsilon=1e-6, include_bias=True):
+        super().__init__(epsilon, include_bias)
+        for nm, v in (("alpha", alpha), ("beta", beta)):
+            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"AlphaBeta: {nm} must be a finite number >= 0, got {v!r}")
+        if abs((alpha - beta) - 1.0) > 1e-12:
+            raise ValueError(f"AlphaBeta: alpha - beta must equal 1 (relevance conservation), got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def _extra_key(self):
+        return (self.alpha, self.beta)
+
+    def _repr_items(self):
+        return (("alpha", self.alpha), ("beta", self.beta))
+
+    def groups(self):
+        b = self._b
+        out = [Group(self.alpha, NOMASK, (Term(XPOS, _pos, b(_pos)), Term(XNEG, _neg, _zero)))]
+        if self.beta != 0.0:
+            out.append(Group(-self.beta, NOMASK, (Term(XPOS, _neg, b(_neg)), Term(XNEG, _pos, _zero))))
+        return tuple(out)
+
+
+class ZPlus(Rule):
+    """LRP-z+ (Deep Taylor, seed 002): ``R_i = sum_j a_i w_ij+ / sum_i a_i w_ij+ R_j``
+    (on signed inputs also ``a- w-``, as Zennit's ``ZPlus``)."""
+
+    name = "z_plus"
+
+    def groups(self):
+        return (Group(1.0, NOMASK, (Term(XPOS, _pos, self._b(_pos)), Term(XNEG, _neg, _zero))),)
+
+
+class Flat(Rule):
+    """Flat rule (Lapuschkin et al. 2019): every input of the receptive field gets an equal
+    share, ``R_i = sum_j 1 / sum_i 1 R_j``; no bias."""
+
+    name = "flat"
+
+    def __init__(self, epsilon=1e-6):
+        super().__init__(epsilon, False)
+
+    def groups(self):
+        return (Group(1.0, NOMASK, (Term(ONES, np.ones_like, _zero),)),)
+
+    def __repr__(self):
+        return f"Flat(epsilon={self.epsilon})"
+
+
+class WSquare(Rule):
+    """w^2-rule (Deep Taylor, seed 002): ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``
+    (bias squared in the denominator when ``include_bias``, as Zennit)."""
+
+    name = "w_square"
+
+    def groups(self):
+        return (Group(1.0, NOMASK, (Term(ONES, np.square, self._b(np.square)),)),)
+
+
+class ZBox(Rule):
+    """z^B-rule (Deep Taylor, seed 002) for inputs bounded by ``low <= x <= high``:
+    ``R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) / sum_i (...) R_j``.
+
+    ``low``/``high`` are scalars or arrays broadcastable to the layer input (x).
+    """
+
+    name = "zbox"
+
+    def __init__(self, low, high, epsilon=1e-6):
+        super().__init__(epsilon, True)
+        self.low = _bound(low, "low")
+        self.high = _bound(high, "high")
+        if np.any(np.broadcast_arrays(self.low, self.high)[0] > np.broadcast_arrays(self.low, self.high)[1]):
+            raise ValueError("ZBox: low must be <= high everywhere")
+
+    def _extra_key(self):
+        return (id(self.low), id(self.high))
+
+    def _repr_items(self):
+        return (("low", self.low if self.low.size == 1 else f"array{self.low.shape}"),
+                ("high", self.high if self.high.size == 1 else f"array{self.high.shape}"))
+
+    def groups(self):
+        def mpos(w):
+            return -np.maximum(w, 0)
+
+        def mneg(w):
+            return -np.minimum(w, 0)
+
+        # bias terms b - b+ - b- cancel, exactly as in Zennit
+        return (Group(1.0, NOMASK, (Term(X, _ident, _ident), Term(LOW, mpos, mpos), Term(HIGH, mneg, mneg))),)
+
+
+def _bound(v, name):
+    a = np.asarray(v, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"ZBox: {name} contains NaN or Inf")
+    return a
+
+
+RULES = {
+    "z": Z,
+    "epsilon": Epsilon,
+    "gamma": Gamma,
+    "alpha_beta": AlphaBeta,
+    "z_plus": ZPlus,
+    "flat": Flat,
+    "w_square": WSquare,
+    "zbox": ZBox,
+}
+
+__all__ = ["Rule", "Z", "Epsilon", "Gamma", "AlphaBeta", "ZPlus", "Flat", "WSquare", "ZBox"]
