@@ -16,7 +16,11 @@ from . import rules as R
 from .graph import Graph
 from .methods import IG_SCHEMES, METHODS, rules_for
 
-# bytes of stored activations one internal batch may hold; larger batches run in pieces
+# Internal batches: as many rows as keep the stored activations near CACHE_BUDGET (cache-
+# resident elementwise passes; measured on the 100k-row MLP: 30 ms vs 50 ms for 768 MiB
+# pieces), but at least MIN_ROWS (GEMMs stay large on conv nets) and at most BATCH_BUDGET.
+CACHE_BUDGET = 16 * 2**20
+MIN_ROWS = 32
 BATCH_BUDGET = 768 * 2**20
 
 
@@ -165,7 +169,12 @@ def _check_method_params(net, method, p, x):
         for node, rule in zip(lin, rules):
             if isinstance(rule, R.ZBox) and node.inputs[0] == "input":
                 _check_bounds(rule.low, rule.high, x, f"ZBox rule on layer {node.name!r}")
-        return {"rules": rules} if method == "lrp" or method == "deep_taylor" else p
+        if method == "lrp" or method == "deep_taylor":
+            out = {"rules": rules}
+            if isinstance(p.get("rules"), C.Composite):
+                out["pool_eps"] = p["rules"].stabilizer
+            return out
+        return p
     return p
 
 
@@ -218,10 +227,10 @@ def attribute(net, x, method, target=None, **params):
         return out
 
 
-def _run_rules(net, x, t, shapes, rules):
+def _run_rules(net, x, t, shapes, rules, pool_eps=engine.POOL_STABILIZER):
     from .methods import lrp
 
-    return lrp(net, x, t, shapes, rules)
+    return lrp(net, x, t, shapes, rules, pool_eps)
 
 
 def _slice_params(p, x, sl):
@@ -234,10 +243,10 @@ def _slice_params(p, x, sl):
 
 
 def _batch_step(shapes, itemsize, method, p):
-    per = sum(int(np.prod(s)) for s in shapes.values()) * itemsize
+    per = max(1, sum(int(np.prod(s)) for s in shapes.values()) * itemsize)
     if method == "deeplift.rescale":
         per *= 2
-    return max(1, int(BATCH_BUDGET // max(per, 1)))
+    return max(1, min(max(CACHE_BUDGET // per, MIN_ROWS), BATCH_BUDGET // per))
 
 
 def forward(net, x):

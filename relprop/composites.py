@@ -11,10 +11,12 @@ from . import rules as R
 
 class Composite:
     """Layer-type -> rule map. ``first`` (optional) overrides the rule of the first layer
-    whose type is in ``first_types`` (in graph order)."""
+    whose type is in ``first_types`` (in graph order); ``stabilizer`` is the z-rule's at
+    average pooling (Zennit's ``Norm``)."""
 
-    def __init__(self, layer_map, first=None, first_types=("Conv2d", "Dense")):
+    def __init__(self, layer_map, first=None, first_types=("Conv2d", "Dense"), stabilizer=1e-6):
         self.layer_map = dict(layer_map)
+        self.stabilizer = R._check_eps(type(self).__name__, stabilizer)  # AvgPool z-rule, as Zennit
         self.first = first
         self.first_types = tuple(first_types)
 
@@ -39,14 +41,15 @@ class EpsilonPlus(Composite):
     """Conv2d: z+; Dense: epsilon."""
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6):
-        super().__init__({"Conv2d": R.ZPlus(stabilizer), "Dense": R.Epsilon(epsilon)})
+        super().__init__({"Conv2d": R.ZPlus(stabilizer), "Dense": R.Epsilon(epsilon)}, stabilizer=stabilizer)
 
 
 class EpsilonPlusFlat(Composite):
     """Conv2d: z+; Dense: epsilon; first linear layer: flat."""
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6):
-        super().__init__({"Conv2d": R.ZPlus(stabilizer), "Dense": R.Epsilon(epsilon)}, first=R.Flat(stabilizer))
+        super().__init__({"Conv2d": R.ZPlus(stabilizer), "Dense": R.Epsilon(epsilon)}, first=R.Flat(stabilizer),
+                         stabilizer=stabilizer)
 
 
 class EpsilonGammaBox(Composite):
@@ -57,6 +60,7 @@ class EpsilonGammaBox(Composite):
             {"Conv2d": R.Gamma(gamma, stabilizer), "Dense": R.Epsilon(epsilon)},
             first=R.ZBox(low, high, stabilizer),
             first_types=("Conv2d",),
+            stabilizer=stabilizer,
         )
 
 
@@ -64,7 +68,7 @@ class EpsilonAlpha2Beta1(Composite):
     """Conv2d: alpha=2, beta=1; Dense: epsilon."""
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6):
-        super().__init__({"Conv2d": R.AlphaBeta(2.0, 1.0, stabilizer), "Dense": R.Epsilon(epsilon)})
+        super().__init__({"Conv2d": R.AlphaBeta(2.0, 1.0, stabilizer), "Dense": R.Epsilon(epsilon)}, stabilizer=stabilizer)
 
 
 class EpsilonAlpha2Beta1Flat(Composite):
@@ -72,7 +76,8 @@ class EpsilonAlpha2Beta1Flat(Composite):
 
     def __init__(self, epsilon=1e-6, stabilizer=1e-6):
         super().__init__(
-            {"Conv2d": R.AlphaBeta(2.0, 1.0, stabilizer), "Dense": R.Epsilon(epsilon)}, first=R.Flat(stabilizer)
+            {"Conv2d": R.AlphaBeta(2.0, 1.0, stabilizer), "Dense": R.Epsilon(epsilon)}, first=R.Flat(stabilizer),
+            stabilizer=stabilizer,
         )
 
 

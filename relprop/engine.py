@@ -19,11 +19,11 @@ from scipy.special import expit
 
 from . import backend
 from .graph import ACT_CODES
-from .plan import DEEPLIFT, GRAD, LRP, rule_state
+from .plan import DEEPLIFT, GRAD, LRP, grad_weight_t, rule_state
 from . import rules as R
 
 # bytes one im2col buffer may take; batches are cut into chunks below this
-COLS_BUDGET = 48 * 2**20
+COLS_BUDGET = 8 * 2**20
 DEEPLIFT_EPS = 1e-10
 POOL_STABILIZER = 1e-6
 
@@ -35,6 +35,22 @@ class Tape:
         self.n = n
         self.out = {}
         self.idx = {}
+
+
+_WORK = {}
+
+
+def _scratch(slot, shape, dtype):
+    """A reusable scratch buffer (im2col columns and GEMM inputs): fresh multi-MB arrays
+    for every chunk cost a page fault per 4 KiB page, which showed up as much as im2col
+    itself. Calls are serialized by backend.LOCK, so one buffer per slot is safe."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = _WORK.get(slot)
+    if buf is None or buf.nbytes < nbytes:
+        buf = np.empty(max(nbytes, 1), np.uint8)
+        _WORK[slot] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def _chunks(n, per_sample_bytes):
@@ -140,9 +156,9 @@ def _linear_forward(k, graph, node, xin, act, store_z, dtype):
     a = np.empty((n, o, ho, wo), dtype)
     z = np.empty_like(a) if (store_z and act) else a
     for i0, i1 in _chunks(n, c * kh * kw * p * a.itemsize):
-        cols = np.empty((c * kh * kw, (i1 - i0) * p), dtype)
+        cols = _scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype)
         k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = Wm @ cols
+        zg = np.matmul(Wm, cols, out=_scratch("gemm", (o, (i1 - i0) * p), dtype))
         k.bias_act_from_gemm(zg, b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p), store_z and act != 0)
     return (z if (store_z or not act) else None), a
 
@@ -164,12 +180,12 @@ def _pool_forward(k, layer, xin, is_max):
 # backward
 
 
-def backward(graph, tape, start, mode, rules=None, dl_tape=None, bounds=None):
+def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER):
     """Propagate ``start`` (signal at the score node) to the input.
 
     ``mode``: GRAD, LRP or DEEPLIFT. ``rules``: node name -> Rule (LRP). For DEEPLIFT the
     tape holds the forward of ``[x; baseline]`` (2N rows) and ``start`` has N rows.
-    ``bounds``: (low, high) arrays shaped like x for z^B rules on the first layer.
+    ``pool_eps``: stabilizer of the z-rule at average pooling (LRP).
     """
     k = backend.kernels_for(start)
     sig = {graph.score_node: start}
@@ -186,7 +202,7 @@ def backward(graph, tape, start, mode, rules=None, dl_tape=None, bounds=None):
         if layer.linear:
             if mode == LRP:
                 gin = _linear_lrp(k, graph, node, tape.out[src][:n] if src in tape.out else None,
-                                  tape.out.get(node.name), g, rules[node.name], bounds)
+                                  tape.out.get(node.name), g, rules[node.name])
             else:
                 gin = _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g))
         elif kind in ("ReLU", "Tanh", "Sigmoid"):
@@ -215,7 +231,7 @@ def backward(graph, tape, start, mode, rules=None, dl_tape=None, bounds=None):
             gin = np.empty(shape, g.dtype)
             if mode == LRP:
                 x_in, zo = tape.out[src], tape.out[node.name]
-                s = g / (zo + np.where(zo >= 0, POOL_STABILIZER, -POOL_STABILIZER).astype(g.dtype))
+                s = g / (zo + np.where(zo >= 0, pool_eps, -pool_eps).astype(g.dtype))
                 k.avgpool_backward(s, kh, kw, sh, sw, ph, pw, x_in, True, gin)
             else:
                 k.avgpool_backward(g, kh, kw, sh, sw, ph, pw, gin, False, gin)
@@ -244,28 +260,49 @@ def _maxpool_backward(k, graph, node, tape, g, mode, n):
     return gin
 
 
+def _stride1(layer):
+    """Backward of a stride-1 conv runs as a forward conv with the flipped, transposed
+    weight (im2col + GEMM), much cheaper than the col2im scatter/gather."""
+    kh, kw = layer.weight.shape[2:]
+    return layer.stride == (1, 1) and layer.padding[0] <= kh - 1 and layer.padding[1] <= kw - 1
+
+
+def _transposed_conv(k, layer, s, Bt, xs, mods, out):
+    """``out = combine(xs, conv^T(s))`` for NCHW ``s`` (N, Co, Ho, Wo) and ``out`` (N, C, H, W);
+    ``Bt`` is the flipped-transposed block weight (stride 1) or the plain block ``B`` (else)."""
+    kh, kw = layer.weight.shape[2:]
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    n, co, ho, wo = s.shape
+    c, h, w = out.shape[1:]
+    if _stride1(layer):
+        cols = _scratch("cols", (co * kh * kw, n * h * w), s.dtype)
+        k.im2col(s, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, cols)
+        cg = np.matmul(Bt, cols, out=_scratch("gemm", (Bt.shape[0], n * h * w), s.dtype))
+        k.combine_from_gemm(cg, xs.reshape(n, -1, h * w), mods, out.reshape(n, c, h * w))
+        return
+    rows = np.empty((co, n * ho * wo), s.dtype)
+    s3 = s.reshape(n, co, ho * wo)
+    k.grad_to_rows(s3, s3, s3, 0, rows)
+    ccols = Bt.T @ rows
+    k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out, xs, mods)
+
+
 def _linear_grad(k, graph, node, g, in_shape):
     """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
     W, _ = graph.params(node, g.dtype)
     if node.layer.kind == "Dense":
         return g @ W
     o, c, kh, kw = W.shape
-    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
     n, _, ho, wo = g.shape
-    p = ho * wo
     h, w = in_shape[2:]
-    Wm = W.reshape(o, -1)
+    Bt = grad_weight_t(graph, node, g.dtype) if _stride1(node.layer) else W.reshape(o, -1)
     gin = np.empty((n, c, h, w), g.dtype)
-    for i0, i1 in _chunks(n, c * kh * kw * p * g.itemsize):
-        s = np.empty((o, (i1 - i0) * p), g.dtype)
-        gc = g[i0:i1].reshape(i1 - i0, o, p)
-        k.grad_to_rows(gc, gc, gc, 0, s)
-        cols = Wm.T @ s
-        k.col2im_gather(cols, kh, kw, sh, sw, ph, pw, gin[i0:i1], gin[i0:i1], 0)
+    for i0, i1 in _chunks(n, o * kh * kw * h * w * g.itemsize):
+        _transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1])
     return gin
 
 
-def _linear_lrp(k, graph, node, a, z, r, rule, bounds):
+def _linear_lrp(k, graph, node, a, z, r, rule):
     """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
     dtype = r.dtype
     n = r.shape[0]
@@ -283,14 +320,15 @@ def _linear_lrp(k, graph, node, a, z, r, rule, bounds):
                          for v in _zbox_bounds(rule, a, node))
         xs = np.empty((n, mm * a2.shape[1]), dtype)
         k.stack_input_mods(a2, st.modes, low, high, xs)
+    go = st.B.shape[0]
     if node.layer.kind == "Dense":
         o = node.layer.weight.shape[0]
         r3 = r.reshape(n, o, 1)
         z3 = (z if z is not None else r).reshape(n, o, 1)
-        zg = st.B @ xs.T if st.has_zg else r3  # r3 is a typed placeholder when unused
-        s = np.empty((st.B.shape[0], n), dtype)
-        k.lrp_ratio(zg if st.has_zg else s, st.has_zg, st.bias_g, z3, r3, st.coefs, st.masks, st.eps, s)
-        c = s.T @ st.B
+        s = np.empty((n, go), dtype)
+        zg = st.B @ xs.T if st.has_zg else s
+        k.lrp_ratio(zg, st.has_zg, st.bias_g, z3, r3, st.coefs, st.masks, st.eps, s.reshape(n, go, 1))
+        c = s @ st.B
         out = np.empty_like(a2)
         k.stacked_mul_sum(xs, c, mm, out)
         return out.reshape(a.shape)
@@ -302,21 +340,21 @@ def _linear_lrp(k, graph, node, a, z, r, rule, bounds):
     xs4 = xs.reshape(n, mm * cin, h, w)
     out = np.empty(a.shape, dtype)
     zz = z if z is not None else r
-    for i0, i1 in _chunks(n, max(mm, 2) * cin * kh * kw * p * r.itemsize + st.B.shape[0] * p * r.itemsize):
+    Bt = st.Bt if _stride1(node.layer) else st.B
+    per = max(mm * cin * kh * kw * p, go * kh * kw * h * w) * r.itemsize
+    for i0, i1 in _chunks(n, per):
         nc = i1 - i0
-        s = np.empty((st.B.shape[0], nc * p), dtype)
+        s = np.empty((nc, go, ho, wo), dtype)
         if st.has_zg:
-            cols = np.empty((mm * cin * kh * kw, nc * p), dtype)
+            cols = _scratch("cols", (mm * cin * kh * kw, nc * p), dtype)
             k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-            zg = st.B @ cols
-            del cols
+            zg = np.matmul(st.B, cols, out=_scratch("gemm", (go, nc * p), dtype))
         else:
-            zg = s
+            zg = s.reshape(go, -1)  # typed placeholder, unread
         k.lrp_ratio(zg, st.has_zg, st.bias_g, zz[i0:i1].reshape(nc, o, p), r[i0:i1].reshape(nc, o, p),
-                    st.coefs, st.masks, st.eps, s)
+                    st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
         del zg
-        ccols = st.B.T @ s
-        k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out[i0:i1], xs4[i0:i1], mm)
+        _transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1])
     return out
 
 

@@ -120,14 +120,15 @@ def deeplift_rescale(graph, x, target, shapes, baseline):
     return g * (x - x0)
 
 
-def lrp(graph, x, target, shapes, rules):
-    """Layer-wise relevance propagation from ``R = s_c e_c`` with one rule per linear layer."""
+def lrp(graph, x, target, shapes, rules, pool_eps=engine.POOL_STABILIZER):
+    """Layer-wise relevance propagation from ``R = s_c e_c`` with one rule per linear layer;
+    ``pool_eps`` stabilizes the z-rule at average pooling."""
     by_node = dict(zip((nd.name for nd in graph.linear_nodes()), rules))
     keep, idx = needs(graph, LRP, by_node)
     keep.add("input")
     score, _, tape = engine.forward(graph, x, keep, idx, shapes)
     t = _resolve_target(score, target)
-    return engine.backward(graph, tape, _onehot(score, t, True), LRP, rules=by_node)
+    return engine.backward(graph, tape, _onehot(score, t, True), LRP, rules=by_node, pool_eps=pool_eps)
 
 
 def rules_for(graph, method, params):

@@ -58,6 +58,7 @@ class RuleState:
     masks: np.ndarray
     eps: float
     has_zg: bool
+    Bt: np.ndarray = None  # Conv2d: B as the weight of the transposed (flipped) convolution
 
 
 def rule_state(graph, node, rule, dtype, nonneg):
@@ -102,5 +103,26 @@ def rule_state(graph, node, rule, dtype, nonneg):
         eps=float(rule.epsilon),
         has_zg=not rule.uses_layer_z,
     )
+    if layer.kind == "Conv2d":
+        st.Bt = flipped_transpose(st.B, G * o, Mm * layer.weight.shape[1], *layer.weight.shape[2:])
     graph.cache[key] = st
     return st
+
+
+def flipped_transpose(B, rows, cin, kh, kw):
+    """(rows, cin*kh*kw) conv weight -> (cin, rows*kh*kw) weight of the stride-1 transposed
+    convolution (spatially flipped), so backward passes run as forward convolutions."""
+    B4 = B.reshape(rows, cin, kh, kw)[:, :, ::-1, ::-1]
+    return np.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(cin, rows * kh * kw))
+
+
+def grad_weight_t(graph, node, dtype):
+    """Cached flipped-transposed weight of a Conv2d for gradient-type backward passes."""
+    key = ("wt", node.name, np.dtype(dtype).str)
+    got = graph.cache.get(key)
+    if got is None:
+        W, _ = graph.params(node, dtype)
+        o, c, kh, kw = W.shape
+        got = flipped_transpose(W.reshape(o, -1), o, c, kh, kw)
+        graph.cache[key] = got
+    return got

@@ -589,12 +589,13 @@ def maxpool_matrix(idx, a):
     return C
 
 
-def lrp(spec, x, rules, target=None, low=None, high=None):
+def lrp(spec, x, rules, target=None, low=None, high=None, pool_eps=1e-6):
     """LRP with one rule per Dense/Conv2d layer in graph order (``rules``: list of ``rule(...)`` tuples).
 
     c(a^M) = s_c e_c;  c(a^{m-1}) = C(a^{m-1}|a^m) c(a^m) at Dense/Conv2d (``lrp_matrix``), AvgPool
     (``norm_matrix``), MaxPool (``maxpool_matrix``); relevance passes unchanged through ReLU/Tanh/Sigmoid.
     ``low``/``high``: ZBox bounds, broadcastable to x (each z_box rule may also carry its own).
+    ``pool_eps``: stabilizer of the AvgPool z-rule (a composite's ``stabilizer``, as in Zennit).
     """
     x = np.asarray(x, dtype=np.float64)
     ops = compile_net(spec, x.shape[1:])
@@ -609,7 +610,7 @@ def lrp(spec, x, rules, target=None, low=None, high=None):
         k = n_lin
         for op, a in zip(reversed(ops), reversed(inputs)):
             if op["op"] == "linear" and op["kind"] == "avgpool":
-                R = norm_matrix(op["M"], a) @ R
+                R = norm_matrix(op["M"], a, pool_eps) @ R
             elif op["op"] == "linear":
                 k -= 1
                 r = rules[k]

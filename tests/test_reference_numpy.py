@@ -215,7 +215,8 @@ def _composite(name, **params):
             kw["low"], kw["high"] = _bounds(x)
         rules = ref.composite_rules(spec, name, **kw)
         comp = getattr(rp.composites, name)(**kw)
-        return "lrp", {"rules": comp}, lambda xx, t: ref.lrp(spec, xx, rules, target=t)
+        pool_eps = kw.get("stabilizer", 1e-6)
+        return "lrp", {"rules": comp}, lambda xx, t: ref.lrp(spec, xx, rules, target=t, pool_eps=pool_eps)
     return build
 
 

@@ -106,29 +106,51 @@ def lrp_ratio(zg, has_zg, bias_g, zorig, r, coefs, masks, eps, s):
     For group g and output unit (n, o, p), with ``m = n*P + p``::
 
         den   = (zg[g*O + o, m] if has_zg else zorig[n, o, p]) + bias_g[g*O + o]
-        s[g*O + o, m] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
+        s[n, g*O + o, p] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
 
     ``zg`` (G*O, M) is the rule's modified forward GEMM; rules whose denominator is the
     layer's own pre-activation (epsilon, z) skip that GEMM and read the stored ``zorig``.
-    ``s`` is laid out (G*O, M) for the backward GEMM ``B.T @ s``.
+    ``s`` (N, G*O, P) is NCHW, ready for the transposed contraction.
     """
     n_, o_, p_ = r.shape
     g_ = coefs.shape[0]
-    for t in nb.prange(n_ * o_):
-        n = t // o_
-        o = t % o_
+    for n in nb.prange(n_):
+        for g in range(g_):
+            mk = masks[g]
+            cf = coefs[g]
+            for o in range(o_):
+                k = g * o_ + o
+                bg = bias_g[k]
+                for p in range(p_):
+                    zo = zorig[n, o, p]
+                    if (mk == 1 and not zo > 0) or (mk == 2 and not zo < 0):
+                        s[n, k, p] = 0.0
+                    else:
+                        den = (zg[k, n * p_ + p] if has_zg else zo) + bg
+                        s[n, k, p] = cf * _stab_div(r[n, o, p], den, eps)
+
+
+@nb.njit(cache=True, parallel=True)
+def combine_from_gemm(cg, xs, mods, out):
+    """Epilogue of a transposed contraction ``cg`` (Ct, N*P) back to NCHW ``out`` (N, C, P).
+
+    ``mods == 0``: ``out[n, c, p] = cg[c, n*P + p]`` (gradient).
+    ``mods  > 0``: ``out[n, c, p] = sum_m xs[n, m*C + c, p] * cg[m*C + c, n*P + p]``, the
+    ``a'_i (W'^T s)_i`` reduction of an LRP rule over its stacked input modifiers.
+    """
+    n_, c_, p_ = out.shape
+    for t in nb.prange(n_ * c_):
+        n = t // c_
+        c = t % c_
         for p in range(p_):
             m = n * p_ + p
-            zo = zorig[n, o, p]
-            rv = r[n, o, p]
-            for g in range(g_):
-                k = g * o_ + o
-                mk = masks[g]
-                if (mk == 1 and not zo > 0) or (mk == 2 and not zo < 0):
-                    s[k, m] = 0.0
-                    continue
-                den = (zg[k, m] if has_zg else zo) + bias_g[k]
-                s[k, m] = coefs[g] * _stab_div(rv, den, eps)
+            if mods == 0:
+                out[n, c, p] = cg[c, m]
+            else:
+                acc = 0.0
+                for mi in range(mods):
+                    acc += xs[n, mi * c_ + c, p] * cg[mi * c_ + c, m]
+                out[n, c, p] = acc
 
 
 @nb.njit(cache=True, parallel=True)
