@@ -311,8 +311,8 @@ def _linear_lrp(k, graph, node, a, z, r, rule):
     st = rule_state(graph, node, rule, dtype, nonneg)
     mm = len(st.modes)
     a2 = a.reshape(n, -1)
-    if mm == 1 and st.modes[0] == R.X:
-        xs = a2
+    if mm == 1 and (st.modes[0] == R.X or (nonneg and st.modes[0] == R.XPOS)):
+        xs = a2  # a >= 0: a+ is a itself
     else:
         low = high = a2
         if R.LOW in st.modes:
@@ -326,8 +326,9 @@ def _linear_lrp(k, graph, node, a, z, r, rule):
         r3 = r.reshape(n, o, 1)
         z3 = (z if z is not None else r).reshape(n, o, 1)
         s = np.empty((n, go), dtype)
-        zg = st.B @ xs.T if st.has_zg else s
-        k.lrp_ratio(zg, st.has_zg, st.bias_g, z3, r3, st.coefs, st.masks, st.eps, s.reshape(n, go, 1))
+        zg = st.Wp @ (a2.T if st.zmode == 2 else xs.T) if st.zmode else s
+        k.lrp_ratio(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z3, r3, st.coefs, st.masks, st.eps,
+                    s.reshape(n, go, 1))
         c = s @ st.B
         out = np.empty_like(a2)
         k.stacked_mul_sum(xs, c, mm, out)
@@ -345,14 +346,18 @@ def _linear_lrp(k, graph, node, a, z, r, rule):
     for i0, i1 in _chunks(n, per):
         nc = i1 - i0
         s = np.empty((nc, go, ho, wo), dtype)
-        if st.has_zg:
+        if st.zmode == 1:
             cols = _scratch("cols", (mm * cin * kh * kw, nc * p), dtype)
             k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
             zg = np.matmul(st.B, cols, out=_scratch("gemm", (go, nc * p), dtype))
+        elif st.zmode == 2:  # a >= 0: one GEMM with W+ gives every group's denominator
+            cols = _scratch("cols", (cin * kh * kw, nc * p), dtype)
+            k.im2col(a[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+            zg = np.matmul(st.Wp, cols, out=_scratch("gemm", (o, nc * p), dtype))
         else:
             zg = s.reshape(go, -1)  # typed placeholder, unread
-        k.lrp_ratio(zg, st.has_zg, st.bias_g, zz[i0:i1].reshape(nc, o, p), r[i0:i1].reshape(nc, o, p),
-                    st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
+        k.lrp_ratio(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
+                    r[i0:i1].reshape(nc, o, p), st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
         del zg
         _transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1])
     return out

@@ -36,7 +36,7 @@ def needs(graph, mode, rules=None):
         elif node.layer.linear and mode == LRP:
             keep.add(src)
             rule = rules[node.name]
-            if rule.uses_layer_z or any(g.mask for g in rule.groups()):
+            if rule.uses_layer_z or rule.z_form() is not None or any(g.mask for g in rule.groups()):
                 keep.add(node.name)
     keep.add(graph.score_node)
     return keep, idx
@@ -47,8 +47,8 @@ class RuleState:
     """A rule compiled for one layer: ``z_g = B[g] @ stack(a) + bias_g``, backward ``B.T @ s``.
 
     ``B`` is (G*O, Mm*K) with K = in-features (Dense) or C*kh*kw (Conv2d); ``modes`` are the
-    Mm input-modifier codes stacked along K; ``has_zg`` is False when the denominator is the
-    layer's own stored pre-activation (epsilon, z) and ``bias_g`` is then added to it.
+    Mm input-modifier codes stacked along K. ``zmode`` says how the denominators are formed
+    (see ``rules.Rule.z_form``); only zmode 1 and 2 run a forward GEMM, with ``Wp``.
     """
 
     B: np.ndarray
@@ -57,7 +57,11 @@ class RuleState:
     coefs: np.ndarray
     masks: np.ndarray
     eps: float
-    has_zg: bool
+    zmode: int  # 0: den = layer z + bias_g; 1: den = B a + bias_g; 2: den = cz (z - b) + cp (W+ a) + bias_g
+    Wp: np.ndarray  # the matrix of the extra forward GEMM: B (zmode 1) or W+ (zmode 2)
+    cz: np.ndarray
+    cp: np.ndarray
+    b: np.ndarray
     Bt: np.ndarray = None  # Conv2d: B as the weight of the transposed (flipped) convolution
 
 
@@ -92,8 +96,15 @@ def rule_state(graph, node, rule, dtype, nonneg):
             m = modes.index(t.mode)
             B[gi * o:(gi + 1) * o, m * k:(m + 1) * k] += t.weight(Wm)
             bias_g[gi * o:(gi + 1) * o] += t.bias(b)
+    zform = rule.z_form() if nonneg else None
     if rule.uses_layer_z:
         bias_g -= b  # the stored z already holds the layer's bias
+        zmode, Wp = 0, np.zeros((1, 1))
+    elif zform is not None:
+        zmode, Wp = 2, np.maximum(Wm, 0)
+    else:
+        zmode, Wp = 1, B
+    cz, cp = (np.array([f[0] for f in zform]), np.array([f[1] for f in zform])) if zform else (np.zeros(G), np.zeros(G))
     st = RuleState(
         B=np.ascontiguousarray(B, dtype=dtype),
         modes=np.array(modes, dtype=np.int64),
@@ -101,7 +112,11 @@ def rule_state(graph, node, rule, dtype, nonneg):
         coefs=np.array([g.coef for g in groups], dtype=dtype),
         masks=np.array([g.mask for g in groups], dtype=np.int64),
         eps=float(rule.epsilon),
-        has_zg=not rule.uses_layer_z,
+        zmode=zmode,
+        Wp=np.ascontiguousarray(Wp, dtype=dtype),
+        cz=cz.astype(dtype),
+        cp=cp.astype(dtype),
+        b=b.astype(dtype),
     )
     if layer.kind == "Conv2d":
         st.Bt = flipped_transpose(st.B, G * o, Mm * layer.weight.shape[1], *layer.weight.shape[2:])

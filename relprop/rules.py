@@ -82,6 +82,13 @@ class Rule:
     def _b(self, f):
         return f if self.include_bias else _zero
 
+    def z_form(self):
+        """``((cz, cp), ...)`` per group when, on inputs a >= 0, the group's denominator is
+        ``cz * (W a) + cp * (W+ a) + bias_g``: then the stored ``W a`` (the layer's z minus
+        its bias) and ONE extra GEMM ``W+ a`` give every group, instead of a GEMM with G*O
+        rows. None when the rule has no such form."""
+        return None
+
     def groups(self):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -141,6 +148,12 @@ class Gamma(Rule):
     def _extra_key(self):
         return (self.gamma,)
 
+    def z_form(self):
+        """On a >= 0 each group's z is ``cz (W a) + cp (W+ a) + bias``: ``(W + g W+) a`` and
+        ``(W + g W-) a = (1 + g) W a - g W+ a``, so one GEMM (W+ a) serves both groups."""
+        g = self.gamma
+        return ((1.0, g), (1.0 + g, -g))
+
     def _repr_items(self):
         return (("gamma", self.gamma),)
 
@@ -180,6 +193,10 @@ class AlphaBeta(Rule):
 
     def _extra_key(self):
         return (self.alpha, self.beta)
+
+    def z_form(self):
+        """On a >= 0: ``W+ a`` and ``W- a = W a - W+ a`` (see ``Rule.z_form``)."""
+        return ((0.0, 1.0), (1.0, -1.0))[: len(self.groups())]
 
     def _repr_items(self):
         return (("alpha", self.alpha), ("beta", self.beta))

@@ -100,17 +100,18 @@ def _stab_div(r, den, eps):
 
 
 @nb.njit(cache=True, parallel=True)
-def lrp_ratio(zg, has_zg, bias_g, zorig, r, coefs, masks, eps, s):
+def lrp_ratio(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
     """The ratio step of an LRP rule with G output groups (seed 003 rule table).
 
-    For group g and output unit (n, o, p), with ``m = n*P + p``::
+    For group g and output unit (n, o, p), with ``m = n*P + p``, ``k = g*O + o``::
 
-        den   = (zg[g*O + o, m] if has_zg else zorig[n, o, p]) + bias_g[g*O + o]
-        s[n, g*O + o, p] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
+        den = zorig[n, o, p] + bias_g[k]                                  zmode 0 (epsilon, z)
+        den = zg[k, m] + bias_g[k]                                        zmode 1 (B @ a)
+        den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zg[o, m] + bias_g[k]   zmode 2 (W+ @ a)
+        s[n, k, p] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
 
-    ``zg`` (G*O, M) is the rule's modified forward GEMM; rules whose denominator is the
-    layer's own pre-activation (epsilon, z) skip that GEMM and read the stored ``zorig``.
-    ``s`` (N, G*O, P) is NCHW, ready for the transposed contraction.
+    ``zorig`` is the layer's stored pre-activation; ``s`` (N, G*O, P) is NCHW, ready for
+    the transposed contraction.
     """
     n_, o_, p_ = r.shape
     g_ = coefs.shape[0]
@@ -118,6 +119,8 @@ def lrp_ratio(zg, has_zg, bias_g, zorig, r, coefs, masks, eps, s):
         for g in range(g_):
             mk = masks[g]
             cf = coefs[g]
+            czg = cz[g]
+            cpg = cp[g]
             for o in range(o_):
                 k = g * o_ + o
                 bg = bias_g[k]
@@ -125,9 +128,14 @@ def lrp_ratio(zg, has_zg, bias_g, zorig, r, coefs, masks, eps, s):
                     zo = zorig[n, o, p]
                     if (mk == 1 and not zo > 0) or (mk == 2 and not zo < 0):
                         s[n, k, p] = 0.0
+                        continue
+                    if zmode == 0:
+                        den = zo + bg
+                    elif zmode == 1:
+                        den = zg[k, n * p_ + p] + bg
                     else:
-                        den = (zg[k, n * p_ + p] if has_zg else zo) + bg
-                        s[n, k, p] = cf * _stab_div(r[n, o, p], den, eps)
+                        den = czg * (zo - bvec[o]) + cpg * zg[o, n * p_ + p] + bg
+                    s[n, k, p] = cf * _stab_div(r[n, o, p], den, eps)
 
 
 @nb.njit(cache=True, parallel=True)
