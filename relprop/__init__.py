@@ -7,7 +7,15 @@
 from . import composites, rules
 from .api import attribute, forward
 from .graph import (
+    Add,
     AvgPool2d,
+    BatchNorm2d,
+    Concat,
+    Dropout,
+    GlobalAvgPool2d,
+    LeakyReLU,
+    Reshape,
+    Softplus,
     Conv2d,
     Dense,
     Flatten,
@@ -22,6 +30,8 @@ from .graph import (
     Tanh,
 )
 from .methods import METHODS
+from .canonize import canonize
+from .io_native import load, save
 
 __version__ = "0.1.0"
 
@@ -29,4 +39,20 @@ __all__ = [
     "attribute", "forward", "METHODS", "rules", "composites",
     "Graph", "Node", "Sequential", "Dense", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
     "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity",
+    "Add", "Concat", "BatchNorm2d", "GlobalAvgPool2d", "Reshape", "LeakyReLU", "Softplus", "Dropout",
+    "canonize", "save", "load", "from_torch", "from_onnx",
 ]
+
+
+def from_torch(module, example_input, **kwargs):
+    """Import a PyTorch module (traced with torch.fx); see ``relprop.io_torch``."""
+    from .io_torch import from_torch as _from_torch
+
+    return _from_torch(module, example_input, **kwargs)
+
+
+def from_onnx(path_or_model, **kwargs):
+    """Import an ONNX model with the ``onnx`` package only; see ``relprop.io_onnx``."""
+    from .io_onnx import from_onnx as _from_onnx
+
+    return _from_onnx(path_or_model, **kwargs)

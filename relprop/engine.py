@@ -107,8 +107,24 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None):
                 tape.idx[node.name] = idx
         elif kind == "AvgPool2d":
             outs = {node.name: _pool_forward(k, layer, xin, False)[0]}
-        elif kind == "Flatten":
-            outs = {node.name: xin.reshape(xin.shape[0], -1)}
+        elif kind in ("Flatten", "Reshape"):
+            outs = {node.name: xin.reshape((xin.shape[0],) + tape.shapes[node.name])}
+        elif kind == "Dropout":
+            outs = {node.name: xin}
+        elif kind in ("LeakyReLU", "Softplus"):
+            outs = {node.name: _param_act(layer, xin)}
+        elif kind == "BatchNorm2d":
+            scale, shift = (v.astype(dtype).reshape((-1,) + (1,) * (xin.ndim - 2)) for v in layer.scale_shift)
+            outs = {node.name: xin * scale + shift}
+        elif kind == "GlobalAvgPool2d":
+            outs = {node.name: xin.mean(axis=(2, 3), keepdims=True, dtype=dtype)}
+        elif kind == "Add":
+            acc = live[node.inputs[0]] + live[node.inputs[1]]
+            for src in node.inputs[2:]:
+                acc += live[src]
+            outs = {node.name: acc}
+        elif kind == "Concat":
+            outs = {node.name: np.concatenate([live[s] for s in node.inputs], axis=layer.sample_axis(xin.ndim - 1) + 1)}
         elif kind == "Softmax":
             zc = xin - xin.max(axis=1, keepdims=True)
             e = np.exp(zc)
@@ -125,6 +141,22 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None):
             if remaining[src] == 0 and src != score:
                 live.pop(src, None)
     return live[graph.score_node], live[graph.output], tape
+
+
+def _param_act(layer, z):
+    """LeakyReLU and Softplus forward (torch's formulas)."""
+    if layer.kind == "LeakyReLU":
+        return np.where(z > 0, z, z * z.dtype.type(layer.negative_slope))
+    bz = z * z.dtype.type(layer.beta)
+    return np.where(bz > layer.threshold, z, np.logaddexp(0, bz) / z.dtype.type(layer.beta)).astype(z.dtype)
+
+
+def _param_act_grad(layer, z):
+    """f'(z) of LeakyReLU and Softplus."""
+    if layer.kind == "LeakyReLU":
+        return np.where(z > 0, 1, layer.negative_slope).astype(z.dtype)
+    bz = z * z.dtype.type(layer.beta)
+    return np.where(bz > layer.threshold, 1, expit(bz)).astype(z.dtype)
 
 
 def _act_numpy(kind, x):
@@ -185,7 +217,7 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER):
 
     ``mode``: GRAD, LRP or DEEPLIFT. ``rules``: node name -> Rule (LRP). For DEEPLIFT the
     tape holds the forward of ``[x; baseline]`` (2N rows) and ``start`` has N rows.
-    ``pool_eps``: stabilizer of the z-rule at average pooling (LRP).
+    ``pool_eps``: stabilizer of the z-rule at average pooling and at Add (LRP).
     """
     k = backend.kernels_for(start)
     sig = {graph.score_node: start}
@@ -196,52 +228,81 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER):
         g = sig.pop(node.name, None)
         if g is None:
             continue
-        layer = node.layer
-        kind = layer.kind
-        src = node.inputs[0]
-        if layer.linear:
-            if mode == LRP:
-                gin = _linear_lrp(k, graph, node, tape.out[src][:n] if src in tape.out else None,
-                                  tape.out.get(node.name), g, rules[node.name])
-            else:
-                gin = _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g))
-        elif kind in ("ReLU", "Tanh", "Sigmoid"):
-            if mode == LRP:
-                gin = g
-            else:
-                gin = np.empty_like(g)
-                code = ACT_CODES[kind]
-                if mode == GRAD:
-                    zz = tape.out[src] if kind == "ReLU" else g
-                    aa = tape.out[node.name] if kind != "ReLU" else g
-                    k.act_backward(g.ravel(), zz.ravel(), aa.ravel(), code, gin.ravel())
-                else:
-                    z2, a2 = tape.out[src], tape.out[node.name]
-                    k.act_rescale_backward(g.ravel(), z2[:n].ravel(), z2[n:].ravel(), a2[:n].ravel(),
-                                           a2[n:].ravel(), code, DEEPLIFT_EPS, gin.ravel())
-        elif kind == "Identity":
-            gin = g
-        elif kind == "Flatten":
-            gin = g.reshape(_in_shape(tape, graph, node, g))
-        elif kind == "MaxPool2d":
-            gin = _maxpool_backward(k, graph, node, tape, g, mode, n)
-        elif kind == "AvgPool2d":
-            (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-            shape = _in_shape(tape, graph, node, g)
-            gin = np.empty(shape, g.dtype)
-            if mode == LRP:
-                x_in, zo = tape.out[src], tape.out[node.name]
-                s = g / (zo + np.where(zo >= 0, pool_eps, -pool_eps).astype(g.dtype))
-                k.avgpool_backward(s, kh, kw, sh, sw, ph, pw, x_in, True, gin)
-            else:
-                k.avgpool_backward(g, kh, kw, sh, sw, ph, pw, gin, False, gin)
-        else:  # pragma: no cover
-            raise TypeError(f"no backward for layer kind {kind}")
-        if src in sig:
-            sig[src] = sig[src] + gin
-        else:
-            sig[src] = gin
+        for src, gin in _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
+            sig[src] = sig[src] + gin if src in sig else gin
     return sig["input"]
+
+
+def _stab(z, eps):
+    return z + np.where(z >= 0, eps, -eps).astype(z.dtype)
+
+
+def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
+    """[(input name, signal)] for one node (see the table in the module docstring)."""
+    layer = node.layer
+    kind = layer.kind
+    src = node.inputs[0]
+    if layer.linear:
+        if mode == LRP:
+            return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name]))]
+        return [(src, _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g)))]
+    if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
+                                                                       "Softplus", "BatchNorm2d")):
+        return [(src, g)]  # LRP: relevance passes through activations and batch norm (Zennit's Pass)
+    if kind in ("ReLU", "Tanh", "Sigmoid"):
+        gin = np.empty_like(g)
+        code = ACT_CODES[kind]
+        if mode == GRAD:
+            zz = tape.out[src] if kind == "ReLU" else g
+            aa = tape.out[node.name] if kind != "ReLU" else g
+            k.act_backward(g.ravel(), zz.ravel(), aa.ravel(), code, gin.ravel())
+        else:
+            z2, a2 = tape.out[src], tape.out[node.name]
+            k.act_rescale_backward(g.ravel(), z2[:n].ravel(), z2[n:].ravel(), a2[:n].ravel(),
+                                   a2[n:].ravel(), code, DEEPLIFT_EPS, gin.ravel())
+        return [(src, gin)]
+    if kind in ("LeakyReLU", "Softplus"):
+        z = tape.out[src]
+        if mode == GRAD:
+            return [(src, g * _param_act_grad(layer, z))]
+        a2 = tape.out[node.name]
+        dz = z[:n] - z[n:]
+        small = np.abs(dz) < DEEPLIFT_EPS
+        ratio = (a2[:n] - a2[n:]) / np.where(small, 1, dz)
+        return [(src, g * np.where(small, _param_act_grad(layer, z[:n]), ratio))]
+    if kind in ("Flatten", "Reshape"):
+        return [(src, g.reshape(_in_shape(tape, graph, node, g)))]
+    if kind == "MaxPool2d":
+        return [(src, _maxpool_backward(k, graph, node, tape, g, mode, n))]
+    if kind == "AvgPool2d":
+        (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+        gin = np.empty(_in_shape(tape, graph, node, g), g.dtype)
+        if mode == LRP:
+            s = g / _stab(tape.out[node.name], pool_eps)
+            k.avgpool_backward(s, kh, kw, sh, sw, ph, pw, tape.out[src], True, gin)
+        else:
+            k.avgpool_backward(g, kh, kw, sh, sw, ph, pw, gin, False, gin)
+        return [(src, gin)]
+    if kind == "GlobalAvgPool2d":
+        shape = _in_shape(tape, graph, node, g)
+        inv = g.dtype.type(1.0 / (shape[2] * shape[3]))
+        if mode == LRP:
+            return [(src, tape.out[src] * (g / _stab(tape.out[node.name], pool_eps)) * inv)]
+        return [(src, np.broadcast_to(g * inv, shape).copy())]
+    if kind == "BatchNorm2d":
+        scale = layer.scale_shift[0].astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 2))
+        return [(src, g * scale)]
+    if kind == "Add":
+        if mode == LRP:  # split in proportion to each input's share (Zennit's Norm on Sum)
+            s = g / _stab(tape.out[node.name], pool_eps)
+            return [(i, tape.out[i] * s) for i in node.inputs]
+        return [(i, g) for i in node.inputs]
+    if kind == "Concat":
+        ax = layer.sample_axis(g.ndim - 1) + 1
+        sizes = [tape.shapes[i][ax - 1] for i in node.inputs]
+        parts = np.split(g, np.cumsum(sizes)[:-1], axis=ax)
+        return [(i, np.ascontiguousarray(p)) for i, p in zip(node.inputs, parts)]
+    raise TypeError(f"no backward for layer kind {kind}")  # pragma: no cover
 
 
 def _in_shape(tape, graph, node, g):

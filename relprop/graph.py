@@ -40,10 +40,15 @@ def _weight(arr, name, layer, ndim):
 
 
 class Layer:
-    """Base class of the IR's layer types. ``kind`` names the layer family."""
+    """Base class of the IR's layer types. ``kind`` names the layer family; ``n_inputs`` is
+    the number of inputs (None: two or more); ``hyper`` lists the constructor arguments that
+    are not arrays (used by save/load)."""
 
     kind = "Layer"
     linear = False
+    n_inputs = 1
+    hyper = ()
+    arrays = ()
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -57,6 +62,7 @@ class Dense(Layer):
 
     kind = "Dense"
     linear = True
+    arrays = ("weight", "bias")
 
     def __init__(self, weight, bias=None):
         self.weight = _weight(weight, "weight", "Dense", 2)
@@ -81,6 +87,8 @@ class Conv2d(Layer):
 
     kind = "Conv2d"
     linear = True
+    arrays = ("weight", "bias")
+    hyper = ("stride", "padding")
 
     def __init__(self, weight, bias=None, stride=1, padding=0):
         self.weight = _weight(weight, "weight", "Conv2d", 4)
@@ -112,6 +120,8 @@ class Conv2d(Layer):
 
 
 class _Pool2d(Layer):
+    hyper = ("kernel_size", "stride", "padding")
+
     def __init__(self, kernel_size, stride=None, padding=0):
         self.kernel_size = _pair(kernel_size, "kernel_size", self.kind)
         self.stride = self.kernel_size if stride is None else _pair(stride, "stride", self.kind)
@@ -183,6 +193,172 @@ class Softmax(Layer):
         return in_shape
 
 
+class LeakyReLU(Layer):
+    """``max(z, 0) + negative_slope * min(z, 0)``."""
+
+    kind = "LeakyReLU"
+    hyper = ("negative_slope",)
+
+    def __init__(self, negative_slope=0.01):
+        if not isinstance(negative_slope, (int, float, np.floating)) or not np.isfinite(negative_slope):
+            raise TypeError(f"LeakyReLU: negative_slope must be a finite number, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def __repr__(self):
+        return f"LeakyReLU({self.negative_slope})"
+
+
+class Softplus(Layer):
+    """``log(1 + exp(beta z)) / beta``, linear above ``threshold`` (torch's semantics)."""
+
+    kind = "Softplus"
+    hyper = ("beta", "threshold")
+
+    def __init__(self, beta=1.0, threshold=20.0):
+        if not (isinstance(beta, (int, float, np.floating)) and beta > 0 and np.isfinite(beta)):
+            raise ValueError(f"Softplus: beta must be a finite number > 0, got {beta!r}")
+        self.beta, self.threshold = float(beta), float(threshold)
+
+    def __repr__(self):
+        return f"Softplus(beta={self.beta}, threshold={self.threshold})"
+
+
+class Dropout(Layer):
+    """Identity at inference (kept so imported graphs keep their node names)."""
+
+    kind = "Dropout"
+    hyper = ("p",)
+
+    def __init__(self, p=0.5):
+        self.p = float(p)
+
+
+class BatchNorm2d(Layer):
+    """Inference batch norm over channels: ``y = (x - mean) / sqrt(var + eps) * weight + bias``
+    on (N, C, H, W) or (N, C) inputs. ``rp.canonize`` folds it into an adjacent linear layer."""
+
+    kind = "BatchNorm2d"
+    arrays = ("weight", "bias", "running_mean", "running_var")
+    hyper = ("eps",)
+
+    def __init__(self, weight, bias, running_mean, running_var, eps=1e-5):
+        self.weight = _weight(weight, "weight", "BatchNorm2d", 1)
+        c = self.weight.shape[0]
+        self.bias = _weight(bias, "bias", "BatchNorm2d", 1)
+        self.running_mean = _weight(running_mean, "running_mean", "BatchNorm2d", 1)
+        self.running_var = _weight(running_var, "running_var", "BatchNorm2d", 1)
+        for nm in ("bias", "running_mean", "running_var"):
+            if getattr(self, nm).shape != (c,):
+                raise ValueError(f"BatchNorm2d: {nm} must have shape ({c},), got {getattr(self, nm).shape}")
+        if np.any(self.running_var < 0):
+            raise ValueError("BatchNorm2d: running_var must be >= 0")
+        if not (eps >= 0 and np.isfinite(eps)):
+            raise ValueError(f"BatchNorm2d: eps must be a finite number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        if np.any(self.running_var + self.eps <= 0):
+            raise ValueError("BatchNorm2d: running_var + eps must be > 0")
+
+    @property
+    def scale_shift(self):
+        """(scale, shift) in float64 with ``y = scale * x + shift`` per channel."""
+        scale = self.weight.astype(np.float64) / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        return scale, self.bias.astype(np.float64) - self.running_mean.astype(np.float64) * scale
+
+    def __repr__(self):
+        return f"BatchNorm2d({self.weight.shape[0]})"
+
+    def out_shape(self, in_shape):
+        c = self.weight.shape[0]
+        if len(in_shape) not in (1, 3) or in_shape[0] != c:
+            raise ValueError(f"expects (C={c}, H, W) or (C={c},), got per-sample shape {tuple(in_shape)}")
+        return in_shape
+
+
+class GlobalAvgPool2d(Layer):
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), as AdaptiveAvgPool2d(1)."""
+
+    kind = "GlobalAvgPool2d"
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (C, H, W), got per-sample shape {tuple(in_shape)}")
+        return (in_shape[0], 1, 1)
+
+
+class Reshape(Layer):
+    """Reshape every sample to ``shape`` (the batch axis is kept; one -1 allowed)."""
+
+    kind = "Reshape"
+    hyper = ("shape",)
+
+    def __init__(self, shape):
+        try:
+            self.shape = tuple(int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise TypeError(f"Reshape: shape must be a tuple of ints, got {shape!r}") from None
+        if sum(1 for s in self.shape if s == -1) > 1 or any(s < -1 or s == 0 for s in self.shape):
+            raise ValueError(f"Reshape: shape may hold positive sizes and at most one -1, got {self.shape}")
+
+    def __repr__(self):
+        return f"Reshape({self.shape})"
+
+    def out_shape(self, in_shape):
+        size = int(np.prod(in_shape))
+        known = int(np.prod([s for s in self.shape if s != -1]))
+        if -1 in self.shape:
+            if size % known:
+                raise ValueError(f"cannot reshape per-sample shape {tuple(in_shape)} to {self.shape}")
+            return tuple(size // known if s == -1 else s for s in self.shape)
+        if known != size:
+            raise ValueError(f"cannot reshape per-sample shape {tuple(in_shape)} ({size} values) to {self.shape}")
+        return self.shape
+
+
+class Add(Layer):
+    """Sum of two or more inputs of one shape (residual connections)."""
+
+    kind = "Add"
+    n_inputs = None
+
+    def out_shape(self, *in_shapes):
+        if any(s != in_shapes[0] for s in in_shapes):
+            raise ValueError(f"inputs must have one shape, got {[tuple(s) for s in in_shapes]}")
+        return in_shapes[0]
+
+
+class Concat(Layer):
+    """Concatenation of two or more inputs along ``axis`` (counting the batch axis as 0)."""
+
+    kind = "Concat"
+    n_inputs = None
+    hyper = ("axis",)
+
+    def __init__(self, axis=1):
+        if not isinstance(axis, (int, np.integer)) or axis == 0:
+            raise ValueError(f"Concat: axis must be a non-zero int (0 is the batch axis), got {axis!r}")
+        self.axis = int(axis)
+
+    def __repr__(self):
+        return f"Concat(axis={self.axis})"
+
+    def sample_axis(self, ndim):
+        """The axis in per-sample shapes of ``ndim`` dimensions."""
+        ax = self.axis - 1 if self.axis > 0 else ndim + self.axis
+        if not 0 <= ax < ndim:
+            raise ValueError(f"Concat: axis {self.axis} is out of range for inputs with {ndim + 1} dimensions")
+        return ax
+
+    def out_shape(self, *in_shapes):
+        nd = len(in_shapes[0])
+        ax = self.sample_axis(nd)
+        for s in in_shapes:
+            if len(s) != nd or any(a != b for i, (a, b) in enumerate(zip(s, in_shapes[0])) if i != ax):
+                raise ValueError(f"inputs must match except along axis {self.axis}, got {[tuple(s) for s in in_shapes]}")
+        out = list(in_shapes[0])
+        out[ax] = sum(s[ax] for s in in_shapes)
+        return tuple(out)
+
+
 ACTIVATIONS = ("ReLU", "Tanh", "Sigmoid", "Identity")
 
 
@@ -207,6 +383,9 @@ class Graph:
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
+        self.nodes = [n if isinstance(n, Node) else Node(*n) for n in self.nodes]
+        for n in self.nodes:
+            n.inputs = (n.inputs,) if isinstance(n.inputs, str) else tuple(n.inputs)
         seen = {"input"}
         for i, node in enumerate(self.nodes):
             if not isinstance(node.layer, Layer):
@@ -216,8 +395,10 @@ class Graph:
             for src in node.inputs:
                 if src not in seen:
                     raise ValueError(f"node {node.name!r} reads {src!r}, which is not defined before it")
-            if len(node.inputs) != 1:
-                raise ValueError(f"node {node.name!r}: {node.layer.kind} takes exactly one input")
+            n_in = node.layer.n_inputs
+            if (n_in is None and len(node.inputs) < 2) or (n_in is not None and len(node.inputs) != n_in):
+                want = "two or more inputs" if n_in is None else f"exactly {n_in} input"
+                raise ValueError(f"node {node.name!r}: {node.layer.kind} takes {want}, got {len(node.inputs)}")
             if node.layer.kind == "Softmax" and i != len(self.nodes) - 1:
                 raise ValueError(f"Softmax (node {node.name!r}) must be the last layer")
             seen.add(node.name)
@@ -250,18 +431,22 @@ class Graph:
         shapes = {"input": tuple(int(s) for s in in_shape)}
         for node in self.nodes:
             try:
-                shapes[node.name] = tuple(node.layer.out_shape(shapes[node.inputs[0]]))
+                shapes[node.name] = tuple(node.layer.out_shape(*(shapes[s] for s in node.inputs)))
             except ValueError as e:
                 raise ValueError(f"layer {node.name!r} ({node.layer!r}): {e}") from None
         return shapes
 
     def input_rank(self):
-        first = self.nodes[0].layer
-        if first.kind == "Conv2d":
-            return 3
-        if first.kind == "Dense":
-            return 1
+        """Per-sample rank the graph input must have, when the first reader fixes it."""
+        for node in self.consumers_of("input"):
+            if node.layer.kind in ("Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"):
+                return 3
+            if node.layer.kind == "Dense":
+                return 1
         return None
+
+    def consumers_of(self, name):
+        return [self.by_name[c] for c in self.consumers.get(name, [])]
 
     # -- weights ----------------------------------------------------------------------
     def params(self, node, dtype):

@@ -31,8 +31,16 @@ def needs(graph, mode, rules=None):
             if mode == DEEPLIFT:
                 keep.update((src, node.name))
             idx.add(node.name)
-        elif kind == "AvgPool2d" and mode == LRP:
+        elif kind in ("LeakyReLU", "Softplus"):
+            if mode == GRAD:
+                keep.add(src)
+            elif mode == DEEPLIFT:
+                keep.update((src, node.name))
+        elif kind in ("AvgPool2d", "GlobalAvgPool2d") and mode == LRP:
             keep.update((src, node.name))
+        elif kind == "Add" and mode == LRP:
+            keep.update(node.inputs)
+            keep.add(node.name)
         elif node.layer.linear and mode == LRP:
             keep.add(src)
             rule = rules[node.name]

@@ -1,0 +1,157 @@
+"""pytest configuration for the relprop benchmark suite (bench/).
+
+Not collected by the main test run: ``pyproject.toml`` sets ``testpaths = ["tests"]``; run the
+benchmarks with ``python -m pytest bench ...`` (see bench/README.md).
+
+Zennit imports ``torchvision.models.resnet`` at import time. The torchvision wheel in this
+environment does not match the CPU torch build (``operator torchvision::nms does not exist``), so
+when the real import fails we put a minimal stand-in module tree into ``sys.modules`` before
+zennit is imported. Zennit only uses ``BasicBlock`` / ``Bottleneck`` for its ResNet canonizer,
+which the benchmarks never use.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import pytest
+
+
+def install_torchvision_stub() -> bool:
+    """Make ``import zennit`` work. Returns True when a stand-in was installed."""
+    mod = sys.modules.get("torchvision.models.resnet")
+    if mod is not None and hasattr(mod, "BasicBlock") and hasattr(mod, "Bottleneck"):
+        return False  # real torchvision or a stand-in (e.g. from tests/conftest.py) already there
+    try:
+        import torchvision.models.resnet  # noqa: F401
+
+        return False
+    except Exception:  # RuntimeError (nms operator), ImportError, ...
+        pass
+    # drop whatever the failed import left half-initialised
+    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+        del sys.modules[name]
+
+    import torch
+
+    class BasicBlock(torch.nn.Module):  # pragma: no cover - never instantiated
+        expansion = 1
+
+    class Bottleneck(torch.nn.Module):  # pragma: no cover - never instantiated
+        expansion = 4
+
+    tv = types.ModuleType("torchvision")
+    tv.__path__ = []  # mark as package
+    tv.__version__ = "0.0.0+benchstub"
+    models = types.ModuleType("torchvision.models")
+    models.__path__ = []
+    resnet = types.ModuleType("torchvision.models.resnet")
+    resnet.BasicBlock = BasicBlock
+    resnet.Bottleneck = Bottleneck
+    models.resnet = resnet
+    tv.models = models
+    sys.modules["torchvision"] = tv
+    sys.modules["torchvision.models"] = models
+    sys.modules["torchvision.models.resnet"] = resnet
+    return True
+
+
+TORCHVISION_STUBBED = install_torchvision_stub()
+
+# Two cores on the reference machine: pin every library to the same thread count.
+BENCH_THREADS = int(os.environ.get("RELPROP_BENCH_THREADS", "2"))
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(BENCH_THREADS)
+    config._relprop_bench_threads = BENCH_THREADS
+
+
+def pytest_report_header(config):
+    import torch
+
+    return [
+        f"relprop bench: torch threads={torch.get_num_threads()}, "
+        f"torchvision stand-in={'yes' if TORCHVISION_STUBBED else 'no'}"
+    ]
+
+
+@pytest.fixture(scope="session")
+def relprop_mod():
+    """The relprop package, or skip the relprop side when it is not importable yet."""
+    try:
+        import relprop
+    except Exception as exc:  # pragma: no cover - depends on the library's state
+        pytest.skip(f"relprop not importable: {type(exc).__name__}: {exc}")
+    if not hasattr(relprop, "attribute"):
+        pytest.skip("relprop has no attribute() yet")
+    return relprop
+
+
+# ----------------------------------------------------------------------------------------------
+# Extra context in the --benchmark-json file (read by bench/report.py)
+# ----------------------------------------------------------------------------------------------
+_SESSION = {"outcomes": [], "loadavg_start": None}
+
+
+def pytest_sessionstart(session):
+    try:
+        _SESSION["loadavg_start"] = list(os.getloadavg())
+    except OSError:  # pragma: no cover
+        pass
+
+
+def pytest_runtest_logreport(report):
+    """Remember skipped/failed cases (e.g. relprop not importable, relprop errors) for the report."""
+    if report.outcome == "passed":
+        return
+    msg = ""
+    if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
+        msg = str(report.longrepr[2])
+    elif report.outcome == "failed":
+        crash = getattr(report.longrepr, "reprcrash", None)
+        msg = crash.message if crash is not None else str(report.longrepr)[-2000:]
+    _SESSION["outcomes"].append(
+        {"nodeid": report.nodeid, "when": report.when, "outcome": report.outcome, "message": msg})
+
+
+def _relprop_source_digest():
+    """Short digest of relprop/ and kernels/ sources: tells which library state a run measured."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    n = 0
+    for sub in ("relprop", "kernels"):
+        for f in sorted((root / sub).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+            n += 1
+    return f"{h.hexdigest()[:12]} ({n} files)"
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    import shlex
+
+    import torch
+
+    output_json["relprop_bench"] = {
+        "command": " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable)] + ["-m", "pytest"]
+                            + list(config.invocation_params.args)),
+        "cwd": str(config.invocation_params.dir),
+        "torch_threads": torch.get_num_threads(),
+        "env": {k: os.environ[k] for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                           "OPENBLAS_NUM_THREADS", "NUMBA_CACHE_DIR",
+                                           "RELPROP_BENCH_THREADS", "RELPROP_BENCH_ROUNDS_W1",
+                                           "RELPROP_BENCH_ROUNDS_W1_IG", "RELPROP_BENCH_ROUNDS_W2", "RELPROP_BENCH_ROUNDS_W2_CAPTUM")
+                if k in os.environ},
+        "loadavg_start": _SESSION["loadavg_start"],
+        "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torchvision_stub": TORCHVISION_STUBBED,
+        "relprop_source_sha256": _relprop_source_digest(),
+        "outcomes": list(_SESSION["outcomes"]),
+    }

@@ -1,0 +1,72 @@
+"""relprop's native model file: one ``.npz`` archive, versioned, loaded without executing code.
+
+Layout (format ``relprop-model`` version 1):
+
+* ``__graph__``: a 0-d unicode array holding JSON ``{"format": "relprop-model", "version": 1,
+  "nodes": [{"name", "kind", "inputs", "hyper": {...}, "arrays": [...]}, ...]}``;
+* ``{i}.{array}``: the arrays of node ``i`` (``weight``, ``bias``, BatchNorm statistics) in
+  their stored dtype, so a round trip is bit-exact.
+
+``np.load(..., allow_pickle=False)`` never unpickles: a file cannot run code on load.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+
+from . import graph as G
+
+FORMAT, VERSION = "relprop-model", 1
+_KINDS = {cls.kind: cls for cls in (
+    G.Dense, G.Conv2d, G.MaxPool2d, G.AvgPool2d, G.Flatten, G.ReLU, G.Tanh, G.Sigmoid, G.Identity, G.Softmax,
+    G.LeakyReLU, G.Softplus, G.Dropout, G.BatchNorm2d, G.GlobalAvgPool2d, G.Reshape, G.Add, G.Concat)}
+
+
+def save(model, path):
+    """Write ``model`` (a relprop graph) to ``path`` (``.npz`` is appended by numpy if missing)."""
+    if not isinstance(model, G.Graph):
+        raise TypeError(f"save: expected a relprop model, got {type(model).__name__}")
+    nodes, arrays = [], {}
+    for i, node in enumerate(model.nodes):
+        layer = node.layer
+        hyper = {}
+        for h in layer.hyper:
+            v = getattr(layer, h)
+            hyper[h] = list(v) if isinstance(v, tuple) else v
+        for a in layer.arrays:
+            arrays[f"{i}.{a}"] = getattr(layer, a)
+        nodes.append({"name": node.name, "kind": layer.kind, "inputs": list(node.inputs), "hyper": hyper,
+                      "arrays": list(layer.arrays)})
+    header = json.dumps({"format": FORMAT, "version": VERSION, "nodes": nodes})
+    np.savez(path, __graph__=np.array(header), **arrays)
+
+
+def load(path):
+    """Read a model written by :func:`save`; a damaged or foreign file raises ``ValueError``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            header = json.loads(str(f["__graph__"][()]))
+            if header.get("format") != FORMAT:
+                raise ValueError(f"not a relprop model (format {header.get('format')!r})")
+            if header.get("version") != VERSION:
+                raise ValueError(f"format version {header.get('version')!r} is not supported (this relprop reads {VERSION})")
+            nodes = []
+            for i, spec in enumerate(header["nodes"]):
+                cls = _KINDS.get(spec["kind"])
+                if cls is None:
+                    raise ValueError(f"node {spec.get('name')!r} has unknown kind {spec['kind']!r}")
+                args = {a: f[f"{i}.{a}"] for a in spec["arrays"]}
+                hyper = {h: tuple(v) if isinstance(v, list) else v for h, v in spec["hyper"].items()}
+                layer = cls(**args, **hyper)
+                for a in spec["arrays"]:  # keep the stored dtype bit-exact (constructors may cast)
+                    setattr(layer, a, np.array(args[a], copy=True))
+                nodes.append(G.Node(spec["name"], layer, tuple(spec["inputs"])))
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError, TypeError) as e:
+        raise ValueError(f"load: {path} is not a readable relprop model file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ValueError(f"load: {path}: {e}") from None
+    return G.Graph(nodes)
