@@ -383,13 +383,10 @@ def _linear_lrp(k, graph, node, a, z, r, rule):
         k.stack_input_mods(a2, st.modes, low, high, xs)
     go = st.B.shape[0]
     if node.layer.kind == "Dense":
-        o = node.layer.weight.shape[0]
-        r3 = r.reshape(n, o, 1)
-        z3 = (z if z is not None else r).reshape(n, o, 1)
         s = np.empty((n, go), dtype)
-        zg = st.Wp @ (a2.T if st.zmode == 2 else xs.T) if st.zmode else s
-        k.lrp_ratio(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z3, r3, st.coefs, st.masks, st.eps,
-                    s.reshape(n, go, 1))
+        zg = (a2 if st.zmode == 2 else xs) @ st.Wp.T if st.zmode else s
+        k.lrp_ratio_rows(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z if z is not None else r, r,
+                         st.coefs, st.masks, st.eps, s)
         c = s @ st.B
         out = np.empty_like(a2)
         k.stacked_mul_sum(xs, c, mm, out)

@@ -15,6 +15,7 @@ from .elementwise import (
     act_backward,
     act_rescale_backward,
     lrp_ratio,
+    lrp_ratio_rows,
     combine_from_gemm,
     grad_to_rows,
     stacked_mul_sum,
@@ -32,7 +33,7 @@ from .pool import (
 __all__ = [
     "im2col", "col2im_gather", "conv_out_shape",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
-    "lrp_ratio", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
+    "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",
     "avgpool_forward", "avgpool_backward",
 ]

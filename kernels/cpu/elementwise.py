@@ -139,6 +139,33 @@ def lrp_ratio(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
 
 
 @nb.njit(cache=True, parallel=True)
+def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
+    """``lrp_ratio`` for Dense layers, rows layout: ``zg`` (N, G*O) or (N, O) (zmode 2),
+    ``zorig``/``r`` (N, O), ``s`` (N, G*O). The unit loop is innermost and branch-free per
+    zmode so it vectorizes (the NCHW kernel's spatial loop has length 1 here)."""
+    n_, o_ = r.shape
+    g_ = coefs.shape[0]
+    for n in nb.prange(n_):
+        for g in range(g_):
+            mk = masks[g]
+            cf = coefs[g]
+            czg = cz[g]
+            cpg = cp[g]
+            base = g * o_
+            for o in range(o_):
+                zo = zorig[n, o]
+                if zmode == 0:
+                    den = zo + bias_g[base + o]
+                elif zmode == 1:
+                    den = zg[n, base + o] + bias_g[base + o]
+                else:
+                    den = czg * (zo - bvec[o]) + cpg * zg[n, o] + bias_g[base + o]
+                v = cf * _stab_div(r[n, o], den, eps)
+                keep = mk == 0 or (mk == 1 and zo > 0) or (mk == 2 and zo < 0)
+                s[n, base + o] = v if keep else 0.0 * v
+
+
+@nb.njit(cache=True, parallel=True)
 def combine_from_gemm(cg, xs, mods, out):
     """Epilogue of a transposed contraction ``cg`` (Ct, N*P) back to NCHW ``out`` (N, C, P).
 
@@ -181,6 +208,11 @@ def grad_to_rows(g, z, a, act, s):
 def stacked_mul_sum(xs, c, mods, out):
     """``out[n, f] = sum_m xs[n, m*F + f] * c[n, m*F + f]`` for (N, mods*F) inputs."""
     n_, f_ = out.shape
+    if mods == 1:
+        for n in nb.prange(n_):
+            for f in range(f_):
+                out[n, f] = xs[n, f] * c[n, f]
+        return
     for n in nb.prange(n_):
         for f in range(f_):
             acc = 0.0
