@@ -12,6 +12,7 @@ Layout (format ``relprop-model`` version 1):
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -45,6 +46,10 @@ def save(model, path):
 
 def load(path):
     """Read a model written by :func:`save`; a damaged or foreign file raises ``ValueError``."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load: no such file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"load: {path} is not a readable relprop model file (not an npz archive)")
     try:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(str(f["__graph__"][()]))
