@@ -46,8 +46,8 @@ def canonize(graph):
 
     A BN right after a linear layer that feeds only it is folded into that layer; otherwise
     a BN whose only consumer is a linear layer is folded into it when exact (Dense; Conv2d
-    without padding). Node names of the kept layers are unchanged; references to a folded
-    BN are redirected to the merged node.
+    without padding). A merged layer keeps the linear layer's name; references to a folded
+    BN are redirected to it.
     """
     nodes = [Node(n.name, n.layer, tuple(n.inputs)) for n in graph.nodes]
     changed = True
@@ -60,8 +60,11 @@ def canonize(graph):
             src = node.inputs[0]
             prev = g.by_name.get(src)
             if prev is not None and prev.layer.linear and g.consumers.get(src) == [node.name]:
-                merged = Node(node.name, _fold_after(prev, node), prev.inputs)
+                # the merged layer keeps the linear layer's name, placed where the BN was
+                merged = Node(prev.name, _fold_after(prev, node), prev.inputs)
                 nodes = [merged if n.name == node.name else n for n in nodes if n.name != prev.name]
+                nodes = [Node(n.name, n.layer, tuple(prev.name if i == node.name else i for i in n.inputs))
+                         for n in nodes]
                 changed = True
                 break
             cons = g.consumers.get(node.name, [])

@@ -161,6 +161,7 @@ def test_canonize_folds_and_keeps_output():
     c = rp.canonize(g)
     kinds = [n.layer.kind for n in c.nodes]
     assert "BatchNorm2d" not in kinds
+    assert [n.name for n in c.nodes][:3] == ["c1", "a1", "c2"]  # merged layers keep their names
     np.testing.assert_allclose(c(X), g(X), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(c(X.astype(np.float32)), g(X), rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,857 @@
+"""Import a PyTorch module into relprop's layer-graph IR (``rp.from_torch``).
+
+The module is traced with ``torch.fx.symbolic_trace`` (falling back to ``torch.export`` when the
+Python code cannot be traced symbolically) in eval mode, and every traced operation is mapped to
+one IR node:
+
+==========================================================  ====================================
+PyTorch                                                     relprop
+==========================================================  ====================================
+nn.Linear, F.linear                                         Dense
+nn.Conv2d, F.conv2d (groups=1, dilation=1, zero padding;    Conv2d
+padding='same' with odd kernels, 'valid')
+nn.BatchNorm1d/2d, F.batch_norm (running statistics)        BatchNorm2d (folded by ``rp.canonize``)
+nn.ReLU, F.relu, torch.relu, x.relu()                       ReLU
+nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus (+ functions) LeakyReLU, Tanh, Sigmoid, Softplus
+nn.Softmax over the last axis, as the last operation        Softmax
+nn.MaxPool2d (dilation 1)                                   MaxPool2d
+nn.AvgPool2d (count_include_pad=True, no divisor_override)  AvgPool2d
+nn.AdaptiveAvgPool2d(1), x.mean((2, 3))                     GlobalAvgPool2d
+nn.AdaptiveAvgPool2d(k) with k dividing H and W             AvgPool2d
+nn.Flatten, torch.flatten(x, 1), view/reshape keeping N     Flatten / Reshape
+nn.Dropout* (eval), F.dropout(training=False)               Dropout
+nn.Identity, x.clone(), x.contiguous()                      (no node)
+a + b, torch.add, x += y                                    Add
+torch.cat(dim != 0)                                         Concat
+torch.stack([...], -1).sum(-1)  (zennit.layer.Sum)          Add
+==========================================================  ====================================
+
+``ceil_mode=True`` pools are accepted only where they give the same output size as
+``ceil_mode=False`` (then they are the same operation). Anything else raises a ``ValueError``
+naming the operation, the traced node and the module path. A reused module (one ``nn.ReLU``
+applied twice) becomes one IR node per call.
+
+After building, the graph and the module both run on ``example_input`` -- in float64 on both
+sides, so that only a structural difference (not float32 rounding) can fail the comparison --
+and a difference beyond ``atol + rtol * |y|`` raises (``check="raise"``) or warns
+(``check="warn"``).
+"""
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+
+import numpy as np
+
+from . import graph as G
+from .canonize import canonize as _canonize
+
+SUPPORTED = (
+    "nn.Linear, nn.Conv2d (groups=1, dilation=1, padding_mode='zeros'), nn.BatchNorm1d/2d (with running "
+    "statistics), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, Softmax (last axis, last operation), nn.MaxPool2d "
+    "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d(1), mean over (2, 3), "
+    "Flatten / flatten(x, 1) / view or reshape keeping the batch axis, Dropout, Identity, clone, + / torch.add, "
+    "torch.cat, torch.stack summed over the stacked axis (zennit.layer.Sum)")
+
+
+def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canonize=True):
+    """Convert a PyTorch module into a relprop graph and check it reproduces the module.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model. It is traced in eval mode (the train/eval flags of its submodules are restored
+        afterwards) with one tensor input and one tensor output.
+    example_input : torch.Tensor or numpy.ndarray
+        A batch ``(N, ...)`` used to trace shapes and to compare the two forward passes.
+    check : {"raise", "warn"}
+        What to do when the imported graph's output differs from the module's: raise a
+        ``ValueError`` or emit a ``UserWarning`` (the graph is returned).
+    rtol, atol : float
+        The outputs agree when ``|y_relprop - y_torch| <= atol + rtol * |y_torch|`` everywhere
+        (compared in float64). ``atol=None`` means ``rtol * max|y_torch|``.
+    canonize : bool
+        Fold every BatchNorm into its adjacent Conv2d/Dense (:func:`relprop.canonize`), as
+        Zennit's canonizers do before LRP. ``False`` keeps BatchNorm2d nodes.
+
+    Returns
+    -------
+    relprop.Graph
+
+    Examples
+    --------
+    >>> net = rp.from_torch(torch_model.eval(), torch.randn(2, 3, 32, 32))     # doctest: +SKIP
+    >>> R = rp.attribute(net, x, "lrp", rules=rp.composites.EpsilonPlusFlat())  # doctest: +SKIP
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("relprop.from_torch needs PyTorch: pip install torch "
+                          "(relprop[test] pins torch==2.13.0)") from e
+    if check not in ("raise", "warn"):
+        raise ValueError(f"from_torch: check must be 'raise' or 'warn', got {check!r}")
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch: expected a torch.nn.Module, got {type(module).__name__}")
+    if not (rtol >= 0) or (atol is not None and not atol >= 0):
+        raise ValueError(f"from_torch: rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
+    x = _example_tensor(torch, module, example_input)
+
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            gm, exported = _trace(torch, module, x)
+            graph = _Converter(torch, gm, x, exported).run()
+            if canonize:
+                graph = _canonize(graph)
+            _check_forward(torch, module, graph, x, check, rtol, atol)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return graph
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing
+# --------------------------------------------------------------------------------------------
+def _example_tensor(torch, module, example_input):
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(np.asarray(example_input))
+    if not torch.is_floating_point(x):
+        raise TypeError(f"from_torch: example_input must be a floating-point batch, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"from_torch: example_input must be a batch (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+    ref = next((p for p in list(module.parameters()) + list(module.buffers()) if torch.is_floating_point(p)), None)
+    if ref is not None:
+        x = x.to(device=ref.device, dtype=ref.dtype)
+    return x.detach()
+
+
+def _trace(torch, module, x):
+    """(GraphModule with shape metadata, exported?)."""
+    try:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        gm = torch.fx.symbolic_trace(module)
+        ShapeProp(gm).propagate(x)
+        return gm, False
+    except Exception as e_fx:  # noqa: BLE001 - data-dependent Python code: try torch.export
+        try:
+            return torch.export.export(module, (x,)).module(), True
+        except Exception as e_ex:  # noqa: BLE001
+            raise ValueError(
+                f"from_torch: could not trace the module: torch.fx.symbolic_trace failed "
+                f"({type(e_fx).__name__}: {e_fx}) and torch.export failed ({type(e_ex).__name__}: {e_ex})"
+            ) from e_ex
+
+
+# --------------------------------------------------------------------------------------------
+# Values flowing through the conversion
+# --------------------------------------------------------------------------------------------
+class _Tensor:
+    """An IR tensor: the node that produces it and its full torch shape (batch axis first)."""
+
+    def __init__(self, name, shape):
+        self.name, self.shape = name, tuple(int(s) for s in shape)
+
+
+class _Batch:
+    """The batch size read symbolically (``x.size(0)``, ``x.shape[0]``)."""
+
+
+class _Shape:
+    """``x.shape`` / ``x.size()`` of an IR tensor."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def _items(self):
+        return [_Batch()] + list(self.t.shape[1:])
+
+
+class _Stack:
+    """``torch.stack(tensors, dim)``: only summing it over ``dim`` is supported."""
+
+    def __init__(self, tensors, dim):
+        self.tensors, self.dim = tensors, dim
+
+
+class _Unsupported(Exception):
+    """Raised by a handler: the message says what is wrong; the converter adds where."""
+
+
+def _bind(names, args, kwargs, defaults):
+    if len(args) > len(names):
+        raise _Unsupported(f"takes at most {len(names)} arguments, got {len(args)}")
+    b = dict(defaults)
+    b.update(zip(names, args))
+    for k, v in kwargs.items():
+        if k not in names:
+            raise _Unsupported(f"unexpected argument {k!r}")
+        b[k] = v
+    return b
+
+
+def _pair(v):
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1:
+            return int(v[0]), int(v[0])
+        if len(v) != 2:
+            raise _Unsupported(f"expects an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+# --------------------------------------------------------------------------------------------
+# The converter
+# --------------------------------------------------------------------------------------------
+class _Converter:
+    def __init__(self, torch, gm, x, exported):
+        self.torch = torch
+        self.gm = gm
+        self.batch = int(x.shape[0])
+        self.exported = exported
+        self.modules = dict(gm.named_modules())
+        self.nodes = []
+        self.names = {"input"}
+        self.env = {}
+        self.functions, self.methods = _function_tables(torch)
+        self.module_ops = _module_table(torch)
+
+    # -- driver --------------------------------------------------------------------------------
+    def run(self):
+        out = None
+        for n in self.gm.graph.nodes:
+            if n.op == "placeholder":
+                if any(isinstance(v, _Tensor) and v.name == "input" for v in self.env.values()):
+                    raise ValueError(f"from_torch: the module takes more than one input (placeholder {n.name!r}); "
+                                     "relprop models have exactly one")
+                self.env[n] = _Tensor("input", self._shape(n))
+            elif n.op == "get_attr":
+                self.env[n] = _fetch_attr(self.gm, n.target)
+            elif n.op == "output":
+                out = self._arg(n.args[0])
+                if isinstance(out, (tuple, list)) and len(out) == 1:
+                    out = out[0]
+                if not isinstance(out, _Tensor):
+                    raise ValueError(f"from_torch: the module must return one tensor, got {type(out).__name__} "
+                                     f"({_describe_value(out)}); relprop models have exactly one output")
+            elif n.op == "call_module" and self.exported and not n.users:
+                continue  # torch.export's guard checks
+            else:
+                try:
+                    self.env[n] = self._convert(n)
+                except _Unsupported as e:
+                    raise ValueError(f"from_torch: {self._what(n)} at node {n.name!r}{self._where(n)}: {e}. "
+                                     f"Supported: {SUPPORTED}") from None
+        return self._finish(out)
+
+    def _finish(self, out):
+        if out.name == "input":
+            self._emit("output", G.Identity(), [out], out.shape)
+        # keep only what the output depends on, in topological order
+        by_name = {nd.name: nd for nd in self.nodes}
+        keep, todo = set(), [out.name if out.name != "input" else self.nodes[-1].name]
+        while todo:
+            name = todo.pop()
+            if name in keep or name == "input":
+                continue
+            keep.add(name)
+            todo.extend(by_name[name].inputs)
+        nodes = [nd for nd in self.nodes if nd.name in keep]
+        for nd in nodes[:-1]:
+            if nd.layer.kind == "Softmax":
+                raise ValueError(f"from_torch: Softmax at node {nd.name!r} is not the model's last operation; relprop "
+                                 "supports Softmax only as the output layer (explanations start from its input)")
+        return G.Graph(nodes)
+
+    def _emit(self, base, layer, inputs, shape):
+        name, k = base, 1
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        self.nodes.append(G.Node(name, layer, tuple(t.name for t in inputs)))
+        return _Tensor(name, shape)
+
+    # -- descriptions ----------------------------------------------------------------------------
+    def _what(self, n):
+        if n.op == "call_module":
+            mod = self.modules[n.target]
+            cls = type(mod)
+            mod_name = "torch.nn" if cls.__module__.startswith("torch.nn.modules") else cls.__module__
+            return f"{mod_name}.{cls.__qualname__}"
+        if n.op == "call_method":
+            return f"Tensor.{n.target}()"
+        return _func_name(n.target)
+
+    def _where(self, n):
+        if n.op == "call_module":
+            return f" (module {n.target!r})"
+        stack = n.meta.get("nn_module_stack")
+        if stack:
+            path = list(stack.values())[-1][0]
+            return f" (inside module {path!r})" if path else ""
+        return ""
+
+    def _base_name(self, n):
+        if n.op == "call_module":
+            return str(n.target)
+        return n.name
+
+    # -- values ----------------------------------------------------------------------------------
+    def _shape(self, n):
+        meta = n.meta.get("tensor_meta")
+        if meta is not None and hasattr(meta, "shape"):
+            return tuple(meta.shape)
+        val = n.meta.get("val")
+        if val is not None and hasattr(val, "shape"):
+            return tuple(int(s) for s in val.shape)
+        raise _Unsupported("its output shape is unknown (not a single tensor)")
+
+    def _arg(self, a):
+        fx = self.torch.fx
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._arg(v) for v in a)
+        if isinstance(a, dict):
+            return {k: self._arg(v) for k, v in a.items()}
+        return a
+
+    def _tensor(self, v, what="input"):
+        if isinstance(v, _Tensor):
+            return v
+        if isinstance(v, _Stack):
+            raise _Unsupported("a torch.stack result is used by it; relprop supports torch.stack only when summed "
+                               "over the stacked axis (zennit.layer.Sum)")
+        if isinstance(v, self.torch.Tensor):
+            raise _Unsupported(f"its {what} is a constant tensor (parameter or buffer), not computed from the model input")
+        raise _Unsupported(f"its {what} must be a tensor computed from the model input, got {_describe_value(v)}")
+
+    def _const(self, v, what):
+        if isinstance(v, self.torch.Tensor):
+            return v.detach().cpu().numpy() if v.dtype != self.torch.float16 else v.detach().cpu().float().numpy()
+        if v is None:
+            return None
+        raise _Unsupported(f"its {what} must be a parameter or buffer of the module, got {_describe_value(v)}")
+
+    # -- dispatch --------------------------------------------------------------------------------
+    def _convert(self, n):
+        out_shape = lambda: self._shape(n)  # noqa: E731 - shape only when a handler needs it
+        if n.op == "call_module":
+            mod = self.modules[n.target]
+            entry = self.module_ops.get(type(mod))
+            if entry is None:
+                raise _Unsupported("this module type is not supported")
+            op, params = entry
+            if len(n.args) != 1 or n.kwargs:
+                raise _Unsupported("modules must be called with exactly one input tensor")
+            b = dict(params(mod))
+            b["input"] = self._arg(n.args[0])
+        elif n.op == "call_method":
+            entry = self.methods.get(n.target)
+            if entry is None:
+                raise _Unsupported("this tensor method is not supported")
+            op, names, defaults = entry
+            args = [self._arg(a) for a in n.args]
+            kwargs = {k: self._arg(v) for k, v in n.kwargs.items()}
+            if op == "reshape":  # x.view(a, b, ...) or x.view((a, b, ...))
+                shape = args[1:] if not (len(args) == 2 and isinstance(args[1], (tuple, list))) else list(args[1])
+                shape = kwargs.pop("size", kwargs.pop("shape", shape))
+                if kwargs:
+                    raise _Unsupported(f"unexpected arguments {sorted(kwargs)}")
+                args, kwargs = [args[0], shape], {}
+            b = _bind(names, args, kwargs, defaults)
+        elif n.op == "call_function":
+            entry = self.functions.get(n.target)
+            if entry is None:
+                raise _Unsupported("this function is not supported")
+            op, names, defaults = entry
+            b = _bind(names, [self._arg(a) for a in n.args], {k: self._arg(v) for k, v in n.kwargs.items()}, defaults)
+        else:  # pragma: no cover - fx has no other node kinds
+            raise _Unsupported(f"fx node kind {n.op!r}")
+        return getattr(self, "op_" + op)(n, b, out_shape)
+
+    # -- handlers: one per operation family (b: bound arguments, shape(): traced output shape) ----
+    def op_linear(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if len(x.shape) != 2:
+            raise _Unsupported(f"input of shape {x.shape}: relprop's Dense takes (N, features) inputs")
+        w, bias = self._const(b["weight"], "weight"), self._const(b.get("bias"), "bias")
+        return self._emit(self._base_name(n), G.Dense(w, bias), [x], shape())
+
+    def op_conv2d(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if len(x.shape) != 4:
+            raise _Unsupported(f"input of shape {x.shape}: relprop's Conv2d takes batched (N, C, H, W) inputs")
+        w, bias = self._const(b["weight"], "weight"), self._const(b.get("bias"), "bias")
+        if b.get("padding_mode", "zeros") != "zeros":
+            raise _Unsupported(f"padding_mode={b['padding_mode']!r} is not supported (only 'zeros')")
+        if int(b["groups"]) != 1:
+            raise _Unsupported(f"groups={b['groups']} is not supported (only groups=1)")
+        dilation = _pair(b["dilation"])
+        if dilation != (1, 1):
+            raise _Unsupported(f"dilation={b['dilation']} is not supported (only dilation=1)")
+        padding = b["padding"]
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = (0, 0)
+            elif padding == "same":
+                kh, kw = w.shape[2:]
+                if kh % 2 == 0 or kw % 2 == 0:
+                    raise _Unsupported(f"padding='same' with the even kernel {kh}x{kw} pads asymmetrically, which "
+                                       "relprop's Conv2d cannot express; use an odd kernel or explicit padding")
+                padding = ((kh - 1) // 2, (kw - 1) // 2)
+            else:
+                raise _Unsupported(f"padding={padding!r}")
+        layer = G.Conv2d(w, bias, stride=_pair(b["stride"]), padding=_pair(padding))
+        return self._emit(self._base_name(n), layer, [x], shape())
+
+    def op_batch_norm(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if b.get("training"):
+            raise _Unsupported("it normalizes with batch statistics (training mode, or track_running_stats=False); "
+                               "relprop supports inference batch norm with running statistics")
+        mean, var = self._const(b["running_mean"], "running_mean"), self._const(b["running_var"], "running_var")
+        if mean is None or var is None:
+            raise _Unsupported("it has no running statistics (track_running_stats=False)")
+        if len(x.shape) not in (2, 4):
+            raise _Unsupported(f"input of shape {x.shape}: relprop's BatchNorm2d takes (N, C) or (N, C, H, W)")
+        w, bias = self._const(b.get("weight"), "weight"), self._const(b.get("bias"), "bias")
+        c = mean.shape[0]
+        w = np.ones(c, mean.dtype) if w is None else w
+        bias = np.zeros(c, mean.dtype) if bias is None else bias
+        t = self._emit(self._base_name(n), G.BatchNorm2d(w, bias, mean, var, eps=float(b["eps"])), [x], shape())
+        return (t, None, None) if b.get("_tuple") else t
+
+    def _activation(self, n, b, shape, layer):
+        x = self._tensor(b["input"])
+        return self._emit(self._base_name(n), layer, [x], shape())
+
+    def op_relu(self, n, b, shape):
+        return self._activation(n, b, shape, G.ReLU())
+
+    def op_leaky_relu(self, n, b, shape):
+        return self._activation(n, b, shape, G.LeakyReLU(float(b["negative_slope"])))
+
+    def op_tanh(self, n, b, shape):
+        return self._activation(n, b, shape, G.Tanh())
+
+    def op_sigmoid(self, n, b, shape):
+        return self._activation(n, b, shape, G.Sigmoid())
+
+    def op_softplus(self, n, b, shape):
+        return self._activation(n, b, shape, G.Softplus(float(b["beta"]), float(b["threshold"])))
+
+    def op_softmax(self, n, b, shape):
+        x = self._tensor(b["input"])
+        dim = b.get("dim")
+        if dim is None or len(x.shape) != 2 or int(dim) not in (-1, 1):
+            raise _Unsupported(f"softmax over dim={dim} of a {len(x.shape)}-d tensor; relprop supports Softmax over the "
+                               "class axis of (N, classes) scores only")
+        if b.get("dtype") is not None or b.get("half_to_float"):
+            raise _Unsupported("softmax with a dtype argument")
+        return self._activation(n, b, shape, G.Softmax())
+
+    def _pool_args(self, b, x, what):
+        if len(x.shape) != 4:
+            raise _Unsupported(f"input of shape {x.shape}: relprop's {what} takes batched (N, C, H, W) inputs")
+        k = _pair(b["kernel_size"])
+        s = k if b.get("stride") in (None, [], ()) else _pair(b["stride"])
+        p = _pair(b.get("padding", 0))
+        if b.get("ceil_mode"):
+            h, w = x.shape[2:]
+            floor = [(d + 2 * pp - kk) // ss + 1 for d, pp, kk, ss in zip((h, w), p, k, s)]
+            ceil = [-(-(d + 2 * pp - kk) // ss) + 1 for d, pp, kk, ss in zip((h, w), p, k, s)]
+            # torch drops a last window that would start in the right padding
+            ceil = [c - 1 if (c - 1) * ss >= d + pp else c for c, d, pp, ss in zip(ceil, (h, w), p, s)]
+            if floor != ceil:
+                raise _Unsupported(f"ceil_mode=True on a {h}x{w} input changes the output size ({floor} -> {ceil}); "
+                                   "relprop pools use ceil_mode=False")
+        return k, s, p
+
+    def op_max_pool2d(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if _pair(b.get("dilation", 1)) != (1, 1):
+            raise _Unsupported(f"dilation={b['dilation']} is not supported (only dilation=1)")
+        if b.get("return_indices"):
+            raise _Unsupported("return_indices=True is not supported")
+        k, s, p = self._pool_args(b, x, "MaxPool2d")
+        return self._emit(self._base_name(n), G.MaxPool2d(k, s, p), [x], shape())
+
+    def op_avg_pool2d(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if b.get("divisor_override") is not None:
+            raise _Unsupported(f"divisor_override={b['divisor_override']} is not supported")
+        k, s, p = self._pool_args(b, x, "AvgPool2d")
+        if not b.get("count_include_pad", True) and p != (0, 0):
+            raise _Unsupported("count_include_pad=False with padding is not supported (relprop's AvgPool2d counts "
+                               "the zero padding, as torch's default)")
+        return self._emit(self._base_name(n), G.AvgPool2d(k, s, p), [x], shape())
+
+    def op_adaptive_avg_pool2d(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if len(x.shape) != 4:
+            raise _Unsupported(f"input of shape {x.shape}: relprop takes batched (N, C, H, W) inputs")
+        h, w = x.shape[2:]
+        size = b["output_size"]
+        size = (size, size) if not isinstance(size, (list, tuple)) else tuple(size)
+        oh, ow = (h if size[0] is None else int(size[0])), (w if size[-1] is None else int(size[-1]))
+        if (oh, ow) == (1, 1):
+            return self._emit(self._base_name(n), G.GlobalAvgPool2d(), [x], shape())
+        if (oh, ow) == (h, w):
+            return x
+        if h % oh or w % ow:
+            raise _Unsupported(f"output size {(oh, ow)} does not divide the {h}x{w} input, so the pooling windows "
+                               "are uneven; relprop supports output size 1 or an exact divisor")
+        k = (h // oh, w // ow)
+        return self._emit(self._base_name(n), G.AvgPool2d(k, k, 0), [x], shape())
+
+    def op_mean(self, n, b, shape):
+        x = self._tensor(b["input"])
+        dims = b.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        nd = len(x.shape)
+        if nd != 4 or sorted(d % nd for d in dims) != [2, 3] or b.get("dtype") is not None:
+            raise _Unsupported(f"mean over dim={b.get('dim')} of a {nd}-d tensor; relprop supports the mean over the "
+                               "spatial axes (2, 3) of an (N, C, H, W) tensor (global average pooling)")
+        base = self._base_name(n)
+        t = self._emit(base, G.GlobalAvgPool2d(), [x], x.shape[:2] + (1, 1))
+        return t if b.get("keepdim") else self._emit(base + "_flat", G.Flatten(), [t], x.shape[:2])
+
+    def op_flatten(self, n, b, shape):
+        x = self._tensor(b["input"])
+        nd = len(x.shape)
+        start, end = int(b["start_dim"]) % nd, int(b["end_dim"]) % nd
+        if start == 0:
+            raise _Unsupported(f"start_dim={b['start_dim']} flattens the batch axis; use torch.flatten(x, 1)")
+        if start >= end:
+            return x
+        out = shape()
+        layer = G.Flatten() if end == nd - 1 and start == 1 else G.Reshape(out[1:])
+        return self._emit(self._base_name(n), layer, [x], out)
+
+    def op_reshape(self, n, b, shape):
+        x = self._tensor(b["input"])
+        sizes = b["shape"]
+        sizes = list(sizes._items() if isinstance(sizes, _Shape) else sizes)
+        per_sample = int(np.prod(x.shape[1:]))
+        if not sizes:
+            raise _Unsupported("reshape to a scalar")
+        if any(isinstance(s, _Batch) for s in sizes[1:]):
+            raise _Unsupported(f"the batch size is moved away from axis 0 (shape {_describe_value(sizes)})")
+        if not all(isinstance(s, (int, _Batch)) for s in sizes):
+            raise _Unsupported(f"target shape {_describe_value(sizes)} is not made of ints and x.size(0)")
+        first, rest = sizes[0], [int(s) for s in sizes[1:]]
+        keeps_batch = isinstance(first, _Batch) or (
+            first == -1 and -1 not in rest and int(np.prod(rest)) == per_sample) or (
+            self.exported and first == self.batch)  # torch.export specializes the batch size
+        if not keeps_batch:
+            raise _Unsupported(f"target shape {_describe_value(sizes)} does not keep the batch axis; write "
+                               "x.view(x.size(0), ...) or x.view(-1, <per-sample sizes>)")
+        out = shape()
+        if tuple(out[1:]) == x.shape[1:]:
+            return x
+        layer = G.Flatten() if len(out) == 2 else G.Reshape(out[1:])
+        return self._emit(self._base_name(n), layer, [x], out)
+
+    def op_dropout(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if b.get("training") or b.get("train"):
+            raise _Unsupported("dropout with training=True is random; call it with training=self.training "
+                               "(or use nn.Dropout) so that it is the identity in eval mode")
+        return self._emit(self._base_name(n), G.Dropout(float(b.get("p", 0.5))), [x], x.shape)
+
+    def op_identity(self, n, b, shape):
+        return self._tensor(b["input"])
+
+    def op_add(self, n, b, shape):
+        a, o = b["input"], b["other"]
+        if b.get("alpha", 1) != 1:
+            raise _Unsupported(f"alpha={b['alpha']} is not supported (only a plain sum)")
+        if not isinstance(a, _Tensor) or not isinstance(o, _Tensor):
+            const = o if isinstance(a, _Tensor) else a
+            raise _Unsupported(f"adding {_describe_value(const)} is not supported; relprop's Add sums tensors "
+                               "computed from the input (put constant offsets into a layer's bias)")
+        if a.shape != o.shape:
+            raise _Unsupported(f"broadcasting add of shapes {a.shape} and {o.shape}; relprop's Add needs one shape")
+        return self._emit(self._base_name(n), G.Add(), [a, o], a.shape)
+
+    def op_cat(self, n, b, shape):
+        ts = [self._tensor(t) for t in b["tensors"]]
+        nd = len(ts[0].shape)
+        dim = int(b["dim"]) % nd
+        if dim == 0:
+            raise _Unsupported("concatenation along the batch axis (dim=0)")
+        if len(ts) == 1:
+            return ts[0]
+        return self._emit(self._base_name(n), G.Concat(axis=dim), ts, shape())
+
+    def op_stack(self, n, b, shape):
+        ts = [self._tensor(t) for t in b["tensors"]]
+        return _Stack(ts, int(b["dim"]) % (len(ts[0].shape) + 1))
+
+    def op_sum(self, n, b, shape):
+        s, dims = b["input"], b.get("dim")
+        dims = [dims] if isinstance(dims, int) else list(dims or [])
+        if isinstance(s, _Stack) and len(dims) == 1 and not b.get("keepdim") and b.get("dtype") is None \
+                and int(dims[0]) % (len(s.tensors[0].shape) + 1) == s.dim:
+            if any(t.shape != s.tensors[0].shape for t in s.tensors):  # pragma: no cover - torch.stack checks
+                raise _Unsupported("stacked tensors of different shapes")
+            if len(s.tensors) == 1:
+                return s.tensors[0]
+            return self._emit(self._base_name(n), G.Add(), s.tensors, s.tensors[0].shape)
+        self._tensor(s)
+        raise _Unsupported("summing over tensor axes is not supported; relprop supports sum only over the stacked "
+                           "axis of torch.stack (zennit.layer.Sum)")
+
+    def op_size(self, n, b, shape):
+        t = self._tensor(b["input"])
+        dim = b.get("dim")
+        if dim is None:
+            return _Shape(t)
+        d = int(dim) % len(t.shape)
+        return _Batch() if d == 0 else t.shape[d]
+
+    def op_getattr(self, n, b, shape):
+        t, attr = b["input"], b["name"]
+        if isinstance(t, _Tensor) and attr == "shape":
+            return _Shape(t)
+        if isinstance(t, _Tensor) and attr == "ndim":
+            return len(t.shape)
+        raise _Unsupported(f"reading attribute {attr!r} of {_describe_value(t)}")
+
+    def op_getitem(self, n, b, shape):
+        obj, idx = b["input"], b["index"]
+        if isinstance(obj, _Shape):
+            if not isinstance(idx, (int, slice)):
+                raise _Unsupported(f"indexing a shape with {idx!r}")
+            return obj._items()[idx]
+        if isinstance(obj, (tuple, list)):
+            return obj[idx]
+        self._tensor(obj)
+        raise _Unsupported(f"indexing a tensor with {idx!r} is not supported")
+
+
+def _fetch_attr(gm, target):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _func_name(f):
+    if isinstance(f, str):
+        return f
+    mod = getattr(f, "__module__", None) or ""
+    name = getattr(f, "__name__", None) or str(f)
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    if mod.startswith("torch._ops") or type(f).__name__ == "OpOverload":
+        return str(f)
+    if mod in ("torch._C._nn", "torch._C._VariableFunctions", "torch._C") or mod.startswith("torch.nn.functional"):
+        mod = "torch.nn.functional" if mod in ("torch._C._nn",) or mod.startswith("torch.nn.functional") else "torch"
+    if name == "fn" and mod == "torch.nn.functional":  # boolean_dispatch wrappers (max_pool2d, ...)
+        name = "max_pool2d"
+    return f"{mod}.{name}" if mod else name
+
+
+def _describe_value(v):
+    if isinstance(v, _Tensor):
+        return f"tensor {v.name!r}"
+    if isinstance(v, _Batch):
+        return "x.size(0)"
+    if isinstance(v, (list, tuple)):
+        return "(" + ", ".join(_describe_value(u) for u in v) + ")"
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        return f"a constant tensor of shape {tuple(v.shape)}"
+    return repr(v)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables: torch targets -> (operation, argument names, defaults)
+# --------------------------------------------------------------------------------------------
+_SIGS = {
+    "linear": (("input", "weight", "bias"), {"bias": None}),
+    "conv2d": (("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+               {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
+    "relu": (("input", "inplace"), {}),
+    "leaky_relu": (("input", "negative_slope", "inplace"), {"negative_slope": 0.01}),
+    "tanh": (("input",), {}),
+    "sigmoid": (("input",), {}),
+    "softplus": (("input", "beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
+    "softmax": (("input", "dim", "dtype"), {"dim": None}),
+    "max_pool2d": (("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+                   {"stride": None, "padding": 0, "dilation": 1}),
+    "avg_pool2d": (("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                    "divisor_override"), {"stride": None, "padding": 0, "count_include_pad": True}),
+    "adaptive_avg_pool2d": (("input", "output_size"), {}),
+    "mean": (("input", "dim", "keepdim", "dtype"), {"keepdim": False}),
+    "flatten": (("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
+    "reshape": (("input", "shape"), {}),
+    "dropout": (("input", "p", "training", "inplace"), {"p": 0.5, "training": True}),
+    "identity": (("input", "memory_format"), {}),
+    "add": (("input", "other", "alpha"), {"alpha": 1}),
+    "cat": (("tensors", "dim"), {"dim": 0}),
+    "stack": (("tensors", "dim"), {"dim": 0}),
+    "sum": (("input", "dim", "keepdim", "dtype"), {"dim": None, "keepdim": False}),
+    "size": (("input", "dim"), {}),
+    "getattr": (("input", "name"), {}),
+    "getitem": (("input", "index"), {}),
+}
+
+
+def _function_tables(torch):
+    F = torch.nn.functional
+    aten = torch.ops.aten
+    funcs, methods = {}, {}
+
+    def reg(op, targets, names=None, defaults=None):
+        sig_names, sig_defaults = _SIGS[op]
+        entry = (op, names or sig_names, sig_defaults if defaults is None else defaults)
+        for t in targets:
+            if t is not None:
+                funcs[t] = entry
+
+    def aten_op(name, overload="default"):
+        packet = getattr(aten, name, None)
+        return getattr(packet, overload, None) if packet is not None else None
+
+    reg("linear", [F.linear, aten_op("linear")])
+    reg("conv2d", [F.conv2d, torch.conv2d, aten_op("conv2d"), aten_op("conv2d", "padding")])
+    funcs[F.batch_norm] = ("batch_norm", ("input", "running_mean", "running_var", "weight", "bias", "training",
+                                          "momentum", "eps"),
+                           {"weight": None, "bias": None, "training": False, "eps": 1e-5})
+    bn_aten = ("batch_norm", ("input", "weight", "bias", "running_mean", "running_var", "training", "momentum",
+                              "eps", "cudnn_enabled"), {"eps": 1e-5})
+    for t in (torch.batch_norm, aten_op("batch_norm")):
+        if t is not None:
+            funcs[t] = bn_aten
+    legit = aten_op("_native_batch_norm_legit_no_training")
+    if legit is not None:
+        funcs[legit] = ("batch_norm", ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps"),
+                        {"eps": 1e-5, "_tuple": True})
+    reg("relu", [F.relu, torch.relu, torch.relu_, F.relu_, aten_op("relu"), aten_op("relu_")])
+    reg("leaky_relu", [F.leaky_relu, aten_op("leaky_relu")])
+    reg("tanh", [torch.tanh, F.tanh, aten_op("tanh")])
+    reg("sigmoid", [torch.sigmoid, F.sigmoid, aten_op("sigmoid")])
+    reg("softplus", [F.softplus, aten_op("softplus")])
+    reg("softmax", [torch.softmax, aten_op("softmax", "int")])
+    funcs[F.softmax] = ("softmax", ("input", "dim", "_stacklevel", "dtype"), {"dim": None})
+    reg("max_pool2d", [F.max_pool2d, torch.max_pool2d, aten_op("max_pool2d")])
+    reg("avg_pool2d", [F.avg_pool2d, aten_op("avg_pool2d")])
+    reg("adaptive_avg_pool2d", [F.adaptive_avg_pool2d, aten_op("adaptive_avg_pool2d"),
+                                aten_op("_adaptive_avg_pool2d")])
+    reg("mean", [torch.mean, aten_op("mean", "dim")])
+    reg("flatten", [torch.flatten, aten_op("flatten", "using_ints")])
+    reg("reshape", [torch.reshape, aten_op("reshape"), aten_op("view"), aten_op("_unsafe_view")])
+    reg("dropout", [F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout])
+    reg("dropout", [aten_op("dropout")], ("input", "p", "training"))
+    reg("identity", [torch.clone, aten_op("clone"), aten_op("alias")])
+    # in-place ops (x += y, relu_) map to their functional forms; the forward check catches a
+    # mutated tensor that is read again
+    reg("add", [operator.add, operator.iadd, torch.add, aten_op("add", "Tensor"), aten_op("add_", "Tensor")])
+    reg("cat", [torch.cat, torch.concat, getattr(torch, "concatenate", None), aten_op("cat")])
+    reg("stack", [torch.stack, aten_op("stack")])
+    reg("sum", [torch.sum, aten_op("sum", "dim_IntList")])
+    reg("getattr", [getattr])
+    reg("getitem", [operator.getitem])
+
+    def method(op, names, *targets):
+        sig_names, sig_defaults = _SIGS[op]
+        for t in targets:
+            methods[t] = (op, names or sig_names, sig_defaults)
+
+    method("relu", ("input",), "relu", "relu_")
+    method("tanh", ("input",), "tanh", "tanh_")
+    method("sigmoid", ("input",), "sigmoid", "sigmoid_")
+    method("softmax", None, "softmax")
+    method("mean", None, "mean")
+    method("flatten", None, "flatten")
+    method("reshape", None, "view", "reshape")
+    method("identity", None, "clone", "contiguous")
+    method("add", None, "add", "add_", "__add__", "__iadd__")
+    method("sum", None, "sum")
+    method("size", None, "size")
+    return funcs, methods
+
+
+def _module_table(torch):
+    nn = torch.nn
+
+    def conv(m):
+        return {"weight": m.weight, "bias": m.bias, "stride": m.stride, "padding": m.padding,
+                "dilation": m.dilation, "groups": m.groups, "padding_mode": m.padding_mode}
+
+    def bn(m):
+        return {"weight": m.weight if m.affine else None, "bias": m.bias if m.affine else None,
+                "running_mean": m.running_mean, "running_var": m.running_var, "eps": m.eps,
+                "training": m.training or m.running_mean is None}
+
+    def pool(m, *extra):
+        d = {"kernel_size": m.kernel_size, "stride": m.stride, "padding": m.padding, "ceil_mode": m.ceil_mode}
+        d.update({k: getattr(m, k) for k in extra})
+        return d
+
+    def flatten(m):
+        return {"start_dim": m.start_dim, "end_dim": m.end_dim}
+
+    table = {
+        nn.Linear: ("linear", lambda m: {"weight": m.weight, "bias": m.bias}),
+        nn.Conv2d: ("conv2d", conv),
+        nn.BatchNorm1d: ("batch_norm", bn),
+        nn.BatchNorm2d: ("batch_norm", bn),
+        nn.ReLU: ("relu", lambda m: {}),
+        nn.LeakyReLU: ("leaky_relu", lambda m: {"negative_slope": m.negative_slope}),
+        nn.Tanh: ("tanh", lambda m: {}),
+        nn.Sigmoid: ("sigmoid", lambda m: {}),
+        nn.Softplus: ("softplus", lambda m: {"beta": m.beta, "threshold": m.threshold}),
+        nn.Softmax: ("softmax", lambda m: {"dim": m.dim}),
+        nn.MaxPool2d: ("max_pool2d", lambda m: pool(m, "dilation", "return_indices")),
+        nn.AvgPool2d: ("avg_pool2d", lambda m: pool(m, "count_include_pad", "divisor_override")),
+        nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", lambda m: {"output_size": m.output_size}),
+        nn.Flatten: ("flatten", flatten),
+        nn.Identity: ("identity", lambda m: {}),
+    }
+    for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
+        table[cls] = ("dropout", lambda m: {"p": m.p, "training": m.training})
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# The forward check
+# --------------------------------------------------------------------------------------------
+def _check_forward(torch, module, graph, x, check, rtol, atol):
+    """Run the module and the graph on ``x`` (float64 on both sides where possible) and compare."""
+    try:
+        ref = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
+        xr = x.detach().to(device="cpu", dtype=torch.float64)
+        y_ref = ref(xr)
+    except Exception:  # noqa: BLE001 - a module that cannot run in float64: compare in its own dtype
+        xr = x
+        y_ref = module(x)
+    if not isinstance(y_ref, torch.Tensor):
+        raise ValueError(f"from_torch: the module returned {type(y_ref).__name__}; relprop models return one tensor")
+    y_ref = y_ref.detach().cpu().double().numpy()
+    y_rp = np.asarray(graph(xr.cpu().numpy()), dtype=np.float64)
+    if y_rp.shape != y_ref.shape:
+        problem = f"output shape {y_rp.shape} differs from the module's {y_ref.shape}"
+    else:
+        scale = float(np.max(np.abs(y_ref))) if y_ref.size else 0.0
+        a = rtol * scale if atol is None else atol
+        diff = np.abs(y_rp - y_ref)
+        bad = ~(diff <= a + rtol * np.abs(y_ref))
+        if not np.any(bad):
+            return
+        problem = (f"max |difference| = {float(np.nanmax(diff)) if np.any(np.isfinite(diff)) else float('nan'):.3e} "
+                   f"at {np.count_nonzero(bad)} of {bad.size} outputs (max |output| = {scale:.3e}, rtol={rtol}, "
+                   f"atol={a:.3e})")
+    msg = (f"from_torch: the imported graph does not reproduce the module on example_input: {problem}. "
+           "The module may use an operation whose semantics relprop does not capture (e.g. in-place ops on a "
+           "tensor used twice, or Python control flow that depends on the input)")
+    if check == "raise":
+        raise ValueError(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+__all__ = ["from_torch", "SUPPORTED"]
