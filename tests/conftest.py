@@ -14,6 +14,7 @@ torchvision cannot be imported.  relprop itself never needs torchvision.
 from __future__ import annotations
 
 import random
+import importlib.machinery
 import sys
 import types
 
@@ -39,6 +40,9 @@ def _install_torchvision_stub(torch) -> None:
     models = types.ModuleType("torchvision.models")
     models.__path__ = []
     resnet = types.ModuleType("torchvision.models.resnet")
+    # a spec keeps importlib.util.find_spec (used by torch.onnx's dynamo exporter) from complaining
+    for mod in (tv, models, resnet):
+        mod.__spec__ = importlib.machinery.ModuleSpec(mod.__name__, None, is_package=mod is not resnet)
 
     class BasicBlock(torch.nn.Module):
         """Stand-in for torchvision.models.resnet.BasicBlock (never instantiated by relprop tests)."""

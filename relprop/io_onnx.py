@@ -1,0 +1,843 @@
+"""Import an ONNX model into the relprop layer-graph IR: ``from_onnx(path_or_model)``.
+
+The importer walks the ONNX graph once, in its (topological) node order. Every ONNX tensor is
+either *static* (initializers, ``Constant`` nodes and everything computed from them alone, plus
+shape arithmetic such as ``Shape -> Gather -> Unsqueeze -> Concat`` feeding a ``Reshape``) or a
+*data* tensor, i.e. the output of a relprop node. Static tensors are folded with
+``onnx.reference.ReferenceEvaluator``; data tensors become ``rp.Node`` objects. Shape arithmetic
+may depend on the batch size, so static values are kept for two batch sizes (or the model's
+fixed one) and a ``Reshape`` must keep the batch axis for both.
+
+Only the ``onnx`` package is needed at run time. Every import is verified: the relprop forward
+pass is compared with ``ReferenceEvaluator`` on a probe input.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from . import graph as G
+
+MIN_OPSET = 11
+
+# op type -> handler method; the keys are also the "supported" list in error messages
+_HANDLERS = {
+    "Gemm": "_gemm", "MatMul": "_matmul", "Conv": "_conv",
+    "Relu": "_activation", "LeakyRelu": "_activation", "Sigmoid": "_activation",
+    "Tanh": "_activation", "Softplus": "_activation",
+    "MaxPool": "_maxpool", "AveragePool": "_avgpool", "GlobalAveragePool": "_global_avgpool",
+    "ReduceMean": "_reduce_mean", "Flatten": "_flatten", "Reshape": "_reshape",
+    "Squeeze": "_squeeze", "Unsqueeze": "_squeeze",
+    "Add": "_add", "Sum": "_add", "Concat": "_concat", "BatchNormalization": "_batchnorm",
+    "Softmax": "_softmax", "Dropout": "_dropout", "Identity": "_identity", "Cast": "_cast",
+    "Shape": "_shape", "Size": "_shape",
+}
+SUPPORTED_OPS = tuple(sorted(_HANDLERS))
+
+_FLOAT_TYPES = {1: np.float32, 11: np.float64}  # TensorProto.FLOAT, TensorProto.DOUBLE
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnx.numpy_helper
+        import onnx.reference
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("relprop.from_onnx needs the 'onnx' package: pip install onnx") from e
+    return onnx
+
+
+def from_onnx(path_or_model, check="raise", canonize=True):
+    """Build a relprop model from an ONNX model.
+
+    Parameters
+    ----------
+    path_or_model : str, os.PathLike, bytes or onnx.ModelProto
+        The model file (or its serialized bytes) or an already loaded model. It must have one
+        float input ``(N, ...)`` with the batch first and one output.
+    check : {"raise", "warn", None}
+        The imported forward pass is compared with ``onnx.reference.ReferenceEvaluator`` on a
+        probe input (rtol 1e-4, atol 1e-5 of the output's scale). ``"raise"`` raises
+        ``ValueError`` on a mismatch, ``"warn"`` warns, ``None`` skips the check.
+    canonize : bool
+        Fold BatchNorm into adjacent Conv/Dense layers (``rp.canonize``) after importing.
+
+    Returns
+    -------
+    relprop.Graph
+
+    Raises
+    ------
+    ValueError
+        Unreadable or invalid model, an op or attribute relprop cannot represent (the message
+        names the op type, the node and what is supported), or a failed forward check.
+
+    Examples
+    --------
+    >>> net = rp.from_onnx("model.onnx")                      # doctest: +SKIP
+    >>> R = rp.attribute(net, x, "lrp.epsilon")               # doctest: +SKIP
+    """
+    if check not in ("raise", "warn", None):
+        raise ValueError(f"check must be 'raise', 'warn' or None, got {check!r}")
+    onnx = _import_onnx()
+    model = _load(onnx, path_or_model)
+    importer = _Importer(onnx, model)
+    net = importer.build()
+    raw = net
+    if canonize:
+        from . import canonize as _canonize  # the package's function (rp.canonize)
+
+        net = _canonize(net)
+    if check is not None:
+        _verify(model, importer, net, raw if canonize else None, check)
+    return net
+
+
+# -- loading ----------------------------------------------------------------------------------
+def _load(onnx, src):
+    if isinstance(src, onnx.ModelProto):
+        model = src
+        where = "the given ModelProto"
+    elif isinstance(src, (bytes, bytearray)):
+        where = "the given bytes"
+        try:
+            model = onnx.load_from_string(bytes(src))
+        except Exception as e:  # protobuf raises DecodeError and friends
+            raise ValueError(f"could not parse {where} as an ONNX model: {e}") from None
+    elif isinstance(src, (str, os.PathLike)):
+        where = f"{os.fspath(src)!r}"
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"no ONNX file at {where}")
+        try:
+            model = onnx.load(src)
+        except Exception as e:
+            raise ValueError(f"could not read an ONNX model from {where}: {type(e).__name__}: {e}") from None
+    else:
+        raise TypeError(f"from_onnx expects a file path, bytes or an onnx.ModelProto, got {type(src).__name__}")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:
+        raise ValueError(f"{where} is not a valid ONNX model (onnx.checker): {e}") from None
+    return model
+
+
+# -- the importer ------------------------------------------------------------------------------
+class _Data:
+    """A data tensor: produced by relprop node ``node`` with per-sample ``shape``."""
+
+    __slots__ = ("node", "shape")
+
+    def __init__(self, node, shape):
+        self.node, self.shape = node, tuple(int(s) for s in shape)
+
+
+class _Static(dict):
+    """A folded tensor: batch size -> numpy array (identical values when batch-independent)."""
+
+    def single(self):
+        vals = list(self.values())
+        first = vals[0]
+        for v in vals[1:]:
+            if v.shape != first.shape or not np.array_equal(v, first):
+                return None
+        return first
+
+
+class _Importer:
+    def __init__(self, onnx, model):
+        self.onnx = onnx
+        g = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if self.opset is None or self.opset < MIN_OPSET:
+            raise ValueError(f"ONNX model uses default-domain opset {self.opset}; relprop imports opset "
+                             f"{MIN_OPSET} or newer (re-export, e.g. torch.onnx.export(..., opset_version=17))")
+        inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        inputs = [v for v in g.input if v.name not in inits]
+        if len(inputs) != 1:
+            raise ValueError(f"relprop imports models with exactly one data input, this one has {len(inputs)}: "
+                             f"{[v.name for v in inputs]}")
+        if len(g.output) != 1:
+            raise ValueError(f"relprop imports models with exactly one output, this one has {len(g.output)}: "
+                             f"{[v.name for v in g.output]}")
+        self.input_name = inputs[0].name
+        self.output_name = g.output[0].name
+        self.dtype, self.in_shape, self.batch = self._input_signature(inputs[0])
+        # static values are evaluated for these batch sizes; a fixed batch gives one
+        self.batches = (self.batch,) if self.batch is not None else (2, 3)
+        self.static = {name: _Static({b: a for b in self.batches}) for name, a in inits.items()}
+        self.data = {self.input_name: _Data("input", self.in_shape)}
+        self.nodes = []
+        self.by_name = {}
+        self.score_tensor = None  # the input of a final Softmax
+        self.origin = {}  # relprop node -> the ONNX tensor it produced (moves along sole-use aliases)
+        self.names = {"input"}
+        self.onnx_nodes = _fuse_softplus(onnx, list(g.node), inits)
+        self.consumers = {}
+        for n in self.onnx_nodes:
+            for i in n.input:
+                if i and n.op_type not in ("Shape", "Size"):  # shape readers do not read values
+                    self.consumers[i] = self.consumers.get(i, 0) + 1
+        self.consumers[self.output_name] = self.consumers.get(self.output_name, 0) + 1
+
+    def _input_signature(self, vi):
+        t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type") or t.elem_type not in _FLOAT_TYPES:
+            raise ValueError(f"model input {vi.name!r} must be a float32 or float64 tensor, got {vi.type}")
+        dims = list(t.shape.dim)
+        if len(dims) < 2:
+            raise ValueError(f"model input {vi.name!r} must be (N, ...) with the batch first, got rank {len(dims)}")
+        shape = []
+        for i, d in enumerate(dims[1:], start=1):
+            if not d.HasField("dim_value"):
+                raise ValueError(f"model input {vi.name!r}: dimension {i} is symbolic ({d.dim_param!r}); relprop needs "
+                                 "fixed per-sample dimensions (only the batch axis may be dynamic)")
+            shape.append(d.dim_value)
+        batch = dims[0].dim_value if dims[0].HasField("dim_value") else None
+        return _FLOAT_TYPES[t.elem_type], tuple(shape), batch
+
+    # -- walking ------------------------------------------------------------------------------
+    def build(self):
+        needed = self._needed()
+        for node in self.onnx_nodes:
+            if id(node) not in needed:
+                continue
+            ins = [i for i in node.input if i]
+            if all(i in self.static for i in ins) and node.op_type not in ("Shape", "Size"):
+                self._fold(node)
+                continue
+            for i in ins:
+                if i not in self.static and i not in self.data:  # pragma: no cover - checker guarantees
+                    raise ValueError(f"ONNX node {self._label(node)}: input {i!r} is not defined")
+            if node.domain == "relprop":  # a pattern fused by _fuse_softplus
+                handler = "_activation"
+            else:
+                handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if handler is None:
+                dom = f" (domain {node.domain!r})" if node.domain not in ("", "ai.onnx") else ""
+                raise ValueError(f"ONNX node {self._label(node)}: op type {node.op_type!r}{dom} is not supported by "
+                                 f"relprop's importer; supported op types: {', '.join(SUPPORTED_OPS)}")
+            getattr(self, handler)(node)
+        out = self.output_name
+        if out in self.static:
+            raise ValueError(f"the model output {out!r} does not depend on the input")
+        if self.data[out].node == "input":
+            raise ValueError("the model output is its input: there are no layers to import")
+        if len(self.data[out].shape) != 1:
+            raise ValueError(f"the model output {out!r} has per-sample shape {self.data[out].shape}; relprop "
+                             "explains (N, classes) scores (end the model with a Flatten or a dense layer)")
+        return G.Graph(self._prune(self.data[out].node))
+
+    def _needed(self):
+        """ids of the ONNX nodes the graph output depends on (dead branches are skipped)."""
+        producer = {o: n for n in self.onnx_nodes for o in n.output if o}
+        needed, stack = set(), [self.output_name]
+        while stack:
+            n = producer.get(stack.pop())
+            if n is None or id(n) in needed:
+                continue
+            needed.add(id(n))
+            stack.extend(i for i in n.input if i)
+        return needed
+
+    def _prune(self, out):
+        """The relprop nodes ``out`` depends on, in order (drops e.g. layers read only by Shape)."""
+        keep, stack = set(), [out]
+        while stack:
+            name = stack.pop()
+            if name in keep or name == "input":
+                continue
+            keep.add(name)
+            stack.extend(self.by_name[name].inputs)
+        return [n for n in self.nodes if n.name in keep]
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _label(node):
+        if node.name:
+            return f"{node.name!r} ({node.op_type})"
+        return f"<unnamed> ({node.op_type}) producing {node.output[0]!r}"
+
+    def _error(self, node, msg):
+        return ValueError(f"ONNX node {self._label(node)}: {msg}")
+
+    def _attrs(self, node):
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def _check_attrs(self, node, attrs, allowed):
+        extra = sorted(set(attrs) - set(allowed))
+        if extra:
+            raise self._error(node, f"attribute(s) {extra} are not supported; supported: {sorted(allowed)}")
+
+    def _const(self, node, name, what):
+        """A batch-independent static input (initializer, Constant or folded) as an array."""
+        if name not in self.static:
+            raise self._error(node, f"{what} (input {name!r}) must be a constant (initializer or Constant), "
+                                    "but it is computed from the model input")
+        v = self.static[name].single()
+        if v is None:
+            raise self._error(node, f"{what} (input {name!r}) depends on the batch size")
+        return v
+
+    def _weight(self, a):
+        return np.asarray(a, dtype=self.dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
+
+    def _data(self, node, name, what="input"):
+        if name not in self.data:
+            raise self._error(node, f"{what} {name!r} must be computed from the model input, got a constant")
+        return self.data[name]
+
+    def _add_layer(self, node, layer, inputs, shape=None):
+        """Append a relprop node for ``node``'s first output; ``shape`` defaults to out_shape."""
+        base = node.name or f"{node.op_type}_{len(self.nodes)}"
+        name, k = base, 1
+        while name in self.names:
+            name, k = f"{base}_{k}", k + 1
+        self.names.add(name)
+        if shape is None:
+            try:
+                shape = layer.out_shape(*(self.data[i].shape for i in inputs))
+            except ValueError as e:
+                raise self._error(node, str(e)) from None
+        new = G.Node(name, layer, tuple(self.data[i].node for i in inputs))
+        self.nodes.append(new)
+        self.by_name[name] = new
+        self.origin[name] = node.output[0]
+        self.data[node.output[0]] = _Data(name, shape)
+
+    def _make(self, node, cls, *args, **kwargs):
+        try:
+            return cls(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise self._error(node, str(e)) from None
+
+    def _alias(self, node, src):
+        d = self.data[node.output[0]] = self.data[src]
+        if self.origin.get(d.node) == src and self.consumers.get(src, 0) == 1:
+            self.origin[d.node] = node.output[0]
+
+    def _unused_extra_outputs(self, node, what):
+        for o in node.output[1:]:
+            if o and self.consumers.get(o):
+                raise self._error(node, f"its output {o!r} ({what}) is used; relprop only imports the first output")
+
+    def _fold(self, node):
+        """Evaluate an op on static inputs once per batch size."""
+        from onnx.reference import ReferenceEvaluator
+
+        ins = [i for i in node.input if i]
+        try:
+            ev = ReferenceEvaluator(node, opsets={"": self.opset})
+            outs = {b: ev.run(None, {i: self.static[i][b] for i in ins}) for b in self.batches}
+        except Exception as e:
+            raise self._error(node, f"could not fold this op on constant inputs: {type(e).__name__}: {e}") from None
+        for k, o in enumerate(node.output):
+            if o:
+                self.static[o] = _Static({b: np.asarray(outs[b][k]) for b in self.batches})
+
+    # -- pads ---------------------------------------------------------------------------------
+    def _padding(self, node, attrs, in_hw, kernel, strides, ceil_mode=0):
+        """Symmetric (ph, pw) equivalent to the node's pads/auto_pad, or a clear error."""
+        auto = attrs.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("NOTSET", ""):
+            pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        elif auto == "VALID":
+            pads = [0, 0, 0, 0]
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = [0, 0, 0, 0]
+            for ax in range(2):
+                n, k, s = in_hw[ax], kernel[ax], strides[ax]
+                total = max((-(-n // s) - 1) * s + k - n, 0)
+                small, big = total // 2, total - total // 2
+                pads[ax], pads[ax + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+        else:
+            raise self._error(node, f"auto_pad={auto!r} is not supported (NOTSET, VALID, SAME_UPPER, SAME_LOWER)")
+        if len(pads) != 4:
+            raise self._error(node, f"expected 4 pads for a 2-D op, got {pads}")
+        out = []
+        for ax in range(2):
+            lo, hi = pads[ax], pads[ax + 2]
+            n, k, s = in_hw[ax], kernel[ax], strides[ax]
+            size = (n + lo + hi - k) // s + 1
+            if ceil_mode:
+                csize = -(-(n + lo + hi - k) // s) + 1
+                if (csize - 1) * s >= n + lo:  # ONNX/torch drop a last window starting in the end padding
+                    csize -= 1
+                if csize != size:
+                    raise self._error(node, f"ceil_mode=1 changes the output size on spatial axis {ax} "
+                                            f"({csize} instead of {size}); relprop supports floor mode only "
+                                            "(ceil_mode=1 is accepted where both agree)")
+            # with (lo, lo) padding the windows start at the same places; equal counts => same windows
+            if lo != hi and (n + 2 * lo - k) // s + 1 != size:
+                raise self._error(node, f"asymmetric pads {pads} (begin {lo}, end {hi} on spatial axis {ax}) "
+                                        "cannot be expressed as relprop's symmetric padding")
+            out.append(lo)
+        return tuple(out)
+
+    def _window(self, node, attrs, x, kernel=None):
+        kernel = list(attrs.get("kernel_shape", kernel if kernel is not None else []))
+        if len(x.shape) != 3 or len(kernel) != 2:
+            raise self._error(node, f"only 2-D ops on (N, C, H, W) tensors are supported, got per-sample input "
+                                    f"{x.shape} and kernel {kernel}")
+        strides = list(attrs.get("strides", [1, 1]))
+        dil = list(attrs.get("dilations", [1, 1]))
+        if any(d != 1 for d in dil):
+            raise self._error(node, f"dilations={dil} are not supported; relprop supports dilation 1 only")
+        return kernel, strides
+
+    # -- op handlers ----------------------------------------------------------------------------
+    def _gemm(self, node):
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"alpha", "beta", "transA", "transB"})
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        A, B = node.input[0], node.input[1]
+        C = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        x = self._data(node, A, "input A")
+        if a.get("transA", 0):
+            raise self._error(node, "transA=1 on the data input would move the batch axis; relprop supports "
+                                    "Y = alpha * X @ op(B) + beta * C with X (N, K) the data and B, C constants "
+                                    "(transB, alpha, beta are applied exactly)")
+        if len(x.shape) != 1:
+            raise self._error(node, f"input A must be (N, K), got per-sample shape {x.shape}")
+        w = self._const(node, B, "B (weight)").astype(np.float64)
+        if w.ndim != 2:
+            raise self._error(node, f"B must be a matrix, got shape {w.shape}")
+        w = w if a.get("transB", 0) else w.T            # (out, in), like torch.nn.Linear
+        bias = np.zeros(w.shape[0])
+        if C is not None:
+            bias = self._channel_bias(node, self._const(node, C, "C (bias)"), (w.shape[0],)) * beta
+        self._add_layer(node, self._make(node, G.Dense, self._weight(alpha * w), self._weight(bias)), [A])
+
+    def _matmul(self, node):
+        A, B = node.input
+        if A not in self.data:
+            raise self._error(node, "only X @ W with X computed from the model input and W constant is supported")
+        x = self.data[A]
+        w = self._const(node, B, "B (weight)")
+        if len(x.shape) != 1 or w.ndim != 2:
+            raise self._error(node, f"only (N, K) @ (K, M) is supported, got per-sample input {x.shape} and "
+                                    f"weight {w.shape}")
+        self._add_layer(node, self._make(node, G.Dense, self._weight(w.T), None), [A])
+
+    def _conv(self, node):
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})
+        X = node.input[0]
+        x = self._data(node, X)
+        w = self._const(node, node.input[1], "W (weight)")
+        b = self._const(node, node.input[2], "B (bias)") if len(node.input) > 2 and node.input[2] else None
+        if a.get("group", 1) != 1:
+            raise self._error(node, f"grouped convolution (group={a['group']}) is not supported; relprop "
+                                    "supports group=1 only")
+        if w.ndim != 4:
+            raise self._error(node, f"only 2-D convolutions are supported, got weight shape {w.shape}")
+        kernel, strides = self._window(node, a, x, w.shape[2:])
+        if tuple(kernel) != w.shape[2:]:
+            raise self._error(node, f"kernel_shape {kernel} does not match the weight {w.shape}")
+        pad = self._padding(node, a, x.shape[1:], kernel, strides)
+        layer = self._make(node, G.Conv2d, self._weight(w), None if b is None else self._weight(b),
+                           stride=tuple(strides), padding=pad)
+        self._add_layer(node, layer, [X])
+
+    def _pool(self, node, cls, allowed):
+        a = self._attrs(node)
+        self._check_attrs(node, a, allowed)
+        X = node.input[0]
+        x = self._data(node, X)
+        kernel, strides = self._window(node, a, x)
+        pad = self._padding(node, a, x.shape[1:], kernel, strides, a.get("ceil_mode", 0))
+        self._add_layer(node, self._make(node, cls, tuple(kernel), tuple(strides), pad), [X])
+        return a, pad
+
+    def _maxpool(self, node):
+        self._unused_extra_outputs(node, "Indices")
+        self._pool(node, G.MaxPool2d, {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads",
+                                       "storage_order", "strides"})
+
+    def _avgpool(self, node):
+        a = self._attrs(node)
+        if not a.get("count_include_pad", 0):
+            auto = a.get("auto_pad", b"NOTSET")
+            if any(a.get("pads", [])) or auto in (b"SAME_UPPER", b"SAME_LOWER", "SAME_UPPER", "SAME_LOWER"):
+                raise self._error(node, "count_include_pad=0 with non-zero padding is not supported; relprop's "
+                                        "AvgPool2d divides by the full window (count_include_pad=1)")
+        self._pool(node, G.AvgPool2d, {"auto_pad", "ceil_mode", "count_include_pad", "dilations",
+                                       "kernel_shape", "pads", "strides"})
+
+    def _global_avgpool(self, node):
+        x = self._data(node, node.input[0])
+        if len(x.shape) != 3:
+            raise self._error(node, f"only (N, C, H, W) input is supported, got per-sample shape {x.shape}")
+        self._add_layer(node, G.GlobalAvgPool2d(), [node.input[0]], (x.shape[0], 1, 1))
+
+    def _reduce_mean(self, node):
+        a = self._attrs(node)
+        x = self._data(node, node.input[0])
+        axes = a.get("axes")
+        if len(node.input) > 1 and node.input[1]:
+            axes = self._const(node, node.input[1], "axes").tolist()
+        rank = len(x.shape) + 1
+        axes = sorted(int(ax) % rank for ax in (axes or []))
+        if rank != 4 or axes != [2, 3] or a.get("noop_with_empty_axes", 0):
+            raise self._error(node, f"only the spatial mean of (N, C, H, W) (axes [2, 3], as global average "
+                                    f"pooling) is supported, got axes {axes} on a rank-{rank} tensor")
+        c = x.shape[0]
+        if a.get("keepdims", 1):
+            self._add_layer(node, G.GlobalAvgPool2d(), [node.input[0]], (c, 1, 1))
+        else:  # a private tensor name for the pooled (C, 1, 1) result, then flatten to (C,)
+            tmp = node.output[0] + "/pooled"
+            pooled = self.onnx.helper.make_node("GlobalAveragePool", [node.input[0]], [tmp], name=node.name)
+            self._add_layer(pooled, G.GlobalAvgPool2d(), [node.input[0]], (c, 1, 1))
+            self._add_layer(node, G.Flatten(), [tmp], (c,))
+
+    def _flatten(self, node):
+        a = self._attrs(node)
+        x = self._data(node, node.input[0])
+        rank = len(x.shape) + 1
+        axis = a.get("axis", 1)
+        if axis % rank != 1:
+            raise self._error(node, f"Flatten with axis={axis} would merge the batch axis; only axis=1 is supported")
+        if len(x.shape) == 1:
+            return self._alias(node, node.input[0])
+        self._add_layer(node, G.Flatten(), [node.input[0]], (int(np.prod(x.shape)),))
+
+    def _reshape_to(self, node, targets):
+        """Add a layer for a per-sample reshape given the full target shape per batch size."""
+        X = node.input[0]
+        x = self.data[X]
+        shapes = {tuple(t) for t in targets.values()}
+        if len(shapes) != 1:
+            raise self._error(node, "the target shape changes with the batch size in a way that does not keep "
+                                    "the batch axis")
+        new = shapes.pop()
+        if new == x.shape:
+            return self._alias(node, X)
+        if len(new) == 1:
+            return self._add_layer(node, G.Flatten(), [X], new)
+        self._add_layer(node, self._make(node, G.Reshape, new), [X], new)
+
+    def _reshape(self, node):
+        a = self._attrs(node)
+        X = node.input[0]
+        x = self._data(node, X)
+        if node.input[1] not in self.static:
+            raise self._error(node, "the target shape must be a constant or computed from shapes only")
+        targets = {}
+        for b, t in self.static[node.input[1]].items():
+            full = (b,) + x.shape
+            t = [int(v) for v in np.asarray(t).reshape(-1)]
+            if a.get("allowzero", 0) and 0 in t:
+                raise self._error(node, f"allowzero=1 with a 0 in the target shape {t} is not supported")
+            t = [full[i] if v == 0 and i < len(full) else v for i, v in enumerate(t)]
+            if t.count(-1) == 1:
+                rest = int(np.prod([v for v in t if v != -1]))
+                t[t.index(-1)] = int(np.prod(full)) // rest if rest else 0
+            if int(np.prod(t)) != int(np.prod(full)) or t[0] != b:
+                raise self._error(node, f"reshaping {full} to {t} does not keep the batch axis; relprop supports "
+                                        "per-sample reshapes (N, ...) -> (N, ...)")
+            targets[b] = t[1:]
+        self._reshape_to(node, targets)
+
+    def _squeeze(self, node):
+        a = self._attrs(node)
+        X = node.input[0]
+        x = self._data(node, X)
+        axes = a.get("axes")
+        if len(node.input) > 1 and node.input[1]:
+            axes = self._const(node, node.input[1], "axes").tolist()
+        full = [None] + list(x.shape)  # None marks the batch axis
+        if node.op_type == "Squeeze":
+            if axes is None:
+                axes = [i for i, d in enumerate(full) if d == 1]
+            axes = {int(ax) % len(full) for ax in axes}
+            new = [d for i, d in enumerate(full) if i not in axes]
+        else:
+            rank = len(full) + len(axes)
+            new = list(full)
+            for ax in sorted(int(ax) % rank for ax in axes):
+                new.insert(ax, 1)
+        if not new or new[0] is not None:
+            raise self._error(node, f"axes {axes} touch the batch axis; only per-sample axes are supported")
+        self._reshape_to(node, {0: new[1:]})
+
+    def _add(self, node):
+        ins = [i for i in node.input if i]
+        data = [i for i in ins if i in self.data]
+        consts = [i for i in ins if i in self.static]
+        if len(ins) == 1:
+            return self._alias(node, ins[0])
+        if not consts:
+            shapes = {self.data[i].shape for i in data}
+            if len(shapes) != 1:
+                raise self._error(node, f"adding tensors of different shapes {sorted(shapes)} (broadcasting) is "
+                                        "not supported; inputs must have identical shapes")
+            return self._add_layer(node, G.Add(), data, shapes.pop())
+        if len(data) != 1 or len(consts) != 1:
+            raise self._error(node, "a constant can only be added to a single tensor (as a bias)")
+        src, c = data[0], self._const(node, consts[0], "the added constant")
+        x = self.data[src]
+        if not np.any(c) and np.broadcast_shapes(c.shape, (1,) + x.shape) == (1,) + x.shape:
+            return self._alias(node, src)
+        prev = self.by_name.get(x.node)
+        if prev is None or prev.layer.kind not in ("Dense", "Conv2d"):
+            raise self._error(node, "adding a constant is supported only as the bias of the preceding "
+                                    "Gemm/MatMul/Conv; here it follows "
+                                    f"{'the model input' if prev is None else prev.layer.kind}")
+        if self.origin.get(prev.name) != src or self.consumers.get(src, 0) != 1:
+            raise self._error(node, f"cannot fold the constant into {prev.name!r} as a bias: its output {src!r} "
+                                    "is also used elsewhere")
+        bias = self._channel_bias(node, c, x.shape)
+        layer = prev.layer
+        new_bias = self._weight(layer.bias.astype(np.float64) + bias)
+        if layer.kind == "Dense":
+            prev.layer = self._make(node, G.Dense, layer.weight, new_bias)
+        else:
+            prev.layer = self._make(node, G.Conv2d, layer.weight, new_bias, layer.stride, layer.padding)
+        self._alias(node, src)  # moves the origin on: a further constant Add folds as well
+
+    def _channel_bias(self, node, c, shape):
+        """A constant broadcast onto (1, *shape) as a per-channel (axis 1) vector, or an error."""
+        full = (1,) + tuple(shape)
+        c = np.asarray(c, dtype=np.float64)
+        try:
+            if np.broadcast_shapes(c.shape, full) != full:
+                raise ValueError
+        except ValueError:
+            raise self._error(node, f"constant of shape {c.shape} does not broadcast per sample onto "
+                                    f"{full[1:]} as a bias") from None
+        per = np.broadcast_to(c, full)[0].reshape(shape[0], -1)
+        if not np.all(per == per[:, :1]):
+            raise self._error(node, f"constant of shape {c.shape} varies within a channel; only per-channel "
+                                    "biases can be folded into the preceding layer")
+        return per[:, 0].copy()
+
+    def _concat(self, node):
+        a = self._attrs(node)
+        ins = [i for i in node.input if i]
+        if any(i not in self.data for i in ins):
+            raise self._error(node, "concatenating a constant with computed tensors is not supported")
+        shapes = [self.data[i].shape for i in ins]
+        rank = len(shapes[0]) + 1
+        axis = int(a["axis"]) % rank
+        if axis == 0:
+            raise self._error(node, "concatenation along the batch axis (axis 0) is not supported")
+        if len(ins) == 1:
+            return self._alias(node, ins[0])
+        k = axis - 1
+        if any(len(s) != rank - 1 or s[:k] + s[k + 1:] != shapes[0][:k] + shapes[0][k + 1:] for s in shapes):
+            raise self._error(node, f"input shapes {shapes} do not agree off axis {axis}")
+        out = list(shapes[0])
+        out[k] = sum(s[k] for s in shapes)
+        self._add_layer(node, self._make(node, G.Concat, axis), ins, tuple(out))
+
+    def _batchnorm(self, node):
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"epsilon", "momentum", "training_mode", "spatial"})
+        if a.get("training_mode", 0) or a.get("spatial", 1) != 1:
+            raise self._error(node, "only inference-mode, spatial BatchNormalization is supported")
+        self._unused_extra_outputs(node, "training statistics")
+        X = node.input[0]
+        x = self._data(node, X)
+        if len(x.shape) not in (1, 3):
+            raise self._error(node, f"only (N, C) or (N, C, H, W) input is supported, got per-sample {x.shape}")
+        scale, bias, mean, var = (self._weight(self._const(node, n, w)) for n, w in
+                                  zip(node.input[1:5], ("scale", "B", "input_mean", "input_var")))
+        layer = self._make(node, G.BatchNorm2d, scale, bias, mean, var, eps=float(a.get("epsilon", 1e-5)))
+        self._add_layer(node, layer, [X], x.shape)
+
+    def _activation(self, node):
+        a = self._attrs(node)
+        X = node.input[0]
+        self._data(node, X)
+        op = node.op_type
+        if op == "LeakyRelu":
+            layer = self._make(node, G.LeakyReLU, negative_slope=float(a.get("alpha", 0.01)))
+        elif op == "Softplus":
+            beta = float(a.get("beta", 1.0)) if node.domain == "relprop" else 1.0
+            # ONNX Softplus has no threshold; torch's 20 changes it by < 2e-9 (log1p(exp(-20)))
+            threshold = float(a.get("threshold", 20.0)) if node.domain == "relprop" else 20.0
+            layer = self._make(node, G.Softplus, beta=beta, threshold=threshold)
+        else:
+            layer = {"Relu": G.ReLU, "Sigmoid": G.Sigmoid, "Tanh": G.Tanh}[op]()
+        self._add_layer(node, layer, [X])
+
+    def _softmax(self, node):
+        a = self._attrs(node)
+        x = self._data(node, node.input[0])
+        axis = int(a.get("axis", -1 if self.opset >= 13 else 1))
+        if len(x.shape) != 1 or axis % 2 != 1:
+            raise self._error(node, f"only a softmax over the classes of (N, classes) scores is supported, got "
+                                    f"per-sample shape {x.shape} and axis {axis}")
+        if node.output[0] != self.output_name:
+            raise self._error(node, "Softmax must be the model's last op (relprop explains its input scores)")
+        self._add_layer(node, G.Softmax(), [node.input[0]])
+        self.score_tensor = node.input[0]
+
+    def _dropout(self, node):
+        a = self._attrs(node)
+        self._unused_extra_outputs(node, "mask")
+        ratio = float(a.get("ratio", 0.5))
+        if len(node.input) > 1 and node.input[1]:
+            ratio = float(self._const(node, node.input[1], "ratio"))
+        if len(node.input) > 2 and node.input[2] and bool(self._const(node, node.input[2], "training_mode")):
+            raise self._error(node, "training_mode=True is not supported (inference only)")
+        X = node.input[0]
+        self._data(node, X)
+        self._add_layer(node, self._make(node, G.Dropout, p=ratio), [X])
+
+    def _identity(self, node):
+        self._data(node, node.input[0])
+        self._alias(node, node.input[0])
+
+    def _cast(self, node):
+        to = self._attrs(node).get("to")
+        if _FLOAT_TYPES.get(to) is not self.dtype:
+            raise self._error(node, f"casting the data to ONNX type {to} is not supported (only a no-op cast to "
+                                    "the model's float type)")
+        self._alias(node, node.input[0])
+
+    def _shape(self, node):
+        a = self._attrs(node)
+        x = self._data(node, node.input[0])
+        vals = {}
+        for b in self.batches:
+            full = np.array((b,) + x.shape, dtype=np.int64)
+            if node.op_type == "Size":
+                vals[b] = np.array(np.prod(full), dtype=np.int64)
+            else:
+                start, end = a.get("start", 0), a.get("end", len(full))
+                vals[b] = full[slice(start, end)]
+        self.static[node.output[0]] = _Static(vals)
+
+
+# -- pattern fusion ------------------------------------------------------------------------------
+def _fuse_softplus(onnx, nodes, inits):
+    """Replace torch's exported softplus(beta, threshold) patterns by one relprop-domain Softplus.
+
+    Legacy export: Div(Softplus(Mul(x, beta)), beta). Dynamo export additionally wraps it in
+    Where(Greater(beta*x, threshold), x, ...) (beta = 1: Mul/Div omitted). The intermediate
+    nodes become dead and are skipped unless something else reads them.
+    """
+    producer = {o: n for n in nodes for o in n.output if o}
+    consts = dict(inits)
+    for n in nodes:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+
+    def scalar(name):
+        v = consts.get(name)
+        return float(v) if v is not None and np.asarray(v).size == 1 else None
+
+    def scaled(u):  # u = Mul(x, beta) -> (x, beta)
+        m = producer.get(u)
+        if m is None or m.op_type != "Mul" or m.domain not in ("", "ai.onnx"):
+            return None
+        for x, b in (m.input, m.input[::-1]):
+            if scalar(b) is not None and scalar(b) > 0 and x not in consts:
+                return x, scalar(b)
+        return None
+
+    fused_from = {}  # output of a fused Div -> (x, beta, u)
+
+    def softplus_of(s):  # s = Softplus(x) or Div(Softplus(Mul(x, b)), b) -> (x, beta, u)
+        if s in fused_from:
+            return fused_from[s]
+        p = producer.get(s)
+        if p is None:
+            return None
+        if p.op_type == "Softplus" and p.domain in ("", "ai.onnx"):
+            return p.input[0], 1.0, p.input[0]
+        if p.op_type == "Div" and p.domain in ("", "ai.onnx") and scalar(p.input[1]) is not None:
+            q = producer.get(p.input[0])
+            if q is not None and q.op_type == "Softplus" and q.domain in ("", "ai.onnx"):
+                xs = scaled(q.input[0])
+                if xs is not None and xs[1] == scalar(p.input[1]):
+                    return xs[0], xs[1], q.input[0]
+        return None
+
+    out = []
+    for n in nodes:
+        fused = None
+        if n.op_type == "Div":
+            sp = softplus_of(n.output[0])
+            if sp is not None and sp[1] != 1.0:
+                fused = (sp[0], sp[1], 20.0)
+                fused_from[n.output[0]] = sp
+        elif n.op_type == "Where" and len(n.input) == 3:
+            cond, x, s = n.input
+            g, sp = producer.get(cond), softplus_of(s)
+            if g is not None and g.op_type == "Greater" and sp is not None and sp[0] == x:
+                thr = scalar(g.input[1])
+                if thr is not None and g.input[0] == sp[2]:
+                    fused = (x, sp[1], thr)
+        if fused is None:
+            out.append(n)
+            continue
+        x, beta, thr = fused
+        new = onnx.helper.make_node("Softplus", [x], [n.output[0]], name=n.name, domain="relprop",
+                                    beta=beta, threshold=thr)
+        out.append(new)
+        producer[n.output[0]] = new
+    return out
+
+
+# -- verification ---------------------------------------------------------------------------------
+def _verify(model, importer, net, raw, check):
+    """Compare the relprop forward with ReferenceEvaluator on a probe input (and the scores
+    before a final Softmax, which hides shifts of the scores)."""
+    b = importer.batch or 2
+    x = np.random.default_rng(0).standard_normal((b,) + importer.in_shape).astype(importer.dtype)
+    names = [importer.output_name] + ([importer.score_tensor] if importer.score_tensor else [])
+    try:
+        refs = [np.asarray(r) for r in _reference(model, importer.opset).run(names, {importer.input_name: x})]
+    except Exception as e:
+        _report(check, f"could not run onnx.reference.ReferenceEvaluator to verify the import: "
+                       f"{type(e).__name__}: {e}")
+        return
+    models = [net] + ([G.Graph(net.nodes[:-1])] if importer.score_tensor else [])
+    for what, model_, ref in zip(("output", "scores before the Softmax"), models, refs):
+        problem = _compare(model_(x), ref)
+        if problem and raw is not None and what == "output" and not _compare(raw(x), ref):
+            problem += " (the import itself agrees; rp.canonize changed the output)"
+        if problem:
+            _report(check, f"imported model disagrees with the ONNX reference evaluator on a probe input "
+                           f"({what}): {problem}")
+            return
+
+
+def _reference(model, opset):
+    """ReferenceEvaluator for ``model``. onnx's BatchNormalization for opsets 9-13 applies the
+    default ``momentum`` attribute as if training (it mixes in the batch statistics), so those
+    opsets get the inference formula of the spec instead."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    class BatchNormalization(OpRun):
+        op_domain = ""
+
+        def _run(self, x, scale, bias, mean, var, epsilon=None, momentum=None, spatial=None,  # noqa: ARG002
+                 training_mode=None):  # noqa: ARG002
+            shape = (-1,) + (1,) * (x.ndim - 2)
+            y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + epsilon) * scale.reshape(shape)
+            return ((y + bias.reshape(shape)).astype(x.dtype),)
+
+    return ReferenceEvaluator(model, new_ops=[BatchNormalization] if opset < 14 else None)
+
+
+def _compare(y, ref):
+    if y.shape != ref.shape:
+        return f"output shape {y.shape} vs {ref.shape}"
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    err = np.abs(y.astype(np.float64) - ref)
+    bad = err > 1e-4 * np.abs(ref) + 1e-5 * max(scale, 1e-30)
+    if np.any(bad) or not np.all(np.isfinite(y)):
+        return f"max abs difference {float(np.max(err)):.3g} at output scale {scale:.3g}"
+    return ""
+
+
+def _report(check, msg):
+    if check == "raise":
+        raise ValueError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
