@@ -35,6 +35,7 @@ class Tape:
         self.n = n
         self.out = {}
         self.idx = {}
+        self.plus = {}  # Conv2d name -> W+ a (N, O, Ho, Wo), computed with the forward GEMM
 
 
 _WORK = {}
@@ -68,11 +69,13 @@ def _fusable_act(graph, node):
     return None
 
 
-def forward(graph, x, keep=(), idx_nodes=(), shapes=None):
+def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
     """Run the graph on ``x``; return (score-node output, final output, Tape).
 
     ``keep``: names whose outputs the tape stores; ``idx_nodes``: max-pool nodes whose
-    winner indices it stores; ``shapes``: per-sample shapes from ``graph.infer_shapes``.
+    winner indices it stores; ``shapes``: per-sample shapes from ``graph.infer_shapes``;
+    ``plus``: Conv2d nodes whose rule wants ``W+ a`` (z_form rules): on a >= 0 it is computed in
+    the same GEMM as ``W a`` (weights stacked, one im2col) and stored on the tape.
     """
     k = backend.kernels_for(x)
     dtype = x.dtype
@@ -93,7 +96,11 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None):
         fused = _fusable_act(graph, node) if layer.linear else None
         act = ACT_CODES[fused.layer.kind] if fused is not None else 0
         if layer.linear:
-            z, a = _linear_forward(k, graph, node, xin, act, fused is not None and node.name in keep, dtype)
+            want_plus = node.name in plus and k.all_nonnegative(xin.ravel())
+            z, a, pz = _linear_forward(k, graph, node, xin, act, fused is not None and node.name in keep, dtype,
+                                       want_plus)
+            if pz is not None:
+                tape.plus[node.name] = pz
             outs = {node.name: z}
             if fused is not None:
                 outs[fused.name] = a
@@ -169,30 +176,47 @@ def _act_numpy(kind, x):
     return x
 
 
-def _linear_forward(k, graph, node, xin, act, store_z, dtype):
+def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
     """Dense/Conv2d forward with bias and the following activation fused in the epilogue.
-    Returns (z or None, a) where z is kept only when ``store_z``."""
+    Returns (z or None, a, W+ a or None) where z is kept only when ``store_z``."""
     W, b = graph.params(node, dtype)
     n = xin.shape[0]
     if node.layer.kind == "Dense":
         z = xin @ W.T
         a = np.empty_like(z) if (store_z and act) else z
         k.bias_act_rows(z, b, act, a, store_z)
-        return (z if (store_z or not act) else None), a
+        return (z if (store_z or not act) else None), a, None
     o, c, kh, kw = W.shape
     (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
     h, w = xin.shape[2:]
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
-    Wm = W.reshape(o, -1)
+    Wm = _stacked_plus(graph, node, dtype) if want_plus else W.reshape(o, -1)
     a = np.empty((n, o, ho, wo), dtype)
     z = np.empty_like(a) if (store_z and act) else a
+    pz = np.empty_like(a) if want_plus else None
+    zero = np.zeros(o, dtype)
     for i0, i1 in _chunks(n, c * kh * kw * p * a.itemsize):
         cols = _scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype)
         k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = np.matmul(Wm, cols, out=_scratch("gemm", (o, (i1 - i0) * p), dtype))
-        k.bias_act_from_gemm(zg, b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p), store_z and act != 0)
-    return (z if (store_z or not act) else None), a
+        zg = np.matmul(Wm, cols, out=_scratch("gemm", (Wm.shape[0], (i1 - i0) * p), dtype))
+        k.bias_act_from_gemm(zg[:o], b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
+                             store_z and act != 0)
+        if want_plus:
+            pc = pz[i0:i1].reshape(i1 - i0, o, p)
+            k.bias_act_from_gemm(zg[o:], zero, 0, pc, pc, False)
+    return (z if (store_z or not act) else None), a, pz
+
+
+def _stacked_plus(graph, node, dtype):
+    """``[W; W+]`` (2O, K) of a Conv2d, cached: one GEMM gives z and W+ a."""
+    key = ("wplus", node.name, np.dtype(dtype).str)
+    got = graph.cache.get(key)
+    if got is None:
+        Wm = graph.params(node, dtype)[0].reshape(node.layer.weight.shape[0], -1)
+        got = np.ascontiguousarray(np.concatenate([Wm, np.maximum(Wm, 0)]))
+        graph.cache[key] = got
+    return got
 
 
 def _pool_forward(k, layer, xin, is_max):
@@ -244,7 +268,8 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
     src = node.inputs[0]
     if layer.linear:
         if mode == LRP:
-            return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name]))]
+            return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
+                                      tape.plus.get(node.name)))]
         return [(src, _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g)))]
     if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
                                                                        "Softplus", "BatchNorm2d")):
@@ -335,17 +360,27 @@ def _transposed_conv(k, layer, s, Bt, xs, mods, out):
     (sh, sw), (ph, pw) = layer.stride, layer.padding
     n, co, ho, wo = s.shape
     c, h, w = out.shape[1:]
-    if _stride1(layer):
+    ct = Bt.shape[0] if _stride1(layer) else Bt.shape[1] // (kh * kw)
+    if _stride1(layer) and co <= 4 * ct:  # else (few input channels, e.g. the RGB layer) the
+        # col2im route below unfolds ct*kh*kw rows instead of co*kh*kw: far less memory traffic
         cols = _scratch("cols", (co * kh * kw, n * h * w), s.dtype)
         k.im2col(s, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, cols)
         cg = np.matmul(Bt, cols, out=_scratch("gemm", (Bt.shape[0], n * h * w), s.dtype))
         k.combine_from_gemm(cg, xs.reshape(n, -1, h * w), mods, out.reshape(n, c, h * w))
         return
-    rows = np.empty((co, n * ho * wo), s.dtype)
+    rows = _scratch("rows", (co, n * ho * wo), s.dtype)
     s3 = s.reshape(n, co, ho * wo)
     k.grad_to_rows(s3, s3, s3, 0, rows)
-    ccols = Bt.T @ rows
-    k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out, xs, mods)
+    B = _unflip(Bt, co, kh, kw) if _stride1(layer) else Bt
+    ccols = np.matmul(B.T, rows, out=_scratch("cols", (B.shape[1], n * ho * wo), s.dtype))
+    k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out, xs.reshape(out.shape[0], -1, h, w), mods)
+
+
+def _unflip(Bt, rows, kh, kw):
+    """Inverse of plan.flipped_transpose: (cin, rows*kh*kw) -> (rows, cin*kh*kw)."""
+    cin = Bt.shape[0]
+    B4 = Bt.reshape(cin, rows, kh, kw)[:, :, ::-1, ::-1]
+    return np.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(rows, cin * kh * kw))
 
 
 def _linear_grad(k, graph, node, g, in_shape):
@@ -363,7 +398,7 @@ def _linear_grad(k, graph, node, g, in_shape):
     return gin
 
 
-def _linear_lrp(k, graph, node, a, z, r, rule):
+def _linear_lrp(k, graph, node, a, z, r, rule, pz=None):
     """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
     dtype = r.dtype
     n = r.shape[0]
@@ -404,17 +439,22 @@ def _linear_lrp(k, graph, node, a, z, r, rule):
     for i0, i1 in _chunks(n, per):
         nc = i1 - i0
         s = np.empty((nc, go, ho, wo), dtype)
-        if st.zmode == 1:
+        zmode = st.zmode
+        zp = zz[i0:i1].reshape(nc, o, p)  # typed placeholder unless zmode 3
+        if zmode == 2 and pz is not None:  # W+ a came with the forward GEMM
+            zmode, zp = 3, pz[i0:i1].reshape(nc, o, p)
+            zg = s.reshape(go, -1)
+        elif zmode == 1:
             cols = _scratch("cols", (mm * cin * kh * kw, nc * p), dtype)
             k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
             zg = np.matmul(st.B, cols, out=_scratch("gemm", (go, nc * p), dtype))
-        elif st.zmode == 2:  # a >= 0: one GEMM with W+ gives every group's denominator
+        elif zmode == 2:  # a >= 0: one GEMM with W+ gives every group's denominator
             cols = _scratch("cols", (cin * kh * kw, nc * p), dtype)
             k.im2col(a[i0:i1], kh, kw, sh, sw, ph, pw, cols)
             zg = np.matmul(st.Wp, cols, out=_scratch("gemm", (o, nc * p), dtype))
         else:
             zg = s.reshape(go, -1)  # typed placeholder, unread
-        k.lrp_ratio(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
+        k.lrp_ratio(zg, zp, zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
                     r[i0:i1].reshape(nc, o, p), st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
         del zg
         _transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1])
@@ -429,3 +469,4 @@ def _zbox_bounds(rule, a, node):
             f"input range [{a.min():.4g}, {a.max():.4g}], bounds [{np.min(low):.4g}, {np.max(high):.4g}]"
         )
     return low, high
+

@@ -126,7 +126,9 @@ def lrp(graph, x, target, shapes, rules, pool_eps=engine.POOL_STABILIZER):
     by_node = dict(zip((nd.name for nd in graph.linear_nodes()), rules))
     keep, idx = needs(graph, LRP, by_node)
     keep.add("input")
-    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
+    plus = {name for name, rule in by_node.items()
+            if rule.z_form() is not None and graph.by_name[name].layer.kind == "Conv2d"}
+    score, _, tape = engine.forward(graph, x, keep, idx, shapes, plus)
     t = _resolve_target(score, target)
     return engine.backward(graph, tape, _onehot(score, t, True), LRP, rules=by_node, pool_eps=pool_eps)
 

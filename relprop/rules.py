@@ -215,6 +215,10 @@ class ZPlus(Rule):
 
     name = "z_plus"
 
+    def z_form(self):
+        """On a >= 0 the denominator is ``W+ a + b+`` (see ``Rule.z_form``)."""
+        return ((0.0, 1.0),)
+
     def groups(self):
         return (Group(1.0, NOMASK, (Term(XPOS, _pos, self._b(_pos)), Term(XNEG, _neg, _zero))),)
 

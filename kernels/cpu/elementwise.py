@@ -100,7 +100,7 @@ def _stab_div(r, den, eps):
 
 
 @nb.njit(cache=True, parallel=True)
-def lrp_ratio(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
+def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
     """The ratio step of an LRP rule with G output groups (seed 003 rule table).
 
     For group g and output unit (n, o, p), with ``m = n*P + p``, ``k = g*O + o``::
@@ -108,6 +108,8 @@ def lrp_ratio(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
         den = zorig[n, o, p] + bias_g[k]                                  zmode 0 (epsilon, z)
         den = zg[k, m] + bias_g[k]                                        zmode 1 (B @ a)
         den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zg[o, m] + bias_g[k]   zmode 2 (W+ @ a)
+        den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zp[n, o, p] + bias_g[k]   zmode 3 (W+ @ a
+              computed in the forward pass, NCHW)
         s[n, k, p] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
 
     ``zorig`` is the layer's stored pre-activation; ``s`` (N, G*O, P) is NCHW, ready for
@@ -133,8 +135,10 @@ def lrp_ratio(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
                         den = zo + bg
                     elif zmode == 1:
                         den = zg[k, n * p_ + p] + bg
-                    else:
+                    elif zmode == 2:
                         den = czg * (zo - bvec[o]) + cpg * zg[o, n * p_ + p] + bg
+                    else:
+                        den = czg * (zo - bvec[o]) + cpg * zp[n, o, p] + bg
                     s[n, k, p] = cf * _stab_div(r[n, o, p], den, eps)
 
 
