@@ -156,6 +156,11 @@ def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps,
             czg = cz[g]
             cpg = cp[g]
             base = g * o_
+            if zmode == 0 and mk == 0 and eps > 0:  # epsilon rule: a tight loop that vectorizes
+                for o in range(o_):
+                    den = zorig[n, o] + bias_g[base + o]
+                    s[n, base + o] = cf * r[n, o] / (den + eps if den >= 0 else den - eps)
+                continue
             for o in range(o_):
                 zo = zorig[n, o]
                 if zmode == 0:
