@@ -30,7 +30,7 @@ def _check_model(net):
         raise TypeError(f"net must be a relprop model (rp.Sequential or rp.Graph), got {type(net).__name__}")
 
 
-def _check_x(net, x, name="x"):
+def _check_x(net, x, name="x", scores=True):
     """Validate the batch; returns (x as a contiguous float array, per-node shapes)."""
     backend.kernels_for(x)
     if not isinstance(x, np.ndarray):  # pragma: no cover - kernels_for raised already
@@ -44,7 +44,7 @@ def _check_x(net, x, name="x"):
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {x.shape})")
     shapes = net.infer_shapes(x.shape[1:])
-    if len(shapes[net.score_node]) != 1:
+    if scores and len(shapes[net.score_node]) != 1:
         raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)
@@ -253,7 +253,7 @@ def _batch_step(shapes, itemsize, method, p):
 def forward(net, x):
     """The model's output for ``x`` (softmax applied when the last layer is Softmax)."""
     _check_model(net)
-    x, shapes = _check_x(net, x)
+    x, shapes = _check_x(net, x, scores=False)
     with backend.LOCK:
         step = _batch_step(shapes, x.itemsize, "forward", {})
         outs = []

@@ -241,3 +241,12 @@ def test_ir_errors():
         rp.BatchNorm2d(np.ones(2), np.ones(2), np.ones(2), -np.ones(2))
     with pytest.raises(ValueError, match="NaN"):
         rp.BatchNorm2d(np.ones(2), np.ones(2), np.array([np.nan, 1.0]), np.ones(2))
+
+
+def test_forward_accepts_any_output_shape_but_attribute_needs_scores():
+    net = rp.Sequential(rp.Conv2d(_conv(2, 3), padding=1))
+    y = net(X)
+    assert y.shape == (3, 2, 6, 6)
+    np.testing.assert_allclose(y, numpy_forward(net, X), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(N, classes\)"):
+        rp.attribute(net, X, "gradient")
