@@ -35,8 +35,9 @@ def _check_x(net, x, name="x", scores=True):
     backend.kernels_for(x)
     if not isinstance(x, np.ndarray):  # pragma: no cover - kernels_for raised already
         raise TypeError(f"{name} must be a numpy array")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}")
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}"
+                        + (" (cast it with x.astype(np.float32))" if np.issubdtype(x.dtype, np.floating) else ""))
     rank = net.input_rank()
     if x.ndim < 2 or (rank is not None and x.ndim != rank + 1):
         want = f"{rank + 1} dimensions (N, ...)" if rank is not None else "at least 2 dimensions (N, ...)"
@@ -46,8 +47,8 @@ def _check_x(net, x, name="x", scores=True):
     shapes = net.infer_shapes(x.shape[1:])
     if scores and len(shapes[net.score_node]) != 1:
         raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float32)
+    if not x.dtype.isnative:  # e.g. big-endian '>f8': same width, native byte order
+        x = x.astype(x.dtype.newbyteorder("="))
     x = np.ascontiguousarray(x)
     if not np.all(np.isfinite(x)):
         bad = np.argwhere(~np.isfinite(x))[0]
@@ -105,6 +106,8 @@ def _check_baseline(b, x, name="baseline"):
         return
     if not isinstance(b, np.ndarray):
         raise TypeError(f"{name} must be a number or a numpy array broadcastable to x {x.shape}, got {type(b).__name__}")
+    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real numeric array, got dtype {b.dtype}")
     try:
         np.broadcast_shapes(b.shape, x.shape)
         if np.broadcast_shapes(b.shape, x.shape) != x.shape:
@@ -167,8 +170,13 @@ def _check_method_params(net, method, p, x):
         except TypeError as e:
             raise TypeError(f"method {method!r}: {e}") from None
         lin = net.linear_nodes()
+        if len(rules) != len(lin):  # pragma: no cover - rules_for returns one per layer
+            raise ValueError(f"expected {len(lin)} rules, got {len(rules)}")
         for node, rule in zip(lin, rules):
-            if isinstance(rule, R.ZBox) and node.inputs[0] == "input":
+            if not isinstance(rule, R.Rule):
+                raise TypeError(f"the rule for layer {node.name!r} ({node.layer.kind}) must be a rule instance from "
+                                f"rp.rules (e.g. rp.rules.Epsilon()), got {rule!r}")
+            if isinstance(rule, R.ZBox) and _reads_input_directly(net, node):
                 _check_bounds(rule.low, rule.high, x, f"ZBox rule on layer {node.name!r}")
         if method == "lrp" or method == "deep_taylor":
             out = {"rules": rules}
@@ -177,6 +185,18 @@ def _check_method_params(net, method, p, x):
             return out
         return p
     return p
+
+
+def _reads_input_directly(net, node):
+    """True when only reshapes (Flatten, Reshape, Identity, Dropout) lie between x and ``node``:
+    then z^B bounds given in x's shape can be checked (and reshaped) up front."""
+    src = node.inputs[0]
+    while src != "input":
+        prev = net.by_name[src]
+        if prev.layer.kind not in ("Flatten", "Reshape", "Identity", "Dropout"):
+            return False
+        src = prev.inputs[0]
+    return True
 
 
 def attribute(net, x, method, target=None, **params):

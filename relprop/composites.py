@@ -30,6 +30,9 @@ class Composite:
                 out.append(self.first)
                 first_done = True
             else:
+                if kind not in self.layer_map:
+                    raise ValueError(f"{type(self).__name__} has no rule for {kind} layers (layer {node.name!r}); "
+                                     f"its map covers {sorted(self.layer_map)}")
                 out.append(self.layer_map[kind])
         return out
 

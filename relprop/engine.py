@@ -269,7 +269,7 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
     if layer.linear:
         if mode == LRP:
             return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
-                                      tape.plus.get(node.name)))]
+                                      tape.plus.get(node.name), tape.shapes["input"]))]
         return [(src, _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g)))]
     if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
                                                                        "Softplus", "BatchNorm2d")):
@@ -398,7 +398,7 @@ def _linear_grad(k, graph, node, g, in_shape):
     return gin
 
 
-def _linear_lrp(k, graph, node, a, z, r, rule, pz=None):
+def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None):
     """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
     dtype = r.dtype
     n = r.shape[0]
@@ -413,7 +413,7 @@ def _linear_lrp(k, graph, node, a, z, r, rule, pz=None):
         low = high = a2
         if R.LOW in st.modes:
             low, high = (np.ascontiguousarray(np.broadcast_to(v, a.shape), dtype=dtype).reshape(n, -1)
-                         for v in _zbox_bounds(rule, a, node))
+                         for v in _zbox_bounds(rule, a, node, (n,) + x_shape))
         xs = np.empty((n, mm * a2.shape[1]), dtype)
         k.stack_input_mods(a2, st.modes, low, high, xs)
     go = st.B.shape[0]
@@ -461,8 +461,19 @@ def _linear_lrp(k, graph, node, a, z, r, rule, pz=None):
     return out
 
 
-def _zbox_bounds(rule, a, node):
-    low, high = np.broadcast_to(rule.low, a.shape), np.broadcast_to(rule.high, a.shape)
+def _zbox_bounds(rule, a, node, x_shape=None):
+    """Bounds broadcast to the layer input ``a``; bounds given in the shape of x are reshaped
+    when only reshapes separate x from the layer (an MLP starting with Flatten)."""
+    def fit(v):
+        try:
+            return np.broadcast_to(v, a.shape)
+        except ValueError:
+            if x_shape is not None and int(np.prod(x_shape)) == a.size:
+                return np.broadcast_to(v, x_shape).reshape(a.shape)
+            raise ValueError(f"ZBox on layer {node.name!r}: bounds of shape {np.shape(v)} do not broadcast to "
+                             f"its input {a.shape}") from None
+
+    low, high = fit(rule.low), fit(rule.high)
     if np.any(a < low) or np.any(a > high):
         raise ValueError(
             f"ZBox on layer {node.name!r}: its input is not inside [low, high]; "

@@ -36,7 +36,9 @@ def _weight(arr, name, layer, ndim):
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{layer}: {name} contains NaN or Inf")
     dtype = np.float64 if a.dtype == np.float64 else np.float32
-    return np.array(a, dtype=dtype, copy=True)
+    out = np.array(a, dtype=dtype, copy=True)
+    out.setflags(write=False)  # derived weights are cached per model: they must not change under it
+    return out
 
 
 class Layer:
@@ -217,6 +219,8 @@ class Softplus(Layer):
     def __init__(self, beta=1.0, threshold=20.0):
         if not (isinstance(beta, (int, float, np.floating)) and beta > 0 and np.isfinite(beta)):
             raise ValueError(f"Softplus: beta must be a finite number > 0, got {beta!r}")
+        if not (isinstance(threshold, (int, float, np.floating)) and np.isfinite(threshold)):
+            raise ValueError(f"Softplus: threshold must be a finite number, got {threshold!r}")
         self.beta, self.threshold = float(beta), float(threshold)
 
     def __repr__(self):
@@ -230,6 +234,8 @@ class Dropout(Layer):
     hyper = ("p",)
 
     def __init__(self, p=0.5):
+        if not isinstance(p, (int, float, np.floating)) or not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be a number in [0, 1), got {p!r}")
         self.p = float(p)
 
 
@@ -252,7 +258,7 @@ class BatchNorm2d(Layer):
                 raise ValueError(f"BatchNorm2d: {nm} must have shape ({c},), got {getattr(self, nm).shape}")
         if np.any(self.running_var < 0):
             raise ValueError("BatchNorm2d: running_var must be >= 0")
-        if not (eps >= 0 and np.isfinite(eps)):
+        if not isinstance(eps, (int, float, np.floating)) or isinstance(eps, bool) or not (eps >= 0 and np.isfinite(eps)):
             raise ValueError(f"BatchNorm2d: eps must be a finite number >= 0, got {eps!r}")
         self.eps = float(eps)
         if np.any(self.running_var + self.eps <= 0):

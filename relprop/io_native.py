@@ -26,7 +26,7 @@ _KINDS = {cls.kind: cls for cls in (
 
 
 def save(model, path):
-    """Write ``model`` (a relprop graph) to ``path`` (``.npz`` is appended by numpy if missing)."""
+    """Write ``model`` (a relprop graph) to ``path`` (exactly that name; ``.npz`` is customary)."""
     if not isinstance(model, G.Graph):
         raise TypeError(f"save: expected a relprop model, got {type(model).__name__}")
     nodes, arrays = [], {}
@@ -41,7 +41,8 @@ def save(model, path):
         nodes.append({"name": node.name, "kind": layer.kind, "inputs": list(node.inputs), "hyper": hyper,
                       "arrays": list(layer.arrays)})
     header = json.dumps({"format": FORMAT, "version": VERSION, "nodes": nodes})
-    np.savez(path, __graph__=np.array(header), **arrays)
+    with open(path, "wb") as f:  # a file object: numpy must not append ".npz" to the name
+        np.savez(f, __graph__=np.array(header), **arrays)
 
 
 def load(path):
@@ -53,6 +54,8 @@ def load(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(str(f["__graph__"][()]))
+            if not isinstance(header, dict) or not isinstance(header.get("nodes"), list):
+                raise ValueError("the graph header is not a relprop model description")
             if header.get("format") != FORMAT:
                 raise ValueError(f"not a relprop model (format {header.get('format')!r})")
             if header.get("version") != VERSION:
@@ -66,11 +69,13 @@ def load(path):
                 hyper = {h: tuple(v) if isinstance(v, list) else v for h, v in spec["hyper"].items()}
                 layer = cls(**args, **hyper)
                 for a in spec["arrays"]:  # keep the stored dtype bit-exact (constructors may cast)
-                    setattr(layer, a, np.array(args[a], copy=True))
+                    arr = np.array(args[a], copy=True)
+                    arr.setflags(write=False)
+                    setattr(layer, a, arr)
                 nodes.append(G.Node(spec["name"], layer, tuple(spec["inputs"])))
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError, TypeError) as e:
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, EOFError, OSError, TypeError, AttributeError) as e:
         raise ValueError(f"load: {path} is not a readable relprop model file ({type(e).__name__}: {e})") from None
     except ValueError as e:
         raise ValueError(f"load: {path}: {e}") from None

@@ -57,10 +57,11 @@ def from_onnx(path_or_model, check="raise", canonize=True):
     path_or_model : str, os.PathLike, bytes or onnx.ModelProto
         The model file (or its serialized bytes) or an already loaded model. It must have one
         float input ``(N, ...)`` with the batch first and one output.
-    check : {"raise", "warn", None}
+    check : {"raise", "warn"}
         The imported forward pass is compared with ``onnx.reference.ReferenceEvaluator`` on a
         probe input (rtol 1e-4, atol 1e-5 of the output's scale). ``"raise"`` raises
-        ``ValueError`` on a mismatch, ``"warn"`` warns, ``None`` skips the check.
+        ``ValueError`` on a mismatch, ``"warn"`` warns. The check always runs: an import
+        never silently yields a different model.
     canonize : bool
         Fold BatchNorm into adjacent Conv/Dense layers (``rp.canonize``) after importing.
 
@@ -79,8 +80,8 @@ def from_onnx(path_or_model, check="raise", canonize=True):
     >>> net = rp.from_onnx("model.onnx")                      # doctest: +SKIP
     >>> R = rp.attribute(net, x, "lrp.epsilon")               # doctest: +SKIP
     """
-    if check not in ("raise", "warn", None):
-        raise ValueError(f"check must be 'raise', 'warn' or None, got {check!r}")
+    if check not in ("raise", "warn"):
+        raise ValueError(f"check must be 'raise' or 'warn', got {check!r}")
     onnx = _import_onnx()
     model = _load(onnx, path_or_model)
     importer = _Importer(onnx, model)
@@ -90,8 +91,7 @@ def from_onnx(path_or_model, check="raise", canonize=True):
         from . import canonize as _canonize  # the package's function (rp.canonize)
 
         net = _canonize(net)
-    if check is not None:
-        _verify(model, importer, net, raw if canonize else None, check)
+    _verify(model, importer, net, raw if canonize else None, check)
     return net
 
 

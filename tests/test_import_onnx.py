@@ -430,7 +430,8 @@ def test_check_raises_or_warns_on_forward_mismatch(rng, monkeypatch):
     with pytest.warns(RuntimeWarning, match="disagrees"):
         net = rp.from_onnx(model, check="warn")
     assert net.nodes[0].layer.kind == "Dense"
-    rp.from_onnx(model, check=None)
+    with pytest.raises(ValueError, match="check must be"):
+        rp.from_onnx(model, check=None)  # the forward check cannot be switched off
 
 
 def test_missing_onnx_package_says_how_to_install(monkeypatch):
