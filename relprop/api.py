@@ -162,8 +162,9 @@ def _check_method_params(net, method, p, x):
     elif method == "deep_taylor":
         if (p["low"] is None) != (p["high"] is None):
             raise ValueError("deep_taylor: give both low and high (z^B first layer) or neither (w^2 first layer)")
-    elif method.startswith("lrp."):
-        pass  # the rule constructors validate (epsilon, gamma, alpha - beta = 1, include_bias)
+    elif method.startswith("lrp.") or method == "excitation_backprop":
+        if method == "excitation_backprop":
+            R.ZPlus(p["epsilon"], p["include_bias"])  # validates epsilon and include_bias
     if method.startswith("lrp") or method == "deep_taylor":
         try:
             rules = rules_for(net, method, {k: v for k, v in p.items()})

@@ -236,12 +236,14 @@ def _pool_forward(k, layer, xin, is_max):
 # backward
 
 
-def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER):
+def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient"):
     """Propagate ``start`` (signal at the score node) to the input.
 
     ``mode``: GRAD, LRP or DEEPLIFT. ``rules``: node name -> Rule (LRP). For DEEPLIFT the
     tape holds the forward of ``[x; baseline]`` (2N rows) and ``start`` has N rows.
     ``pool_eps``: stabilizer of the z-rule at average pooling and at Add (LRP).
+    ``relu`` (GRAD mode): what replaces the ReLU derivative -- ``"gradient"``, ``"guided"``
+    (guided backprop: ``relu(g) * [z > 0]``) or ``"deconvnet"`` (``relu(g)``), seed 001 Eq. 4.5-4.6.
     """
     k = backend.kernels_for(start)
     sig = {graph.score_node: start}
@@ -252,7 +254,7 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER):
         g = sig.pop(node.name, None)
         if g is None:
             continue
-        for src, gin in _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
+        for src, gin in _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu):
             sig[src] = sig[src] + gin if src in sig else gin
     return sig["input"]
 
@@ -261,7 +263,7 @@ def _stab(z, eps):
     return z + np.where(z >= 0, eps, -eps).astype(z.dtype)
 
 
-def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
+def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="gradient"):
     """[(input name, signal)] for one node (see the table in the module docstring)."""
     layer = node.layer
     kind = layer.kind
@@ -274,6 +276,10 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n):
     if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
                                                                        "Softplus", "BatchNorm2d")):
         return [(src, g)]  # LRP: relevance passes through activations and batch norm (Zennit's Pass)
+    if kind == "ReLU" and mode == GRAD and relu != "gradient":
+        if relu == "deconvnet":  # the backward pass ignores the forward mask
+            return [(src, np.maximum(g, 0))]
+        return [(src, np.where(tape.out[src] > 0, np.maximum(g, 0), 0).astype(g.dtype))]  # guided
     if kind in ("ReLU", "Tanh", "Sigmoid"):
         gin = np.empty_like(g)
         code = ACT_CODES[kind]

@@ -47,6 +47,32 @@ def gradient(graph, x, target, shapes):
     return engine.backward(graph, tape, _onehot(score, t, False), GRAD)
 
 
+def _modified_relu(relu):
+    def run(graph, x, target, shapes):
+        keep, idx = needs(graph, GRAD)
+        score, _, tape = engine.forward(graph, x, keep, idx, shapes)
+        t = _resolve_target(score, target)
+        return engine.backward(graph, tape, _onehot(score, t, False), GRAD, relu=relu)
+
+    run.__doc__ = ("Guided backprop (Springenberg et al.; seed 001 Eq. 4.6): only positive signals pass ReLUs "
+                   "that were active." if relu == "guided" else
+                   "DeconvNet (Zeiler & Fergus; seed 001 Eq. 4.5): ReLUs pass the positive part of the signal, "
+                   "whatever the forward pass did.")
+    return run
+
+
+def excitation_backprop(graph, x, target, shapes, epsilon, include_bias):
+    """Excitation backprop (Zhang et al. 2016): marginal winning probabilities, i.e. the z+ rule on
+    every linear layer from a unit start signal ``e_c`` (Zennit's ``ExcitationBackprop``)."""
+    rules = [R.ZPlus(epsilon, include_bias)] * len(graph.linear_nodes())
+    by_node = dict(zip((nd.name for nd in graph.linear_nodes()), rules))
+    keep, idx = needs(graph, LRP, by_node)
+    keep.add("input")
+    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
+    t = _resolve_target(score, target)
+    return engine.backward(graph, tape, _onehot(score, t, False), LRP, rules=by_node)
+
+
 def _saliency(graph, x, target, shapes):
     return np.abs(gradient(graph, x, target, shapes))
 
@@ -163,6 +189,10 @@ METHODS = {
     "gradient": Method("gradient", gradient, {}, "gradient of the target score"),
     "saliency": Method("saliency", _saliency, {}, "absolute gradient"),
     "gradient_x_input": Method("gradient_x_input", _gradient_x_input, {}, "gradient times input"),
+    "guided_backprop": Method("guided_backprop", _modified_relu("guided"), {}, "guided backpropagation"),
+    "deconvnet": Method("deconvnet", _modified_relu("deconvnet"), {}, "DeconvNet"),
+    "excitation_backprop": Method("excitation_backprop", excitation_backprop, {"epsilon": 1e-6, "include_bias": True},
+                                  "excitation backprop (z+ from e_c)"),
     "integrated_gradients": Method("integrated_gradients", integrated_gradients,
                                    {"baseline": 0.0, "steps": 50, "scheme": "gauss_legendre"}),
     "deeplift.rescale": Method("deeplift.rescale", deeplift_rescale, {"baseline": 0.0}),
