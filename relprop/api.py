@@ -210,7 +210,9 @@ def attribute(net, x, method, target=None, **params):
     method : str
         ``"gradient"``, ``"saliency"``, ``"gradient_x_input"``, ``"integrated_gradients"``,
         ``"deeplift.rescale"``, ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
-        ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``) or ``"deep_taylor"``.
+        ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``), ``"deep_taylor"``,
+        ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, or ``"smoothgrad"``
+        (``base=`` any of these, ``samples``, ``sigma``, ``kind``, ``seed``; see ``_smoothgrad``).
     target : None (each sample's argmax), int, or int array (N,)
     **params : the method's parameters (see ``relprop.METHODS[method].params``)
 
@@ -224,29 +226,93 @@ def attribute(net, x, method, target=None, **params):
     >>> R = rp.attribute(net, x, "lrp", rules=rp.composites.EpsilonPlusFlat())  # doctest: +SKIP
     """
     _check_model(net)
-    if not isinstance(method, str) or method not in METHODS:
-        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown method {method!r}{hint} (available: {', '.join(METHODS)})")
+    if method == "smoothgrad":
+        return _smoothgrad(net, x, target, params)
+    _check_method_name(method)
     p = _check_params(method, params)
     x, shapes = _check_x(net, x)
     classes = shapes[net.score_node][0]
     t = _check_target(target, x.shape[0], classes)
     p = _check_method_params(net, method, p, x)
-    if method == "lrp" or method == "deep_taylor":
-        run = _run_rules
-    else:
-        run = METHODS[method].run
-    step = _batch_step(shapes, x.itemsize, method, p)
     with backend.LOCK:
-        if step >= x.shape[0]:
-            return run(net, x, t, shapes, **p)
-        out = np.empty_like(x)
-        for i in range(0, x.shape[0], step):
-            sl = slice(i, i + step)
-            pp = _slice_params(p, x, sl)
-            out[sl] = run(net, x[sl], None if t is None else t[sl], shapes, **pp)
-        return out
+        return _run_chunked(net, method, x, t, shapes, p)
+
+
+def _check_method_name(method, allowed=None):
+    names = list(METHODS) if allowed is None else allowed
+    if not isinstance(method, str) or method not in names:
+        close = difflib.get_close_matches(str(method), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown method {method!r}{hint} (available: {', '.join(names)})")
+
+
+def _run_chunked(net, method, x, t, shapes, p):
+    """Run a validated method over ``x`` in internal batches (bounded memory)."""
+    run = _run_rules if method in ("lrp", "deep_taylor") else METHODS[method].run
+    step = _batch_step(shapes, x.itemsize, method, p)
+    if step >= x.shape[0]:
+        return run(net, x, t, shapes, **p)
+    out = np.empty_like(x)
+    for i in range(0, x.shape[0], step):
+        sl = slice(i, i + step)
+        out[sl] = run(net, x[sl], None if t is None else t[sl], shapes, **_slice_params(p, x, sl))
+    return out
+
+
+SMOOTHGRAD_PARAMS = {"base": "gradient", "samples": 32, "sigma": 0.15, "kind": "mean", "seed": None}
+SMOOTHGRAD_KINDS = ("mean", "squared", "var")
+
+
+def _smoothgrad(net, x, target, params):
+    """SmoothGrad / SmoothGrad^2 / VarGrad around any method (seed 001 section 4.4).
+
+    Each sample gets ``samples`` noisy copies ``x + N(0, (sigma * (max x - min x))^2)`` (sigma
+    relative to that sample's value range, as in Smilkov et al.); the base method runs on all
+    copies of the batch as one batch, and the copies' attributions are averaged (``mean``),
+    averaged squared (``squared``) or their variance taken (``var``). ``target=None`` takes the
+    argmax at the clean input for every copy. ``seed`` fixes the noise.
+    """
+    own = {k: params.pop(k) for k in list(params) if k in SMOOTHGRAD_PARAMS}
+    sp = {**SMOOTHGRAD_PARAMS, **own}
+    base = sp["base"]
+    _check_method_name(base, [m for m in METHODS])
+    _number(sp["samples"], "samples", 1, integer=True)
+    _number(sp["sigma"], "sigma")
+    if not sp["sigma"] > 0:
+        raise ValueError(f"sigma must be > 0 (noise level relative to each sample's value range), got {sp['sigma']!r}")
+    if sp["kind"] not in SMOOTHGRAD_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SMOOTHGRAD_KINDS)}, got {sp['kind']!r}")
+    if sp["seed"] is not None and not isinstance(sp["seed"], (int, np.integer)):
+        raise TypeError(f"seed must be None or an int, got {sp['seed']!r}")
+    try:
+        p = _check_params(base, params)
+    except TypeError as e:
+        raise TypeError(f"smoothgrad: {e} (smoothgrad's own parameters: {', '.join(SMOOTHGRAD_PARAMS)})") from None
+    x, shapes = _check_x(net, x)
+    n, s = x.shape[0], int(sp["samples"])
+    classes = shapes[net.score_node][0]
+    t = _check_target(target, n, classes)
+    p = _check_method_params(net, base, p, x)
+    with backend.LOCK:
+        if t is None:
+            t = engine.forward(net, x, (net.score_node,), (), shapes)[0].argmax(axis=1)
+        rng = np.random.default_rng(sp["seed"])
+        scale = sp["sigma"] * (x.reshape(n, -1).max(axis=1) - x.reshape(n, -1).min(axis=1))
+        noise = rng.standard_normal((n, s) + x.shape[1:]) * scale.reshape((n, 1) + (1,) * (x.ndim - 1))
+        xn = (x[:, None] + noise).astype(x.dtype).reshape((n * s,) + x.shape[1:])
+        pn = dict(p)
+        b = p.get("baseline")
+        if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == n and n > 1:
+            pn["baseline"] = np.repeat(b, s, axis=0)
+        a = _run_chunked(net, base, xn, np.repeat(t, s), shapes, pn).reshape((n, s) + x.shape[1:])
+        a64 = a.astype(np.float64)
+        if sp["kind"] == "mean":
+            out = a64.mean(axis=1)
+        elif sp["kind"] == "squared":
+            out = (a64 ** 2).mean(axis=1)
+        else:
+            out = a64.var(axis=1)
+        return out.astype(x.dtype)
 
 
 def _run_rules(net, x, t, shapes, rules, pool_eps=engine.POOL_STABILIZER):
