@@ -239,7 +239,7 @@ def attribute(net, x, method, target=None, **params):
 
 
 def _check_method_name(method, allowed=None):
-    names = list(METHODS) if allowed is None else allowed
+    names = list(METHODS) + ["smoothgrad"] if allowed is None else allowed
     if not isinstance(method, str) or method not in names:
         close = difflib.get_close_matches(str(method), names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""

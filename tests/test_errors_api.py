@@ -196,7 +196,7 @@ def test_target_wrong_type(rp, dense_net, target):
 # ---- method and parameters ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["lrp.zz", "deeplift", "smoothgrad", "LRP.EPSILON", ""])
+@pytest.mark.parametrize("method", ["lrp.zz", "deeplift", "smooth_grad", "LRP.EPSILON", ""])
 def test_unknown_method(rp, dense_net, method):
     with pytest.raises(ValueError, match=_ci(r"method|unknown")):
         rp.attribute(dense_net, X, method)
