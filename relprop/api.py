@@ -200,7 +200,7 @@ def _reads_input_directly(net, node):
     return True
 
 
-def attribute(net, x, method, target=None, **params):
+def attribute(net, x, method, target=None, targets=None, **params):
     """Attribute the target score of ``net`` at ``x`` to the input features.
 
     Parameters
@@ -214,6 +214,9 @@ def attribute(net, x, method, target=None, **params):
         ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, or ``"smoothgrad"``
         (``base=`` any of these, ``samples``, ``sigma``, ``kind``, ``seed``; see ``_smoothgrad``).
     target : None (each sample's argmax), int, or int array (N,)
+    targets : None, a list of K class indices, or ``"all"``: returns (N, K, ...) attributions
+        from one forward pass per batch (the K backward passes run batched). Not with
+        ``integrated_gradients`` or ``smoothgrad`` (their passes differ per target).
     **params : the method's parameters (see ``relprop.METHODS[method].params``)
 
     Returns
@@ -226,7 +229,11 @@ def attribute(net, x, method, target=None, **params):
     >>> R = rp.attribute(net, x, "lrp", rules=rp.composites.EpsilonPlusFlat())  # doctest: +SKIP
     """
     _check_model(net)
+    if targets is not None and target is not None:
+        raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
     if method == "smoothgrad":
+        if targets is not None:
+            raise TypeError("targets= is not supported with smoothgrad; call it once per target")
         return _smoothgrad(net, x, target, params)
     _check_method_name(method)
     p = _check_params(method, params)
@@ -234,8 +241,33 @@ def attribute(net, x, method, target=None, **params):
     classes = shapes[net.score_node][0]
     t = _check_target(target, x.shape[0], classes)
     p = _check_method_params(net, method, p, x)
+    if targets is not None:
+        return _multi(net, method, x, targets, classes, shapes, p)
     with backend.LOCK:
         return _run_chunked(net, method, x, t, shapes, p)
+
+
+def _multi(net, method, x, targets, classes, shapes, p):
+    from .methods import multi_target
+
+    if method == "integrated_gradients":
+        raise TypeError("targets= is not supported with integrated_gradients (each target has its own path "
+                        "gradients); call it once per target")
+    if isinstance(targets, str):
+        if targets != "all":
+            raise ValueError(f"targets must be a list of class indices or 'all', got {targets!r}")
+        tk = np.arange(classes)
+    else:
+        tk = np.asarray(targets)
+        if tk.ndim != 1 or tk.size == 0 or not np.issubdtype(tk.dtype, np.integer):
+            raise TypeError(f"targets must be a non-empty list of class indices or 'all', got {targets!r}")
+        if tk.min() < 0 or tk.max() >= classes:
+            raise ValueError(f"targets must lie in 0..{classes - 1} for a model with {classes} outputs, got {targets!r}")
+    step = _batch_step(shapes, x.itemsize, method, p)
+    with backend.LOCK:
+        outs = [multi_target(net, x[i:i + step], tk, shapes, method, _slice_params(p, x, slice(i, i + step)),
+                             max(step, 1)) for i in range(0, x.shape[0], step)]
+    return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
 
 def _check_method_name(method, allowed=None):

@@ -205,3 +205,79 @@ METHODS = {
     "lrp": Method("lrp", _lrp_method("lrp"), {"rules": None}),
     "deep_taylor": Method("deep_taylor", _lrp_method("deep_taylor"), {"low": None, "high": None, "epsilon": 1e-6}),
 }
+
+
+# ---------------------------------------------------------------------------------------
+# several targets from one forward pass
+
+def _repeat_tape(tape, n, k, two_halves):
+    """A tape whose rows are each sample's rows repeated ``k`` times (sample-major), so one
+    backward traversal of N*k rows serves k targets. DeepLIFT tapes hold [x; x0] halves."""
+    def rep(a):
+        if two_halves:
+            return np.concatenate([np.repeat(a[:n], k, axis=0), np.repeat(a[n:], k, axis=0)])
+        return np.repeat(a, k, axis=0)
+
+    out = engine.Tape(n * k)
+    out.shapes = tape.shapes
+    out.out = {name: rep(a) for name, a in tape.out.items()}
+    out.idx = {name: rep(a) for name, a in tape.idx.items()}
+    out.plus = {name: rep(a) for name, a in tape.plus.items()}
+    return out
+
+
+MULTI = {  # method -> (mode, start scaled by the score, ReLU rule)
+    "gradient": (GRAD, False, "gradient"), "saliency": (GRAD, False, "gradient"),
+    "gradient_x_input": (GRAD, False, "gradient"), "guided_backprop": (GRAD, False, "guided"),
+    "deconvnet": (GRAD, False, "deconvnet"), "deeplift.rescale": (DEEPLIFT, False, "gradient"),
+    "excitation_backprop": (LRP, False, "gradient"),
+}
+
+
+def multi_target(graph, x, targets, shapes, method, params, rows_budget):
+    """Attributions for every class in ``targets`` (K,): shape (N, K, ...), from ONE forward
+    pass; the K backward passes run as batches of N*k rows (k targets at a time, bounded by
+    ``rows_budget`` rows) through the same kernels."""
+    n, kk = x.shape[0], len(targets)
+    if method in MULTI:
+        mode, scaled, relu = MULTI[method]
+    else:
+        mode, scaled, relu = LRP, True, "gradient"
+    by_node, pool_eps = None, engine.POOL_STABILIZER
+    if mode == LRP:
+        if method == "excitation_backprop":
+            rules = [R.ZPlus(params["epsilon"], params["include_bias"])] * len(graph.linear_nodes())
+        elif "rules" in params:  # "lrp" / "deep_taylor": validated rule list
+            rules = params["rules"]
+            pool_eps = params.get("pool_eps", pool_eps)
+        else:  # "lrp.<rule>"
+            rules = rules_for(graph, method, params)
+        by_node = dict(zip((nd.name for nd in graph.linear_nodes()), rules))
+    keep, idx = needs(graph, mode, by_node)
+    keep.add("input")
+    xin = x
+    if mode == DEEPLIFT:
+        x0 = np.broadcast_to(np.asarray(params["baseline"], dtype=x.dtype), x.shape)
+        xin = np.concatenate([x, x0])
+    plus = set()
+    if mode == LRP:
+        plus = {nm for nm, r in by_node.items() if r.z_form() is not None and graph.by_name[nm].layer.kind == "Conv2d"}
+    score, _, tape = engine.forward(graph, xin, keep, idx, shapes, plus)
+    score = score[:n]
+    out = np.empty((n, kk) + x.shape[1:], x.dtype)
+    step = max(1, rows_budget // n)
+    for k0 in range(0, kk, step):
+        tk = np.asarray(targets[k0:k0 + step])
+        k = len(tk)
+        tp = _repeat_tape(tape, n, k, mode == DEEPLIFT)
+        sc = np.repeat(score, k, axis=0)
+        g = engine.backward(graph, tp, _onehot(sc, np.tile(tk, n), scaled), mode, rules=by_node, pool_eps=pool_eps,
+                            relu=relu).reshape((n, k) + x.shape[1:])
+        if method == "saliency":
+            g = np.abs(g)
+        elif method == "gradient_x_input":
+            g = g * x[:, None]
+        elif method == "deeplift.rescale":
+            g = g * (x - x0)[:, None]
+        out[:, k0:k0 + k] = g
+    return out
