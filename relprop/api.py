@@ -135,6 +135,8 @@ def _check_bounds(low, high, x, where):
 
 def _check_method_params(net, method, p, x):
     """Method-specific parameter checks; returns the parameters to pass on."""
+    if METHODS[method].validate is not None:
+        return METHODS[method].validate(net, x, p)
     if method == "integrated_gradients":
         _check_baseline(p["baseline"], x)
         _number(p["steps"], "steps", 1, integer=True)

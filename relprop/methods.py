@@ -19,10 +19,23 @@ IG_SCHEMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapez
 
 @dataclass(frozen=True)
 class Method:
+    """A method: ``run(graph, x, target, shapes, **params)`` on a validated batch, its
+    parameters' defaults, and (optional) ``validate(graph, x, params) -> params``, called once
+    at the public boundary before any kernel runs."""
+
     name: str
     run: object
     params: dict = field(default_factory=dict)
     doc: str = ""
+    validate: object = None
+
+
+def register(method):
+    """Add a method to the registry (modules of further methods call this at import)."""
+    if method.name in METHODS:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    METHODS[method.name] = method
+    return method
 
 
 def _onehot(score, target, scale):
