@@ -30,6 +30,7 @@ from .graph import (
     Tanh,
 )
 from .methods import METHODS
+from . import perturbation  # noqa: E402,F401  (registers "occlusion")
 from .canonize import canonize
 from .io_native import load, save
 

@@ -335,9 +335,10 @@ def _smoothgrad(net, x, target, params):
         noise = rng.standard_normal((n, s) + x.shape[1:]) * scale.reshape((n, 1) + (1,) * (x.ndim - 1))
         xn = (x[:, None] + noise).astype(x.dtype).reshape((n * s,) + x.shape[1:])
         pn = dict(p)
-        b = p.get("baseline")
-        if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == n and n > 1:
-            pn["baseline"] = np.repeat(b, s, axis=0)
+        for key in PER_SAMPLE_PARAMS:
+            b = p.get(key)
+            if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == n and n > 1:
+                pn[key] = np.repeat(b, s, axis=0)
         a = _run_chunked(net, base, xn, np.repeat(t, s), shapes, pn).reshape((n, s) + x.shape[1:])
         a64 = a.astype(np.float64)
         if sp["kind"] == "mean":
@@ -358,10 +359,15 @@ def _run_rules(net, x, t, shapes, rules, pool_eps=engine.POOL_STABILIZER):
 def _slice_params(p, x, sl):
     """Per-batch slices of array parameters that follow the batch axis (baselines)."""
     out = dict(p)
-    b = p.get("baseline")
-    if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == x.shape[0] and x.shape[0] > 1:
-        out["baseline"] = b[sl]
+    for key in PER_SAMPLE_PARAMS:
+        b = p.get(key)
+        if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == x.shape[0] and x.shape[0] > 1:
+            out[key] = b[sl]
     return out
+
+
+# array parameters that may carry one entry per sample (sliced with the batch)
+PER_SAMPLE_PARAMS = ("baseline", "fill")
 
 
 def _batch_step(shapes, itemsize, method, p):

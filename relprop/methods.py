@@ -252,6 +252,10 @@ def multi_target(graph, x, targets, shapes, method, params, rows_budget):
     pass; the K backward passes run as batches of N*k rows (k targets at a time, bounded by
     ``rows_budget`` rows) through the same kernels."""
     n, kk = x.shape[0], len(targets)
+    if method == "occlusion":  # every occluded copy is evaluated once for all K classes
+        from .perturbation import occlusion_multi
+
+        return occlusion_multi(graph, x, targets, shapes, **params)
     if method in MULTI:
         mode, scaled, relu = MULTI[method]
     else:
