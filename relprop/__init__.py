@@ -31,6 +31,7 @@ from .graph import (
 )
 from .methods import METHODS
 from . import perturbation  # noqa: E402,F401  (registers "occlusion")
+from . import sampling  # noqa: E402,F401  (registers "deepshap", "expected_gradients", "gradient_shap")
 from .canonize import canonize
 from .io_native import load, save
 

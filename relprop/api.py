@@ -213,7 +213,8 @@ def attribute(net, x, method, target=None, targets=None, **params):
         ``"gradient"``, ``"saliency"``, ``"gradient_x_input"``, ``"integrated_gradients"``,
         ``"deeplift.rescale"``, ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
         ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``), ``"deep_taylor"``,
-        ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, or ``"smoothgrad"``
+        ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, ``"occlusion"``,
+        ``"deepshap"``, ``"expected_gradients"``, ``"gradient_shap"``, or ``"smoothgrad"``
         (``base=`` any of these, ``samples``, ``sigma``, ``kind``, ``seed``; see ``_smoothgrad``).
     target : None (each sample's argmax), int, or int array (N,)
     targets : None, a list of K class indices, or ``"all"``: returns (N, K, ...) attributions
@@ -252,9 +253,9 @@ def attribute(net, x, method, target=None, targets=None, **params):
 def _multi(net, method, x, targets, classes, shapes, p):
     from .methods import multi_target
 
-    if method == "integrated_gradients":
-        raise TypeError("targets= is not supported with integrated_gradients (each target has its own path "
-                        "gradients); call it once per target")
+    if method in ("integrated_gradients", "expected_gradients", "gradient_shap", "deepshap"):
+        raise TypeError(f"targets= is not supported with {method} (its passes differ per target); "
+                        "call it once per target")
     if isinstance(targets, str):
         if targets != "all":
             raise ValueError(f"targets must be a list of class indices or 'all', got {targets!r}")
@@ -309,7 +310,7 @@ def _smoothgrad(net, x, target, params):
     own = {k: params.pop(k) for k in list(params) if k in SMOOTHGRAD_PARAMS}
     sp = {**SMOOTHGRAD_PARAMS, **own}
     base = sp["base"]
-    _check_method_name(base, [m for m in METHODS])
+    _check_method_name(base, [m for m in METHODS if m not in ("expected_gradients", "gradient_shap")])
     _number(sp["samples"], "samples", 1, integer=True)
     _number(sp["sigma"], "sigma")
     if not sp["sigma"] > 0:

@@ -71,3 +71,14 @@ def test_targets_refused_where_passes_differ_per_target():
         rp.attribute(NET, X, "integrated_gradients", targets=[0, 1])
     with pytest.raises(TypeError, match="smoothgrad"):
         rp.attribute(NET, X, "smoothgrad", targets=[0, 1])
+
+
+@pytest.mark.parametrize("method", ["expected_gradients", "gradient_shap", "deepshap"])
+def test_targets_refused_for_sampling_methods(method):
+    with pytest.raises(TypeError, match=method):
+        rp.attribute(NET, X, method, baselines=np.zeros((2,) + X.shape[1:]), targets=[0, 1])
+
+
+def test_smoothgrad_refuses_bases_with_their_own_sampling():
+    with pytest.raises(ValueError, match="unknown method 'expected_gradients'"):
+        rp.attribute(NET, X, "smoothgrad", base="expected_gradients", baselines=np.zeros((2,) + X.shape[1:]))
