@@ -236,7 +236,7 @@ def _pool_forward(k, layer, xin, is_max):
 # backward
 
 
-def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient"):
+def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient", collect=None):
     """Propagate ``start`` (signal at the score node) to the input.
 
     ``mode``: GRAD, LRP or DEEPLIFT. ``rules``: node name -> Rule (LRP). For DEEPLIFT the
@@ -244,6 +244,9 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
     ``pool_eps``: stabilizer of the z-rule at average pooling and at Add (LRP).
     ``relu`` (GRAD mode): what replaces the ReLU derivative -- ``"gradient"``, ``"guided"``
     (guided backprop: ``relu(g) * [z > 0]``) or ``"deconvnet"`` (``relu(g)``), seed 001 Eq. 4.5-4.6.
+    ``collect``: a dict whose keys name nodes; it receives the signal at each one's output
+    (e.g. the gradient at a conv layer for CAM methods). Propagation stops once all are
+    collected when ``"input"`` is not among them.
     """
     k = backend.kernels_for(start)
     sig = {graph.score_node: start}
@@ -254,8 +257,14 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
         g = sig.pop(node.name, None)
         if g is None:
             continue
+        if collect is not None and node.name in collect:
+            collect[node.name] = g
+            if "input" not in collect and all(v is not None for v in collect.values()):
+                return None
         for src, gin in _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu):
             sig[src] = sig[src] + gin if src in sig else gin
+    if collect is not None and "input" in collect:
+        collect["input"] = sig["input"]
     return sig["input"]
 
 
