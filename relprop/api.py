@@ -148,6 +148,10 @@ def _check_method_params(net, method, p, x):
             raise ValueError(f"scheme {p['scheme']!r} needs steps >= 2, got {p['steps']}")
     elif method == "deeplift.rescale":
         _check_baseline(p["baseline"], x)
+    elif method == "rectgrad":
+        _number(p["q"], "q")
+        if not 0 <= p["q"] <= 100:
+            raise ValueError(f"rectgrad: q is a percentile and must lie in [0, 100], got {p['q']!r}")
     elif method == "lrp":
         rules = p["rules"]
         nlin = len(net.linear_nodes())
@@ -253,7 +257,9 @@ def attribute(net, x, method, target=None, targets=None, **params):
 def _multi(net, method, x, targets, classes, shapes, p):
     from .methods import multi_target
 
-    if method in ("integrated_gradients", "expected_gradients", "gradient_shap", "deepshap"):
+    from .methods import MULTI
+
+    if not (method in MULTI or method.startswith("lrp") or method in ("deep_taylor", "occlusion")):
         raise TypeError(f"targets= is not supported with {method} (its passes differ per target); "
                         "call it once per target")
     if isinstance(targets, str):

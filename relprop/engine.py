@@ -286,6 +286,10 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
                                                                        "Softplus", "BatchNorm2d")):
         return [(src, g)]  # LRP: relevance passes through activations and batch norm (Zennit's Pass)
     if kind == "ReLU" and mode == GRAD and relu != "gradient":
+        if isinstance(relu, tuple):  # ("rectgrad", q): seed 001 Eq. 4.9, tau = q-th percentile per sample
+            scores = tape.out[node.name] * g
+            tau = np.percentile(scores.reshape(n, -1), relu[1], axis=1).reshape((n,) + (1,) * (g.ndim - 1))
+            return [(src, np.where(scores > tau, g, 0).astype(g.dtype))]
         if relu == "deconvnet":  # the backward pass ignores the forward mask
             return [(src, np.maximum(g, 0))]
         return [(src, np.where(tape.out[src] > 0, np.maximum(g, 0), 0).astype(g.dtype))]  # guided

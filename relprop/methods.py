@@ -74,6 +74,19 @@ def _modified_relu(relu):
     return run
 
 
+def rectgrad(graph, x, target, shapes, q):
+    """RectGrad (Kim et al. 2019; seed 001 Eq. 4.9-4.10): at every ReLU the signal passes only
+    where the importance ``a * R`` exceeds the q-th percentile of that layer's importances (per
+    sample); the input attribution is ``x * R`` kept where positive."""
+    keep, idx = needs(graph, GRAD)
+    keep.update(n.name for n in graph.nodes if n.layer.kind == "ReLU")
+    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
+    t = _resolve_target(score, target)
+    g = engine.backward(graph, tape, _onehot(score, t, False), GRAD, relu=("rectgrad", q))
+    r = x * g
+    return np.where(r > 0, r, 0).astype(x.dtype)
+
+
 def excitation_backprop(graph, x, target, shapes, epsilon, include_bias):
     """Excitation backprop (Zhang et al. 2016): marginal winning probabilities, i.e. the z+ rule on
     every linear layer from a unit start signal ``e_c`` (Zennit's ``ExcitationBackprop``)."""
@@ -186,7 +199,7 @@ def rules_for(graph, method, params):
         first = R.WSquare(p["epsilon"]) if low is None else R.ZBox(low, high, p["epsilon"])
         return [first] + [R.ZPlus(p["epsilon"]) for _ in range(nlin - 1)]
     cls = {"lrp.z": R.Z, "lrp.epsilon": R.Epsilon, "lrp.gamma": R.Gamma, "lrp.alpha_beta": R.AlphaBeta,
-           "lrp.z_plus": R.ZPlus}[method]
+           "lrp.z_plus": R.ZPlus, "lrp.flat": R.Flat, "lrp.w_square": R.WSquare}[method]
     rule = cls(**p)
     return [rule] * nlin
 
@@ -204,6 +217,7 @@ METHODS = {
     "gradient_x_input": Method("gradient_x_input", _gradient_x_input, {}, "gradient times input"),
     "guided_backprop": Method("guided_backprop", _modified_relu("guided"), {}, "guided backpropagation"),
     "deconvnet": Method("deconvnet", _modified_relu("deconvnet"), {}, "DeconvNet"),
+    "rectgrad": Method("rectgrad", rectgrad, {"q": 98.0}, "rectified gradient (layer-wise percentile threshold)"),
     "excitation_backprop": Method("excitation_backprop", excitation_backprop, {"epsilon": 1e-6, "include_bias": True},
                                   "excitation backprop (z+ from e_c)"),
     "integrated_gradients": Method("integrated_gradients", integrated_gradients,
@@ -215,6 +229,8 @@ METHODS = {
     "lrp.alpha_beta": Method("lrp.alpha_beta", _lrp_method("lrp.alpha_beta"),
                              {"alpha": 1.0, "beta": 0.0, "epsilon": 1e-6, "include_bias": True}),
     "lrp.z_plus": Method("lrp.z_plus", _lrp_method("lrp.z_plus"), {"epsilon": 1e-6, "include_bias": True}),
+    "lrp.flat": Method("lrp.flat", _lrp_method("lrp.flat"), {"epsilon": 1e-6}),
+    "lrp.w_square": Method("lrp.w_square", _lrp_method("lrp.w_square"), {"epsilon": 1e-6, "include_bias": True}),
     "lrp": Method("lrp", _lrp_method("lrp"), {"rules": None}),
     "deep_taylor": Method("deep_taylor", _lrp_method("deep_taylor"), {"low": None, "high": None, "epsilon": 1e-6}),
 }
