@@ -259,7 +259,8 @@ def _multi(net, method, x, targets, classes, shapes, p):
 
     from .methods import MULTI
 
-    if not (method in MULTI or method.startswith("lrp") or method in ("deep_taylor", "occlusion")):
+    if not (method in MULTI or method.startswith("lrp") or method in ("deep_taylor", "occlusion", "gradcam",
+                                                                          "gradcam_pp", "guided_gradcam")):
         raise TypeError(f"targets= is not supported with {method} (its passes differ per target); "
                         "call it once per target")
     if isinstance(targets, str):

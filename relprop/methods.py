@@ -268,6 +268,10 @@ def multi_target(graph, x, targets, shapes, method, params, rows_budget):
     pass; the K backward passes run as batches of N*k rows (k targets at a time, bounded by
     ``rows_budget`` rows) through the same kernels."""
     n, kk = x.shape[0], len(targets)
+    if method in ("gradcam", "gradcam_pp", "guided_gradcam"):  # one forward, K layer-gradients batched
+        from .cam import multi
+
+        return multi(graph, x, targets, shapes, method, params)
     if method == "occlusion":  # every occluded copy is evaluated once for all K classes
         from .perturbation import occlusion_multi
 
