@@ -33,6 +33,7 @@ from .methods import METHODS
 from . import perturbation  # noqa: E402,F401  (registers "occlusion")
 from . import sampling  # noqa: E402,F401  (registers "deepshap", "expected_gradients", "gradient_shap")
 from . import cam  # noqa: E402,F401  (registers "gradcam", "gradcam_pp", "guided_gradcam")
+from . import surrogate  # noqa: E402,F401  (registers "kernel_shap", "lime")
 from .canonize import canonize
 from .io_native import load, save
 

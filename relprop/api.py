@@ -218,7 +218,8 @@ def attribute(net, x, method, target=None, targets=None, **params):
         ``"deeplift.rescale"``, ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
         ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``), ``"deep_taylor"``,
         ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, ``"occlusion"``,
-        ``"deepshap"``, ``"expected_gradients"``, ``"gradient_shap"``, or ``"smoothgrad"``
+        ``"deepshap"``, ``"expected_gradients"``, ``"gradient_shap"``, ``"gradcam"``, ``"gradcam_pp"``,
+        ``"guided_gradcam"``, ``"rectgrad"``, ``"kernel_shap"``, ``"lime"``, or ``"smoothgrad"``
         (``base=`` any of these, ``samples``, ``sigma``, ``kind``, ``seed``; see ``_smoothgrad``).
     target : None (each sample's argmax), int, or int array (N,)
     targets : None, a list of K class indices, or ``"all"``: returns (N, K, ...) attributions
@@ -261,7 +262,7 @@ def _multi(net, method, x, targets, classes, shapes, p):
 
     if not (method in MULTI or method.startswith("lrp") or method in ("deep_taylor", "occlusion", "gradcam",
                                                                           "gradcam_pp", "guided_gradcam")):
-        raise TypeError(f"targets= is not supported with {method} (its passes differ per target); "
+        raise TypeError(f"targets= is not supported with {method}; "
                         "call it once per target")
     if isinstance(targets, str):
         if targets != "all":
