@@ -44,6 +44,8 @@ def _check_x(net, x, name="x", scores=True):
         raise ValueError(f"{name} must have {want} with the batch first, got shape {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {x.shape})")
+    if net.input_shape is not None and tuple(x.shape[1:]) != net.input_shape:
+        raise ValueError(f"{name} must be shaped (N,) + {net.input_shape} for this model, got {x.shape}")
     shapes = net.infer_shapes(x.shape[1:])
     if scores and len(shapes[net.score_node]) != 1:
         raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")

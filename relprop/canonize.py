@@ -76,4 +76,4 @@ def canonize(graph):
                     nodes = [merged if n.name == nxt.name else n for n in nodes if n.name != node.name]
                     changed = True
                     break
-    return Graph(nodes)
+    return Graph(nodes, input_shape=graph.input_shape)

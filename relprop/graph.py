@@ -387,8 +387,12 @@ class Graph:
 
     nodes: list
     cache: dict = field(default_factory=dict, repr=False, compare=False)
+    #: per-sample input shape, when known (importers record it); inputs are checked against it
+    input_shape: tuple = field(default=None, compare=False)
 
     def __post_init__(self):
+        if self.input_shape is not None:
+            self.input_shape = tuple(int(s) for s in self.input_shape)
         self.nodes = [n if isinstance(n, Node) else Node(*n) for n in self.nodes]
         for n in self.nodes:
             n.inputs = (n.inputs,) if isinstance(n.inputs, str) else tuple(n.inputs)

@@ -3,7 +3,8 @@
 Layout (format ``relprop-model`` version 1):
 
 * ``__graph__``: a 0-d unicode array holding JSON ``{"format": "relprop-model", "version": 1,
-  "nodes": [{"name", "kind", "inputs", "hyper": {...}, "arrays": [...]}, ...]}``;
+  "nodes": [{"name", "kind", "inputs", "hyper": {...}, "arrays": [...]}, ...],
+  "input_shape": [per-sample dims] or null}``;
 * ``{i}.{array}``: the arrays of node ``i`` (``weight``, ``bias``, BatchNorm statistics) in
   their stored dtype, so a round trip is bit-exact.
 
@@ -40,7 +41,8 @@ def save(model, path):
             arrays[f"{i}.{a}"] = getattr(layer, a)
         nodes.append({"name": node.name, "kind": layer.kind, "inputs": list(node.inputs), "hyper": hyper,
                       "arrays": list(layer.arrays)})
-    header = json.dumps({"format": FORMAT, "version": VERSION, "nodes": nodes})
+    header = json.dumps({"format": FORMAT, "version": VERSION, "nodes": nodes,
+                         "input_shape": None if model.input_shape is None else list(model.input_shape)})
     with open(path, "wb") as f:  # a file object: numpy must not append ".npz" to the name
         np.savez(f, __graph__=np.array(header), **arrays)
 
@@ -79,4 +81,4 @@ def load(path):
         raise ValueError(f"load: {path} is not a readable relprop model file ({type(e).__name__}: {e})") from None
     except ValueError as e:
         raise ValueError(f"load: {path}: {e}") from None
-    return G.Graph(nodes)
+    return G.Graph(nodes, input_shape=header.get("input_shape"))

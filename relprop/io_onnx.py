@@ -92,6 +92,7 @@ def from_onnx(path_or_model, check="raise", canonize=True):
 
         net = _canonize(net)
     _verify(model, importer, net, raw if canonize else None, check)
+    net.input_shape = tuple(int(s) for s in importer.in_shape)
     return net
 
 

@@ -106,6 +106,7 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
             if canonize:
                 graph = _canonize(graph)
             _check_forward(torch, module, graph, x, check, rtol, atol)
+            graph.input_shape = tuple(int(s) for s in x.shape[1:])
     finally:
         for m, training in modes.items():
             m.training = training

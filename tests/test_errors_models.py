@@ -75,3 +75,16 @@ def test_damaged_header_is_a_value_error(tmp_path):
     np.savez(p, __graph__=np.array("[1, 2, 3]"))
     with pytest.raises(ValueError, match="not a relprop model"):
         rp.load(p)
+
+
+def test_imported_models_check_the_input_shape(tmp_path):
+    import torch  # the test extra installs it
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 3)).eval()
+    net = rp.from_torch(module, X.astype(np.float32))
+    assert net.input_shape == (2, 4, 4)
+    with pytest.raises(ValueError, match=r"\(2, 4, 4\)"):
+        rp.attribute(net, X.reshape(4, 32), "gradient")
+    p = tmp_path / "m.npz"
+    rp.save(net, p)
+    assert rp.load(p).input_shape == (2, 4, 4)
+    assert rp.canonize(net).input_shape == (2, 4, 4)
