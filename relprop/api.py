@@ -102,22 +102,24 @@ def _number(v, name, low=None, integer=False):
 
 
 def _check_baseline(b, x, name="baseline"):
+    """A finite number, or a finite real array broadcastable to ``x``; returned as float/array.
+    Shared by every parameter of that kind (baselines, occlusion fill, surrogate baselines)."""
     if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
         if not np.isfinite(b):
             raise ValueError(f"{name} must be finite, got {b!r}")
-        return
+        return float(b)
     if not isinstance(b, np.ndarray):
         raise TypeError(f"{name} must be a number or a numpy array broadcastable to x {x.shape}, got {type(b).__name__}")
-    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)):
+    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)) or b.dtype == np.bool_:
         raise TypeError(f"{name} must be a real numeric array, got dtype {b.dtype}")
     try:
-        np.broadcast_shapes(b.shape, x.shape)
         if np.broadcast_shapes(b.shape, x.shape) != x.shape:
             raise ValueError
     except ValueError:
         raise ValueError(f"{name} of shape {b.shape} does not broadcast to x of shape {x.shape}") from None
     if not np.all(np.isfinite(b)):
         raise ValueError(f"{name} contains NaN or Inf")
+    return b
 
 
 def _check_bounds(low, high, x, where):

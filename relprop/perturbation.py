@@ -114,25 +114,9 @@ def _int_tuple(v, name, rank, in_shape):
 
 
 def _check_fill(fill, x):
-    if isinstance(fill, numbers.Real) and not isinstance(fill, (bool, np.bool_)):
-        if not np.isfinite(fill):
-            raise ValueError(f"occlusion: fill must be finite, got {fill!r}")
-        return float(fill)
-    if not isinstance(fill, np.ndarray):
-        raise TypeError(f"occlusion: fill must be a number or a numpy array broadcastable to x {x.shape}, "
-                        f"got {type(fill).__name__}")
-    if not (np.issubdtype(fill.dtype, np.floating) or np.issubdtype(fill.dtype, np.integer)) \
-            or fill.dtype == np.bool_:
-        raise TypeError(f"occlusion: fill must be a real numeric array, got dtype {fill.dtype}")
-    try:
-        ok = np.broadcast_shapes(fill.shape, x.shape) == x.shape
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"occlusion: fill of shape {fill.shape} does not broadcast to x of shape {x.shape}")
-    if not np.all(np.isfinite(fill)):
-        raise ValueError("occlusion: fill contains NaN or Inf")
-    return fill
+    from .api import _check_baseline
+
+    return _check_baseline(fill, x, "occlusion: fill")
 
 
 def _validate(graph, x, params):

@@ -242,24 +242,9 @@ def _mask(name, x, params):
 
 
 def _baseline(name, b, x):
-    if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
-        if not np.isfinite(b):
-            raise ValueError(f"{name}: baseline must be finite, got {b!r}")
-        return float(b)
-    if not isinstance(b, np.ndarray):
-        raise TypeError(f"{name}: baseline must be a number or a numpy array broadcastable to x {x.shape}, "
-                        f"got {type(b).__name__}")
-    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)) or b.dtype == np.bool_:
-        raise TypeError(f"{name}: baseline must be a real numeric array, got dtype {b.dtype}")
-    try:
-        ok = np.broadcast_shapes(b.shape, x.shape) == x.shape
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: baseline of shape {b.shape} does not broadcast to x of shape {x.shape}")
-    if not np.all(np.isfinite(b)):
-        raise ValueError(f"{name}: baseline contains NaN or Inf")
-    return b
+    from .api import _check_baseline
+
+    return _check_baseline(b, x, f"{name}: baseline")
 
 
 def _common(name, x, params):
