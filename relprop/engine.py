@@ -36,6 +36,7 @@ class Tape:
         self.out = {}
         self.idx = {}
         self.plus = {}  # Conv2d name -> W+ a (N, O, Ho, Wo), computed with the forward GEMM
+        self.nonneg = {}  # linear node name -> whether its input had no negative entry (checked once)
 
 
 _WORK = {}
@@ -96,7 +97,9 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
         fused = _fusable_act(graph, node) if layer.linear else None
         act = ACT_CODES[fused.layer.kind] if fused is not None else 0
         if layer.linear:
-            want_plus = node.name in plus and k.all_nonnegative(xin.ravel())
+            want_plus = False
+            if node.name in plus:
+                want_plus = tape.nonneg[node.name] = bool(k.all_nonnegative(xin.ravel()))
             z, a, pz = _linear_forward(k, graph, node, xin, act, fused is not None and node.name in keep, dtype,
                                        want_plus)
             if pz is not None:
@@ -280,7 +283,7 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
     if layer.linear:
         if mode == LRP:
             return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
-                                      tape.plus.get(node.name), tape.shapes["input"]))]
+                                      tape.plus.get(node.name), tape.shapes["input"], tape.nonneg.get(node.name)))]
         return [(src, _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g)))]
     if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
                                                                        "Softplus", "BatchNorm2d")):
@@ -417,12 +420,15 @@ def _linear_grad(k, graph, node, g, in_shape):
     return gin
 
 
-def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None):
+def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
     """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
     dtype = r.dtype
     n = r.shape[0]
     modes_needed = {t.mode for grp in rule.groups() for t in grp.terms}
-    nonneg = R.XNEG in modes_needed and k.all_nonnegative(a.ravel())
+    if R.XNEG not in modes_needed:
+        nonneg = False
+    elif nonneg is None:  # not known from the forward pass
+        nonneg = bool(k.all_nonnegative(a.ravel()))
     st = rule_state(graph, node, rule, dtype, nonneg)
     mm = len(st.modes)
     a2 = a.reshape(n, -1)

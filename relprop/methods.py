@@ -252,6 +252,7 @@ def _repeat_tape(tape, n, k, two_halves):
     out.out = {name: rep(a) for name, a in tape.out.items()}
     out.idx = {name: rep(a) for name, a in tape.idx.items()}
     out.plus = {name: rep(a) for name, a in tape.plus.items()}
+    out.nonneg = tape.nonneg
     return out
 
 
