@@ -152,6 +152,11 @@ def _check_method_params(net, method, p, x):
             raise ValueError(f"scheme {p['scheme']!r} needs steps >= 2, got {p['steps']}")
     elif method == "deeplift.rescale":
         _check_baseline(p["baseline"], x)
+    elif method == "deeplift.reveal_cancel":
+        _check_baseline(p["baseline"], x)
+        if p["conv_rule"] not in ("rescale", "reveal_cancel"):
+            raise ValueError(f"deeplift.reveal_cancel: conv_rule must be 'rescale' or 'reveal_cancel' (the rule at "
+                             f"nonlinearities after Conv2d layers), got {p['conv_rule']!r}")
     elif method == "rectgrad":
         _number(p["q"], "q")
         if not 0 <= p["q"] <= 100:
@@ -219,7 +224,7 @@ def attribute(net, x, method, target=None, targets=None, **params):
     x : numpy array (N, ...), float32 or float64 (float64 runs in float64 end to end)
     method : str
         ``"gradient"``, ``"saliency"``, ``"gradient_x_input"``, ``"integrated_gradients"``,
-        ``"deeplift.rescale"``, ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
+        ``"deeplift.rescale"``, ``"deeplift.reveal_cancel"`` (``conv_rule=``), ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
         ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``), ``"deep_taylor"``,
         ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, ``"occlusion"``,
         ``"deepshap"``, ``"expected_gradients"``, ``"gradient_shap"``, ``"gradcam"``, ``"gradcam_pp"``,
@@ -385,7 +390,7 @@ PER_SAMPLE_PARAMS = ("baseline", "fill")
 
 def _batch_step(shapes, itemsize, method, p):
     per = max(1, sum(int(np.prod(s)) for s in shapes.values()) * itemsize)
-    if method == "deeplift.rescale":
+    if method.startswith("deeplift."):
         per *= 2
     return max(1, min(max(CACHE_BUDGET // per, MIN_ROWS), BATCH_BUDGET // per))
 

@@ -11,6 +11,11 @@ activation     ``g * f'(z)``                pass ``R`` through            ``g * 
 MaxPool2d      route to the winner          route to the winner           Captum's max rule
 AvgPool2d      ``pool^T g``                 ``x * pool^T(R / stab(z))``   ``pool^T g``
 =============  ===========================  ============================  ======================
+
+DeepLIFT RevealCancel (``reveal=`` activation names) changes two rows of the DEEPLIFT column:
+the activation sends the pair of multipliers ``(m+, m-)`` of its input's positive and negative
+parts (seed 001 Eq. 4.27-4.30) and the linear layer below hands each input the one that
+matches the sign of its contribution ``w_ji Delta a_i`` (see ``_reveal_cancel``).
 """
 from __future__ import annotations
 
@@ -239,7 +244,8 @@ def _pool_forward(k, layer, xin, is_max):
 # backward
 
 
-def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient", collect=None):
+def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient", collect=None,
+             reveal=()):
     """Propagate ``start`` (signal at the score node) to the input.
 
     ``mode``: GRAD, LRP or DEEPLIFT. ``rules``: node name -> Rule (LRP). For DEEPLIFT the
@@ -250,6 +256,8 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
     ``collect``: a dict whose keys name nodes; it receives the signal at each one's output
     (e.g. the gradient at a conv layer for CAM methods). Propagation stops once all are
     collected when ``"input"`` is not among them.
+    ``reveal`` (DEEPLIFT): activation nodes that take the RevealCancel rule
+    (``plan.reveal_cancel_nodes``); the others take Rescale.
     """
     k = backend.kernels_for(start)
     sig = {graph.score_node: start}
@@ -264,7 +272,11 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
             collect[node.name] = g
             if "input" not in collect and all(v is not None for v in collect.values()):
                 return None
-        for src, gin in _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu):
+        if node.name in reveal:
+            steps = [(node.inputs[0], _reveal_cancel(k, graph, node, tape, g, n))]
+        else:
+            steps = _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu)
+        for src, gin in steps:
             sig[src] = sig[src] + gin if src in sig else gin
     if collect is not None and "input" in collect:
         collect["input"] = sig["input"]
@@ -284,6 +296,8 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
         if mode == LRP:
             return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
                                       tape.plus.get(node.name), tape.shapes["input"], tape.nonneg.get(node.name)))]
+        if isinstance(g, tuple):  # (m+, m-) from a RevealCancel activation
+            return [(src, _reveal_cancel_linear(k, graph, node, tape, g, n))]
         return [(src, _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g)))]
     if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
                                                                        "Softplus", "BatchNorm2d")):
@@ -350,6 +364,121 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
         parts = np.split(g, np.cumsum(sizes)[:-1], axis=ax)
         return [(i, np.ascontiguousarray(p)) for i, p in zip(node.inputs, parts)]
     raise TypeError(f"no backward for layer kind {kind}")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------
+# DeepLIFT RevealCancel
+
+def _act_eval(layer, z):
+    return _act_numpy(layer.kind, z) if layer.kind in ("ReLU", "Tanh", "Sigmoid") else _param_act(layer, z)
+
+
+def _act_deriv(layer, z):
+    kind = layer.kind
+    if kind == "ReLU":
+        return (z > 0).astype(z.dtype)
+    if kind == "Tanh":
+        return 1 - np.tanh(z) ** 2
+    if kind == "Sigmoid":
+        s = expit(z)
+        return s * (1 - s)
+    return _param_act_grad(layer, z)
+
+
+def _pos_neg_state(graph, node, dtype):
+    """The block matrix ``B = [[W+, W-], [W-, W+]]`` over the stacked input ``[d+; d-]``:
+    ``B @ [d+; d-]`` gives the positive and negative parts ``(W+ d+ + W- d-, W- d+ + W+ d-)``
+    of ``W d``. It is alpha-beta's matrix (no bias), compiled and cached by plan.rule_state."""
+    return rule_state(graph, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), dtype, False)
+
+
+def _pos_neg_forward(k, graph, node, da, dtype):
+    """``(Delta x+, Delta x-)`` of a Dense/Conv2d layer for input differences ``da``
+    (seed 001 Eq. 4.23: the sums of the positive and of the negative terms ``w_ji Delta a_i``)."""
+    st = _pos_neg_state(graph, node, dtype)
+    n = da.shape[0]
+    d2 = da.reshape(n, -1)
+    xs = np.empty((n, 2 * d2.shape[1]), dtype)
+    k.stack_input_mods(d2, st.modes, d2, d2, xs)
+    o = node.layer.weight.shape[0]
+    if node.layer.kind == "Dense":
+        z = xs @ st.B.T
+        return z[:, :o], z[:, o:]
+    _, cin, kh, kw = node.layer.weight.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    h, w = da.shape[2:]
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    p = ho * wo
+    xs4 = xs.reshape(n, 2 * cin, h, w)
+    z = np.empty((n, 2 * o, ho, wo), dtype)
+    for i0, i1 in _chunks(n, 2 * cin * kh * kw * p * z.itemsize):
+        cols = _scratch("cols", (2 * cin * kh * kw, (i1 - i0) * p), dtype)
+        k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+        zg = np.matmul(st.B, cols, out=_scratch("gemm", (2 * o, (i1 - i0) * p), dtype))
+        z[i0:i1] = zg.reshape(2 * o, i1 - i0, ho, wo).transpose(1, 0, 2, 3)
+    return z[:, :o], z[:, o:]
+
+
+def _reveal_cancel(k, graph, node, tape, g, n):
+    """RevealCancel at the activation ``y = f(x)`` (seed 001 Eq. 4.27-4.30), ``x`` the output
+    of a linear layer with input differences ``Delta a``::
+
+        Dy+ = 1/2 (f(x0 + Dx+) - f(x0)) + 1/2 (f(x0 + Dx- + Dx+) - f(x0 + Dx-))
+        Dy- = 1/2 (f(x0 + Dx-) - f(x0)) + 1/2 (f(x0 + Dx+ + Dx-) - f(x0 + Dx+))
+        m+ = g Dy+ / Dx+,   m- = g Dy- / Dx-
+
+    (``Dy+ + Dy- = Dy`` exactly, so summation-to-delta holds). Where ``Dx+`` (``Dx-``) is ~0 its
+    multiplier is the limit ``g (f'(x0) + f'(x0 + Dx-)) / 2`` (resp. ``Dx+``). Returns (m+, m-)."""
+    lin = graph.by_name[node.inputs[0]]
+    a2 = tape.out[lin.inputs[0]]
+    dpos, dneg = _pos_neg_forward(k, graph, lin, a2[:n] - a2[n:], g.dtype)
+    dpos, dneg = dpos.reshape(g.shape), dneg.reshape(g.shape)
+    x0, y2 = tape.out[lin.name][n:], tape.out[node.name]
+    y, y0 = y2[:n], y2[n:]
+    f_pos, f_neg = _act_eval(node.layer, x0 + dpos), _act_eval(node.layer, x0 + dneg)
+    half = g.dtype.type(0.5)
+    dy_pos = half * ((f_pos - y0) + (y - f_neg))
+    dy_neg = half * ((f_neg - y0) + (y - f_pos))
+    d0 = _act_deriv(node.layer, x0)
+
+    def mult(dy, dx, other):
+        small = np.abs(dx) < DEEPLIFT_EPS
+        limit = half * (d0 + _act_deriv(node.layer, x0 + other))
+        return (g * np.where(small, limit, dy / np.where(small, 1, dx))).astype(g.dtype)
+
+    return mult(dy_pos, dpos, dneg), mult(dy_neg, dneg, dpos)
+
+
+def _reveal_cancel_linear(k, graph, node, tape, g, n):
+    """Multipliers of a linear layer's inputs from the pair ``(m+, m-)`` at its output: input
+    ``i`` takes ``m+`` through the terms ``w_ji Delta a_i > 0`` and ``m-`` through the others::
+
+        m_i = [Da_i > 0] (W+^T m+ + W-^T m-) + [Da_i < 0] (W-^T m+ + W+^T m-)
+              + [Da_i = 0] W^T (m+ + m-) / 2
+
+    so that ``sum_i m_i Da_i = sum_j (m+_j Dx+_j + m-_j Dx-_j)``. ``B^T [m+; m-]`` gives both
+    brackets in one backward GEMM; a selector stacked like ``[Da+; Da-]`` picks per input."""
+    mp, mn = g
+    a2 = tape.out[node.inputs[0]]
+    da = a2[:n] - a2[n:]
+    dtype = mp.dtype
+    st = _pos_neg_state(graph, node, dtype)
+    pos = (da > 0).astype(dtype) + dtype.type(0.5) * (da == 0)
+    s = np.concatenate([mp, mn], axis=1)
+    if node.layer.kind == "Dense":
+        sel = np.concatenate([pos, 1 - pos], axis=1)
+        out = np.empty(da.shape, dtype)
+        k.stacked_mul_sum(sel, s @ st.B, 2, out)
+        return out
+    sel = np.concatenate([pos, 1 - pos], axis=1)  # (N, 2C, H, W): the mode blocks are channel blocks
+    _, cin, kh, kw = node.layer.weight.shape
+    h, w = da.shape[2:]
+    go, p = s.shape[1], s.shape[2] * s.shape[3]
+    Bt = st.Bt if _stride1(node.layer) else st.B
+    out = np.empty(da.shape, dtype)
+    for i0, i1 in _chunks(n, max(2 * cin * kh * kw * p, go * kh * kw * h * w) * s.itemsize):
+        _transposed_conv(k, node.layer, np.ascontiguousarray(s[i0:i1]), Bt, sel[i0:i1], 2, out[i0:i1])
+    return out
 
 
 def _in_shape(tape, graph, node, g):

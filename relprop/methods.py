@@ -12,7 +12,7 @@ import numpy as np
 from . import composites as C
 from . import engine
 from . import rules as R
-from .plan import DEEPLIFT, GRAD, LRP, needs
+from .plan import DEEPLIFT, GRAD, LRP, needs, reveal_cancel_nodes
 
 IG_SCHEMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre", "uniform")
 
@@ -159,17 +159,28 @@ def integrated_gradients(graph, x, target, shapes, baseline, steps, scheme):
     return (acc * diff).astype(x.dtype)
 
 
-def deeplift_rescale(graph, x, target, shapes, baseline):
+def deeplift_rescale(graph, x, target, shapes, baseline, reveal=()):
     """DeepLIFT Rescale (seed 000 Eq. 9.38-9.49, seed 004 Eq. 17-18): multipliers
-    ``Delta f / Delta z`` at nonlinearities, the linear rule at linear layers, times ``x - x0``."""
+    ``Delta f / Delta z`` at nonlinearities, the linear rule at linear layers, times ``x - x0``.
+    ``reveal``: activation nodes that take the RevealCancel rule instead (``deeplift_reveal_cancel``)."""
     n = x.shape[0]
     x0 = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
     xx = np.concatenate([x, x0])
-    keep, idx = needs(graph, DEEPLIFT)
+    keep, idx = needs(graph, DEEPLIFT, reveal=reveal)
     score, _, tape = engine.forward(graph, xx, keep, idx, shapes)
     t = _resolve_target(score[:n], target)
-    g = engine.backward(graph, tape, _onehot(score[:n], t, False), DEEPLIFT)
+    g = engine.backward(graph, tape, _onehot(score[:n], t, False), DEEPLIFT, reveal=reveal)
     return g * (x - x0)
+
+
+def deeplift_reveal_cancel(graph, x, target, shapes, baseline, conv_rule):
+    """DeepLIFT with the RevealCancel rule (Shrikumar et al. 2017; seed 001 Eq. 4.23-4.30) at
+    every nonlinearity fed by a Dense layer (and by a Conv2d layer when
+    ``conv_rule="reveal_cancel"``; the default ``"rescale"`` follows the paper's choice for
+    convolutions); other nonlinearities and max pooling take the Rescale rule. Positive and
+    negative contributions pass each nonlinearity separately, so e.g. for ``min(i1, i2)`` with
+    reference 0 both inputs receive ``min(i1, i2) / 2``. Summation-to-delta holds exactly."""
+    return deeplift_rescale(graph, x, target, shapes, baseline, reveal_cancel_nodes(graph, conv_rule))
 
 
 def lrp(graph, x, target, shapes, rules, pool_eps=engine.POOL_STABILIZER):
@@ -223,6 +234,8 @@ METHODS = {
     "integrated_gradients": Method("integrated_gradients", integrated_gradients,
                                    {"baseline": 0.0, "steps": 50, "scheme": "gauss_legendre"}),
     "deeplift.rescale": Method("deeplift.rescale", deeplift_rescale, {"baseline": 0.0}),
+    "deeplift.reveal_cancel": Method("deeplift.reveal_cancel", deeplift_reveal_cancel,
+                                     {"baseline": 0.0, "conv_rule": "rescale"}, "DeepLIFT RevealCancel"),
     "lrp.z": Method("lrp.z", _lrp_method("lrp.z"), {"include_bias": True}),
     "lrp.epsilon": Method("lrp.epsilon", _lrp_method("lrp.epsilon"), {"epsilon": 1e-6, "include_bias": True}),
     "lrp.gamma": Method("lrp.gamma", _lrp_method("lrp.gamma"), {"gamma": 0.25, "epsilon": 1e-6, "include_bias": True}),
@@ -260,6 +273,7 @@ MULTI = {  # method -> (mode, start scaled by the score, ReLU rule)
     "gradient": (GRAD, False, "gradient"), "saliency": (GRAD, False, "gradient"),
     "gradient_x_input": (GRAD, False, "gradient"), "guided_backprop": (GRAD, False, "guided"),
     "deconvnet": (GRAD, False, "deconvnet"), "deeplift.rescale": (DEEPLIFT, False, "gradient"),
+    "deeplift.reveal_cancel": (DEEPLIFT, False, "gradient"),
     "excitation_backprop": (LRP, False, "gradient"),
 }
 
@@ -291,7 +305,8 @@ def multi_target(graph, x, targets, shapes, method, params, rows_budget):
         else:  # "lrp.<rule>"
             rules = rules_for(graph, method, params)
         by_node = dict(zip((nd.name for nd in graph.linear_nodes()), rules))
-    keep, idx = needs(graph, mode, by_node)
+    reveal = reveal_cancel_nodes(graph, params["conv_rule"]) if method == "deeplift.reveal_cancel" else ()
+    keep, idx = needs(graph, mode, by_node, reveal)
     keep.add("input")
     xin = x
     if mode == DEEPLIFT:
@@ -310,12 +325,12 @@ def multi_target(graph, x, targets, shapes, method, params, rows_budget):
         tp = _repeat_tape(tape, n, k, mode == DEEPLIFT)
         sc = np.repeat(score, k, axis=0)
         g = engine.backward(graph, tp, _onehot(sc, np.tile(tk, n), scaled), mode, rules=by_node, pool_eps=pool_eps,
-                            relu=relu).reshape((n, k) + x.shape[1:])
+                            relu=relu, reveal=reveal).reshape((n, k) + x.shape[1:])
         if method == "saliency":
             g = np.abs(g)
         elif method == "gradient_x_input":
             g = g * x[:, None]
-        elif method == "deeplift.rescale":
+        elif mode == DEEPLIFT:
             g = g * (x - x0)[:, None]
         out[:, k0:k0 + k] = g
     return out

@@ -15,10 +15,13 @@ from . import rules as R
 GRAD, LRP, DEEPLIFT = "grad", "lrp", "deeplift"
 
 
-def needs(graph, mode, rules=None):
+def needs(graph, mode, rules=None, reveal=()):
     """Names of node outputs (``"input"`` for x) the backward pass of ``mode`` reads,
-    and the MaxPool nodes whose winner indices it needs."""
+    and the MaxPool nodes whose winner indices it needs. ``reveal``: activation nodes
+    that take DeepLIFT's RevealCancel rule (their linear layer's input is read too)."""
     keep, idx = set(), set()
+    for name in reveal:
+        keep.add(graph.by_name[graph.by_name[name].inputs[0]].inputs[0])
     for node in graph.nodes:
         kind = node.layer.kind
         src = node.inputs[0]
@@ -48,6 +51,29 @@ def needs(graph, mode, rules=None):
                 keep.add(node.name)
     keep.add(graph.score_node)
     return keep, idx
+
+
+REVEAL_CANCEL_ACTS = ("ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Softplus")
+
+
+def reveal_cancel_nodes(graph, conv_rule="rescale"):
+    """Activation nodes that take DeepLIFT's RevealCancel rule: those fed by a Dense layer
+    (and by a Conv2d layer when ``conv_rule == "reveal_cancel"``) whose output feeds nothing
+    else, so the layer's positive and negative input contributions reach the activation
+    unmixed. Every other nonlinearity keeps the Rescale rule (Shrikumar et al. 2017 used
+    RevealCancel on dense layers and Rescale on convolutions)."""
+    kinds = ("Dense", "Conv2d") if conv_rule == "reveal_cancel" else ("Dense",)
+    out = []
+    for node in graph.nodes:
+        if node.layer.kind not in REVEAL_CANCEL_ACTS:
+            continue
+        src = node.inputs[0]
+        if src == "input":
+            continue
+        prod = graph.by_name[src]
+        if prod.layer.kind in kinds and graph.consumers.get(src, []) == [node.name]:
+            out.append(node.name)
+    return tuple(out)
 
 
 @dataclass
