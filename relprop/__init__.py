@@ -34,8 +34,11 @@ from . import perturbation  # noqa: E402,F401  (registers "occlusion")
 from . import sampling  # noqa: E402,F401  (registers "deepshap", "expected_gradients", "gradient_shap")
 from . import cam  # noqa: E402,F401  (registers "gradcam", "gradcam_pp", "guided_gradcam")
 from . import surrogate  # noqa: E402,F401  (registers "kernel_shap", "lime")
+from . import rap  # noqa: E402,F401  (registers "rap")
+from . import patterns  # noqa: E402,F401  (registers "patternnet", "pattern_attribution")
 from .canonize import canonize
 from .io_native import load, save
+from .patterns import fit_patterns, load_patterns
 
 __version__ = "0.1.0"
 
@@ -45,6 +48,7 @@ __all__ = [
     "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity",
     "Add", "Concat", "BatchNorm2d", "GlobalAvgPool2d", "Reshape", "LeakyReLU", "Softplus", "Dropout",
     "canonize", "save", "load", "from_torch", "from_onnx",
+    "fit_patterns", "load_patterns",
 ]
 
 

@@ -23,6 +23,16 @@ from .methods import IG_SCHEMES, METHODS, rules_for
 CACHE_BUDGET = 4 * 2**20
 MIN_ROWS = 32
 BATCH_BUDGET = 768 * 2**20
+# on the GPU: large batches fill the device; an out-of-memory error halves the batch and retries
+GPU_BATCH_BUDGET = 4 * 2**30
+
+# methods that run on the GPU (CuPy) backend; the others say so before any kernel runs
+GPU_METHODS = frozenset({
+    "gradient", "saliency", "gradient_x_input", "guided_backprop", "deconvnet", "rectgrad", "excitation_backprop",
+    "integrated_gradients", "deeplift.rescale", "deeplift.reveal_cancel", "lrp", "deep_taylor", "lrp.z",
+    "lrp.epsilon", "lrp.gamma", "lrp.alpha_beta", "lrp.z_plus", "lrp.flat", "lrp.w_square",
+    "patternnet", "pattern_attribution",
+})
 
 
 def _check_model(net):
@@ -32,9 +42,7 @@ def _check_model(net):
 
 def _check_x(net, x, name="x", scores=True):
     """Validate the batch; returns (x as a contiguous float array, per-node shapes)."""
-    backend.kernels_for(x)
-    if not isinstance(x, np.ndarray):  # pragma: no cover - kernels_for raised already
-        raise TypeError(f"{name} must be a numpy array")
+    xp = backend.kernels_for(x).xp
     if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize not in (4, 8):
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}"
                         + (" (cast it with x.astype(np.float32))" if np.issubdtype(x.dtype, np.floating) else ""))
@@ -51,9 +59,9 @@ def _check_x(net, x, name="x", scores=True):
         raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
     if not x.dtype.isnative:  # e.g. big-endian '>f8': same width, native byte order
         x = x.astype(x.dtype.newbyteorder("="))
-    x = np.ascontiguousarray(x)
-    if not np.all(np.isfinite(x)):
-        bad = np.argwhere(~np.isfinite(x))[0]
+    x = xp.ascontiguousarray(x)
+    if not bool(xp.isfinite(x).all()):
+        bad = backend.to_host(xp.argwhere(~xp.isfinite(x))[0])
         raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
     return x, shapes
 
@@ -103,11 +111,20 @@ def _number(v, name, low=None, integer=False):
 
 def _check_baseline(b, x, name="baseline"):
     """A finite number, or a finite real array broadcastable to ``x``; returned as float/array.
-    Shared by every parameter of that kind (baselines, occlusion fill, surrogate baselines)."""
+    Shared by every parameter of that kind (baselines, occlusion fill, surrogate baselines).
+    On the GPU the array may be a host (numpy) or a device array."""
     if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
         if not np.isfinite(b):
             raise ValueError(f"{name} must be finite, got {b!r}")
         return float(b)
+    if not isinstance(b, np.ndarray) and backend.is_device(backend.kernels_for(x)):
+        try:
+            same = backend.kernels_for(b) is backend.kernels_for(x)
+        except TypeError:
+            same = False
+        if same:
+            _check_baseline(backend.to_host(b), x, name)
+            return b
     if not isinstance(b, np.ndarray):
         raise TypeError(f"{name} must be a number or a numpy array broadcastable to x {x.shape}, got {type(b).__name__}")
     if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)) or b.dtype == np.bool_:
@@ -122,6 +139,54 @@ def _check_baseline(b, x, name="baseline"):
     return b
 
 
+def _to_backend(x, which):
+    """``x`` as an array of the chosen backend, and the function that turns results back
+    into ``x``'s own type. ``which``: None (x's own backend), ``"cpu"`` or ``"gpu"``.
+    Torch tensors travel through DLPack (zero-copy for CUDA tensors)."""
+    if which not in (None, "cpu", "gpu"):
+        raise ValueError(f"backend must be None, 'cpu' or 'gpu', got {which!r}")
+    back = _same
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        t = x.detach()
+        if t.is_cuda:
+            cp = _cupy("a torch CUDA tensor")
+            x, back = cp.from_dlpack(t.contiguous()), torch.from_dlpack
+        else:
+            x, back = t.contiguous().numpy(), torch.from_numpy
+    if which == "gpu" and isinstance(x, np.ndarray):
+        cp = _cupy("backend='gpu'")
+        x, inner = cp.asarray(x), back
+        back = lambda r: inner(r.get())  # noqa: E731
+    elif which == "cpu" and backend.is_device(backend.kernels_for(x)):
+        cp = _cupy("a CuPy array")
+        x, inner = backend.to_host(x), back
+        back = lambda r: inner(cp.asarray(r))  # noqa: E731
+    return x, back
+
+
+def _same(r):
+    return r
+
+
+def _cupy(what):
+    try:
+        import cupy
+    except ImportError:
+        raise ImportError(f"relprop: {what} needs CuPy (pip install 'relprop[gpu]')") from None
+    return cupy
+
+
+def _check_gpu_method(method, x, base=None):
+    if backend.is_device(backend.kernels_for(x)) and method not in GPU_METHODS:
+        what = f"smoothgrad around {method!r}" if base else repr(method)
+        raise NotImplementedError(
+            f"method {what} runs on the CPU backend only in this version; pass a numpy array or backend='cpu' "
+            f"(GPU methods: {', '.join(sorted(GPU_METHODS))})")
+
+
 def _check_bounds(low, high, x, where):
     for nm, v in (("low", low), ("high", high)):
         try:
@@ -129,7 +194,8 @@ def _check_bounds(low, high, x, where):
                 raise ValueError
         except ValueError:
             raise ValueError(f"{where}: {nm} of shape {np.shape(v)} does not broadcast to x of shape {x.shape}") from None
-    lo, hi = np.broadcast_to(np.asarray(low, np.float64), x.shape), np.broadcast_to(np.asarray(high, np.float64), x.shape)
+    x = backend.to_host(x)  # validation on the host (one copy on the GPU)
+    lo, hi = (np.broadcast_to(np.asarray(backend.to_host(v), np.float64), x.shape) for v in (low, high))
     if np.any(x < lo) or np.any(x > hi):
         raise ValueError(
             f"{where}: x is not inside the bounds [low, high] (x range [{x.min():.4g}, {x.max():.4g}], "
@@ -215,7 +281,7 @@ def _reads_input_directly(net, node):
     return True
 
 
-def attribute(net, x, method, target=None, targets=None, **params):
+def attribute(net, x, method, target=None, targets=None, backend=None, allow_tf32=False, **params):
     """Attribute the target score of ``net`` at ``x`` to the input features.
 
     Parameters
@@ -234,11 +300,15 @@ def attribute(net, x, method, target=None, targets=None, **params):
     targets : None, a list of K class indices, or ``"all"``: returns (N, K, ...) attributions
         from one forward pass per batch (the K backward passes run batched). Not with
         ``integrated_gradients`` or ``smoothgrad`` (their passes differ per target).
+    backend : None (run where ``x`` lives: numpy -> CPU, CuPy or torch CUDA tensor -> GPU),
+        ``"cpu"`` or ``"gpu"`` (copy ``x`` there; the result comes back as ``x``'s type)
+    allow_tf32 : let float32 GEMMs on the GPU use TF32 tensor cores (faster; attributions
+        then agree with fp32 to ~1e-3 x max|R| instead of ~1e-6). Off by default.
     **params : the method's parameters (see ``relprop.METHODS[method].params``)
 
     Returns
     -------
-    numpy array, same shape and dtype as ``x``.
+    array of ``x``'s type (numpy, CuPy or torch), same shape and dtype as ``x``.
 
     Examples
     --------
@@ -246,22 +316,32 @@ def attribute(net, x, method, target=None, targets=None, **params):
     >>> R = rp.attribute(net, x, "lrp", rules=rp.composites.EpsilonPlusFlat())  # doctest: +SKIP
     """
     _check_model(net)
+    which = backend
+    from . import backend as B
+
+    if not isinstance(allow_tf32, (bool, np.bool_)):
+        raise TypeError(f"allow_tf32 must be True or False, got {allow_tf32!r}")
     if targets is not None and target is not None:
         raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
+    x, back = _to_backend(x, which)
+    k = B.kernels_for(x)
     if method == "smoothgrad":
         if targets is not None:
             raise TypeError("targets= is not supported with smoothgrad; call it once per target")
-        return _smoothgrad(net, x, target, params)
+        with B.tf32(k, allow_tf32):
+            return back(_smoothgrad(net, x, target, params))
     _check_method_name(method)
+    _check_gpu_method(method, x)
     p = _check_params(method, params)
     x, shapes = _check_x(net, x)
     classes = shapes[net.score_node][0]
     t = _check_target(target, x.shape[0], classes)
     p = _check_method_params(net, method, p, x)
-    if targets is not None:
-        return _multi(net, method, x, targets, classes, shapes, p)
-    with backend.LOCK:
-        return _run_chunked(net, method, x, t, shapes, p)
+    with B.tf32(k, allow_tf32):
+        if targets is not None:
+            return back(_multi(net, method, x, targets, classes, shapes, p))
+        with B.LOCK:
+            return back(_run_chunked(net, method, x, t, shapes, p))
 
 
 def _multi(net, method, x, targets, classes, shapes, p):
@@ -269,8 +349,8 @@ def _multi(net, method, x, targets, classes, shapes, p):
 
     from .methods import MULTI
 
-    if not (method in MULTI or method.startswith("lrp") or method in ("deep_taylor", "occlusion", "gradcam",
-                                                                          "gradcam_pp", "guided_gradcam")):
+    if not (method in MULTI or method.startswith("lrp") or method in (
+            "deep_taylor", "occlusion", "gradcam", "gradcam_pp", "guided_gradcam", "patternnet", "pattern_attribution")):
         raise TypeError(f"targets= is not supported with {method}; "
                         "call it once per target")
     if isinstance(targets, str):
@@ -283,11 +363,10 @@ def _multi(net, method, x, targets, classes, shapes, p):
             raise TypeError(f"targets must be a non-empty list of class indices or 'all', got {targets!r}")
         if tk.min() < 0 or tk.max() >= classes:
             raise ValueError(f"targets must lie in 0..{classes - 1} for a model with {classes} outputs, got {targets!r}")
-    step = _batch_step(shapes, x.itemsize, method, p)
+    step = _batch_step(shapes, x.itemsize, method, p, x)
     with backend.LOCK:
-        outs = [multi_target(net, x[i:i + step], tk, shapes, method, _slice_params(p, x, slice(i, i + step)),
-                             max(step, 1)) for i in range(0, x.shape[0], step)]
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return _chunked(net, x, step, (method, "multi"), lambda sl, st: multi_target(
+            net, x[sl], tk, shapes, method, _slice_params(p, x, sl), max(st, 1)))
 
 
 def _check_method_name(method, allowed=None):
@@ -301,14 +380,39 @@ def _check_method_name(method, allowed=None):
 def _run_chunked(net, method, x, t, shapes, p):
     """Run a validated method over ``x`` in internal batches (bounded memory)."""
     run = _run_rules if method in ("lrp", "deep_taylor") else METHODS[method].run
-    step = _batch_step(shapes, x.itemsize, method, p)
-    if step >= x.shape[0]:
-        return run(net, x, t, shapes, **p)
-    out = np.empty_like(x)
-    for i in range(0, x.shape[0], step):
-        sl = slice(i, i + step)
-        out[sl] = run(net, x[sl], None if t is None else t[sl], shapes, **_slice_params(p, x, sl))
-    return out
+    step = _batch_step(shapes, x.itemsize, method, p, x)
+    return _chunked(net, x, step, (method,), lambda sl, st: run(
+        net, x[sl], None if t is None else t[sl], shapes, **_slice_params(p, x, sl)))
+
+
+def _chunked(net, x, step, key, fn):
+    """``fn(slice, step)`` over ``x`` in batches of ``step`` rows, results concatenated.
+
+    On the GPU an out-of-memory error frees the cached memory, halves the batch and retries
+    that batch; the batch size that fitted is remembered for the model and input shape, and
+    when even one sample does not fit the error says so."""
+    k = backend.kernels_for(x)
+    n = x.shape[0]
+    memo = ("fit_step", k.name, tuple(x.shape[1:]), x.dtype.str) + tuple(key)
+    step = min(step, net.cache.get(memo, step))
+    outs, i = [], 0
+    while i < n:
+        sl = slice(i, min(n, i + step))
+        try:
+            outs.append(fn(sl, step))
+        except k.OOM as e:
+            engine.release_scratch()
+            backend.free_memory(k)
+            if step == 1:
+                raise MemoryError(f"relprop: one sample of shape {tuple(x.shape[1:])} does not fit in {k.name} memory "
+                                  f"for this method ({e})") from e
+            step = max(1, (sl.stop - sl.start) // 2)
+            net.cache[memo] = step
+            continue
+        i = sl.stop
+    if len(outs) == 1:
+        return outs[0]
+    return k.xp.concatenate(outs)
 
 
 SMOOTHGRAD_PARAMS = {"base": "gradient", "samples": 32, "sigma": 0.15, "kind": "mean", "seed": None}
@@ -328,6 +432,7 @@ def _smoothgrad(net, x, target, params):
     sp = {**SMOOTHGRAD_PARAMS, **own}
     base = sp["base"]
     _check_method_name(base, [m for m in METHODS if m not in ("expected_gradients", "gradient_shap")])
+    _check_gpu_method(base, x, base=True)
     _number(sp["samples"], "samples", 1, integer=True)
     _number(sp["sigma"], "sigma")
     if not sp["sigma"] > 0:
@@ -348,16 +453,17 @@ def _smoothgrad(net, x, target, params):
     with backend.LOCK:
         if t is None:
             t = engine.forward(net, x, (net.score_node,), (), shapes)[0].argmax(axis=1)
-        rng = np.random.default_rng(sp["seed"])
+        xp = backend.kernels_for(x).xp
+        rng = np.random.default_rng(sp["seed"])  # host draws: the same noise on every backend
         scale = sp["sigma"] * (x.reshape(n, -1).max(axis=1) - x.reshape(n, -1).min(axis=1))
-        noise = rng.standard_normal((n, s) + x.shape[1:]) * scale.reshape((n, 1) + (1,) * (x.ndim - 1))
+        noise = xp.asarray(rng.standard_normal((n, s) + x.shape[1:])) * scale.reshape((n, 1) + (1,) * (x.ndim - 1))
         xn = (x[:, None] + noise).astype(x.dtype).reshape((n * s,) + x.shape[1:])
         pn = dict(p)
         for key in PER_SAMPLE_PARAMS:
             b = p.get(key)
-            if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == n and n > 1:
-                pn[key] = np.repeat(b, s, axis=0)
-        a = _run_chunked(net, base, xn, np.repeat(t, s), shapes, pn).reshape((n, s) + x.shape[1:])
+            if hasattr(b, "ndim") and b.ndim == x.ndim and b.shape[0] == n and n > 1:
+                pn[key] = xp.repeat(b, s, axis=0)
+        a = _run_chunked(net, base, xn, xp.repeat(xp.asarray(t), s), shapes, pn).reshape((n, s) + x.shape[1:])
         a64 = a.astype(np.float64)
         if sp["kind"] == "mean":
             out = a64.mean(axis=1)
@@ -379,7 +485,7 @@ def _slice_params(p, x, sl):
     out = dict(p)
     for key in PER_SAMPLE_PARAMS:
         b = p.get(key)
-        if isinstance(b, np.ndarray) and b.ndim == x.ndim and b.shape[0] == x.shape[0] and x.shape[0] > 1:
+        if hasattr(b, "ndim") and b.ndim == x.ndim and b.shape[0] == x.shape[0] and x.shape[0] > 1:
             out[key] = b[sl]
     return out
 
@@ -388,21 +494,23 @@ def _slice_params(p, x, sl):
 PER_SAMPLE_PARAMS = ("baseline", "fill")
 
 
-def _batch_step(shapes, itemsize, method, p):
+def _batch_step(shapes, itemsize, method, p, x=None):
     per = max(1, sum(int(np.prod(s)) for s in shapes.values()) * itemsize)
     if method.startswith("deeplift."):
         per *= 2
+    if x is not None and backend.is_device(backend.kernels_for(x)):
+        return max(1, GPU_BATCH_BUDGET // per)
     return max(1, min(max(CACHE_BUDGET // per, MIN_ROWS), BATCH_BUDGET // per))
 
 
-def forward(net, x):
-    """The model's output for ``x`` (softmax applied when the last layer is Softmax)."""
+def forward(net, x, backend=None):
+    """The model's output for ``x`` (softmax applied when the last layer is Softmax), as ``x``'s
+    array type; ``backend`` as in ``attribute``."""
+    from . import backend as B
+
     _check_model(net)
+    x, back = _to_backend(x, backend)
     x, shapes = _check_x(net, x, scores=False)
-    with backend.LOCK:
-        step = _batch_step(shapes, x.itemsize, "forward", {})
-        outs = []
-        for i in range(0, x.shape[0], step):
-            _, out, _ = engine.forward(net, x[i:i + step], (), (), shapes)
-            outs.append(out)
-    return outs[0] if len(outs) == 1 else np.concatenate(outs)
+    with B.LOCK:
+        step = _batch_step(shapes, x.itemsize, "forward", {}, x)
+        return back(_chunked(net, x, step, ("forward",), lambda sl, st: engine.forward(net, x[sl], (), (), shapes)[1]))

@@ -1,7 +1,11 @@
-"""Backend dispatch: the only module that imports a kernel package (and so Numba).
+"""Backend dispatch: the only module that imports a kernel package (and so Numba or CuPy).
 
-The backend is picked from the input array's type: numpy arrays run on the Numba CPU
-kernels (``relprop.kernels.cpu``). A CuPy backend with the same kernel names is the GPU issue.
+The backend is picked from the input array's type: numpy arrays run on the Numba CPU kernels
+(``relprop.kernels.cpu``), CuPy arrays on the CuPy kernels (``relprop.kernels.gpu``, imported
+the first time a CuPy array is seen). Both kernel packages have the same function names and
+signatures and name their array module ``xp`` (numpy / cupy), so the engine is written once:
+``k = kernels_for(x)`` then ``k.xp.empty(...)``, ``k.im2col(...)``. Model weights and compiled
+rule matrices are copied to the device once and cached on the model (``on_device``).
 
 Threading: Numba's ``omp`` layer spins its workers after every parallel kernel and steals the
 cores OpenBLAS needs for the GEMMs in between (on 2 cores the VGG bench ran slower with it).
@@ -11,6 +15,7 @@ by a lock (dataset jobs parallelize over processes, e.g. Dask workers, not threa
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 
@@ -25,15 +30,104 @@ from .kernels import cpu as _cpu  # noqa: E402
 
 LOCK = threading.RLock()
 
+# extra backends: (predicate(x) -> bool, loader() -> kernel module); tests register a strict
+# host-emulated "device" here to check that no host array leaks into a device pipeline
+_EXTRA = []
+
+
+def register(predicate, loader):
+    """Add a backend for arrays where ``predicate(x)`` holds; ``loader()`` returns its kernel
+    module (the names of ``relprop.kernels.cpu`` plus ``xp``, ``name``, ``OOM``)."""
+    _EXTRA.insert(0, (predicate, loader))
+
+
+def unregister(predicate):
+    _EXTRA[:] = [e for e in _EXTRA if e[0] is not predicate]
+
+
+def _is_cupy(x):
+    return type(x).__module__.startswith("cupy")
+
+
+def _load_gpu():
+    try:
+        from .kernels import gpu
+    except ImportError as e:  # pragma: no cover - needs a broken CuPy install
+        raise ImportError(f"relprop: CuPy arrays need the gpu extra (pip install 'relprop[gpu]'): {e}") from e
+    return gpu
+
 
 def kernels_for(x):
     """The kernel module for arrays like ``x``."""
+    for pred, loader in _EXTRA:
+        if pred(x):
+            return loader()
     if isinstance(x, np.ndarray):
         return _cpu
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
-        raise TypeError(
-            "relprop: the GPU (CuPy) backend is not available in this version; pass a numpy array "
-            "(e.g. x.get()) to run on the CPU"
-        )
-    raise TypeError(f"relprop: expected a numpy array, got {type(x).__module__}.{type(x).__name__}")
+    if _is_cupy(x):
+        return _load_gpu()
+    raise TypeError(f"relprop: expected a numpy or cupy array, got {type(x).__module__}.{type(x).__name__}")
+
+
+def is_device(k):
+    """True for a kernel module whose arrays are not numpy arrays (the GPU)."""
+    return k.xp is not np
+
+
+def on_device(graph, key, k, value):
+    """``value`` (an array, a tuple of arrays or a dataclass with array fields) on ``k``'s device,
+    copied once per model and cached under ``key``; on the CPU ``value`` itself."""
+    if not is_device(k):
+        return value
+    dkey = ("device", k.name) + tuple(key)
+    got = graph.cache.get(dkey)
+    if got is None:
+        got = _move(k.xp, value)
+        graph.cache[dkey] = got
+    return got
+
+
+def _move(xp, v):
+    if isinstance(v, np.ndarray):
+        return xp.asarray(v)
+    if isinstance(v, tuple):
+        return tuple(_move(xp, a) for a in v)
+    if dataclasses.is_dataclass(v):
+        return dataclasses.replace(v, **{f.name: _move(xp, getattr(v, f.name)) for f in dataclasses.fields(v)
+                                         if isinstance(getattr(v, f.name), np.ndarray)})
+    return v
+
+
+def to_host(a):
+    """A numpy array with the contents of ``a`` (numpy or device array)."""
+    if isinstance(a, np.ndarray) and type(a) is np.ndarray:
+        return a
+    get = getattr(a, "get", None)
+    return np.asarray(get() if get is not None else a)
+
+
+def free_memory(k):
+    """Return cached device memory to the driver (after an out-of-memory error)."""
+    if is_device(k) and hasattr(k, "free_memory"):
+        k.free_memory()
+
+
+class tf32:
+    """Context: float32 GEMMs on the GPU may use TF32 tensor cores (``allow_tf32=True``).
+
+    TF32 rounds the GEMM operands to a 10-bit mantissa (relative error ~1e-3 per product
+    instead of ~1e-7); attributions then agree with fp32 to about 1e-3 x max|R|, not 1e-6.
+    Off by default. No effect on the CPU or in float64."""
+
+    def __init__(self, k, on):
+        self.k, self.on, self.saved = k, bool(on), None
+
+    def __enter__(self):
+        if self.on and is_device(self.k):
+            self.saved = self.k.set_tf32(True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.k.set_tf32(self.saved)
+        return False

@@ -20,7 +20,6 @@ matches the sign of its contribution ``w_ji Delta a_i`` (see ``_reveal_cancel``)
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from . import backend
 from .graph import ACT_CODES
@@ -47,17 +46,47 @@ class Tape:
 _WORK = {}
 
 
-def _scratch(slot, shape, dtype):
+def _scratch(slot, shape, dtype, xp=np):
     """A reusable scratch buffer (im2col columns and GEMM inputs): fresh multi-MB arrays
     for every chunk cost a page fault per 4 KiB page, which showed up as much as im2col
     itself. Calls are serialized by backend.LOCK, so one buffer per slot is safe."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    buf = _WORK.get(slot)
+    key = (xp.__name__, slot)
+    buf = _WORK.get(key)
     if buf is None or buf.nbytes < nbytes:
-        buf = np.empty(max(nbytes, 1), np.uint8)
-        _WORK[slot] = buf
+        _WORK.pop(key, None)  # free the old one first (device memory)
+        buf = xp.empty(max(nbytes, 1), np.uint8)
+        _WORK[key] = buf
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch():
+    """Drop the cached scratch buffers (e.g. before retrying a smaller batch after a device OOM)."""
+    _WORK.clear()
+
+
+def _params(k, graph, node, dtype):
+    """(weight, bias) of ``node`` in ``dtype`` on ``k``'s device (cached there)."""
+    return backend.on_device(graph, ("params", node.name, np.dtype(dtype).str), k, graph.params(node, dtype))
+
+
+def _rule_state(k, graph, node, rule, dtype, nonneg):
+    st = rule_state(graph, node, rule, dtype, nonneg)
+    return backend.on_device(graph, ("rule", node.name, rule.key, np.dtype(dtype).str, bool(nonneg)), k, st)
+
+
+def _bn(k, graph, node, dtype, ndim):
+    """Batch norm's (scale, shift) in ``dtype`` shaped to broadcast over (N, C, ...)."""
+    shape = (-1,) + (1,) * (ndim - 2)
+    scale, shift = (v.astype(dtype).reshape(shape) for v in node.layer.scale_shift)
+    return backend.on_device(graph, ("bn", node.name, np.dtype(dtype).str, ndim), k, (scale, shift))
+
+
+def _expit(xp, z):
+    """The logistic function, overflow-free, for numpy and cupy arrays alike."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype)
 
 
 def _chunks(n, per_sample_bytes):
@@ -114,7 +143,7 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
                 outs[fused.name] = a
                 skip.add(fused.name)
         elif kind in ACT_CODES:
-            outs = {node.name: _act_numpy(kind, xin)}
+            outs = {node.name: _act_numpy(kind, xin, k.xp)}
         elif kind == "MaxPool2d":
             out, idx = _pool_forward(k, layer, xin, True)
             outs = {node.name: out}
@@ -127,9 +156,9 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
         elif kind == "Dropout":
             outs = {node.name: xin}
         elif kind in ("LeakyReLU", "Softplus"):
-            outs = {node.name: _param_act(layer, xin)}
+            outs = {node.name: _param_act(layer, xin, k.xp)}
         elif kind == "BatchNorm2d":
-            scale, shift = (v.astype(dtype).reshape((-1,) + (1,) * (xin.ndim - 2)) for v in layer.scale_shift)
+            scale, shift = _bn(k, graph, node, dtype, xin.ndim)
             outs = {node.name: xin * scale + shift}
         elif kind == "GlobalAvgPool2d":
             outs = {node.name: xin.mean(axis=(2, 3), keepdims=True, dtype=dtype)}
@@ -139,10 +168,10 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
                 acc += live[src]
             outs = {node.name: acc}
         elif kind == "Concat":
-            outs = {node.name: np.concatenate([live[s] for s in node.inputs], axis=layer.sample_axis(xin.ndim - 1) + 1)}
+            outs = {node.name: k.xp.concatenate([live[s] for s in node.inputs], axis=layer.sample_axis(xin.ndim - 1) + 1)}
         elif kind == "Softmax":
             zc = xin - xin.max(axis=1, keepdims=True)
-            e = np.exp(zc)
+            e = k.xp.exp(zc)
             outs = {node.name: e / e.sum(axis=1, keepdims=True)}
         else:  # pragma: no cover - every IR layer is handled above
             raise TypeError(f"no forward for layer kind {kind}")
@@ -158,40 +187,41 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
     return live[graph.score_node], live[graph.output], tape
 
 
-def _param_act(layer, z):
+def _param_act(layer, z, xp=np):
     """LeakyReLU and Softplus forward (torch's formulas)."""
     if layer.kind == "LeakyReLU":
-        return np.where(z > 0, z, z * z.dtype.type(layer.negative_slope))
+        return xp.where(z > 0, z, z * z.dtype.type(layer.negative_slope))
     bz = z * z.dtype.type(layer.beta)
-    return np.where(bz > layer.threshold, z, np.logaddexp(0, bz) / z.dtype.type(layer.beta)).astype(z.dtype)
+    return xp.where(bz > layer.threshold, z, xp.logaddexp(0, bz) / z.dtype.type(layer.beta)).astype(z.dtype)
 
 
-def _param_act_grad(layer, z):
+def _param_act_grad(layer, z, xp=np):
     """f'(z) of LeakyReLU and Softplus."""
     if layer.kind == "LeakyReLU":
-        return np.where(z > 0, 1, layer.negative_slope).astype(z.dtype)
+        return xp.where(z > 0, 1, layer.negative_slope).astype(z.dtype)
     bz = z * z.dtype.type(layer.beta)
-    return np.where(bz > layer.threshold, 1, expit(bz)).astype(z.dtype)
+    return xp.where(bz > layer.threshold, 1, _expit(xp, bz)).astype(z.dtype)
 
 
-def _act_numpy(kind, x):
+def _act_numpy(kind, x, xp=np):
     if kind == "ReLU":
-        return np.maximum(x, 0)
+        return xp.maximum(x, 0)
     if kind == "Tanh":
-        return np.tanh(x)
+        return xp.tanh(x)
     if kind == "Sigmoid":
-        return expit(x)
+        return _expit(xp, x)
     return x
 
 
 def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
     """Dense/Conv2d forward with bias and the following activation fused in the epilogue.
     Returns (z or None, a, W+ a or None) where z is kept only when ``store_z``."""
-    W, b = graph.params(node, dtype)
+    W, b = _params(k, graph, node, dtype)
+    xp = k.xp
     n = xin.shape[0]
     if node.layer.kind == "Dense":
         z = xin @ W.T
-        a = np.empty_like(z) if (store_z and act) else z
+        a = xp.empty_like(z) if (store_z and act) else z
         k.bias_act_rows(z, b, act, a, store_z)
         return (z if (store_z or not act) else None), a, None
     o, c, kh, kw = W.shape
@@ -199,15 +229,15 @@ def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
     h, w = xin.shape[2:]
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
-    Wm = _stacked_plus(graph, node, dtype) if want_plus else W.reshape(o, -1)
-    a = np.empty((n, o, ho, wo), dtype)
-    z = np.empty_like(a) if (store_z and act) else a
-    pz = np.empty_like(a) if want_plus else None
-    zero = np.zeros(o, dtype)
+    Wm = _stacked_plus(k, graph, node, dtype) if want_plus else W.reshape(o, -1)
+    a = xp.empty((n, o, ho, wo), dtype)
+    z = xp.empty_like(a) if (store_z and act) else a
+    pz = xp.empty_like(a) if want_plus else None
+    zero = xp.zeros(o, dtype)
     for i0, i1 in _chunks(n, c * kh * kw * p * a.itemsize):
-        cols = _scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype)
+        cols = _scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype, xp)
         k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = np.matmul(Wm, cols, out=_scratch("gemm", (Wm.shape[0], (i1 - i0) * p), dtype))
+        zg = xp.matmul(Wm, cols, out=_scratch("gemm", (Wm.shape[0], (i1 - i0) * p), dtype, xp))
         k.bias_act_from_gemm(zg[:o], b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
                              store_z and act != 0)
         if want_plus:
@@ -216,7 +246,7 @@ def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
     return (z if (store_z or not act) else None), a, pz
 
 
-def _stacked_plus(graph, node, dtype):
+def _stacked_plus(k, graph, node, dtype):
     """``[W; W+]`` (2O, K) of a Conv2d, cached: one GEMM gives z and W+ a."""
     key = ("wplus", node.name, np.dtype(dtype).str)
     got = graph.cache.get(key)
@@ -224,16 +254,16 @@ def _stacked_plus(graph, node, dtype):
         Wm = graph.params(node, dtype)[0].reshape(node.layer.weight.shape[0], -1)
         got = np.ascontiguousarray(np.concatenate([Wm, np.maximum(Wm, 0)]))
         graph.cache[key] = got
-    return got
+    return backend.on_device(graph, key, k, got)
 
 
 def _pool_forward(k, layer, xin, is_max):
     (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
     n, c, h, w = xin.shape
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
-    out = np.empty((n, c, ho, wo), xin.dtype)
+    out = k.xp.empty((n, c, ho, wo), xin.dtype)
     if is_max:
-        idx = np.empty((n, c, ho, wo), np.int64)
+        idx = k.xp.empty((n, c, ho, wo), np.int64)
         k.maxpool_forward(xin, kh, kw, sh, sw, ph, pw, out, idx)
         return out, idx
     k.avgpool_forward(xin, kh, kw, sh, sw, ph, pw, out)
@@ -284,7 +314,7 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
 
 
 def _stab(z, eps):
-    return z + np.where(z >= 0, eps, -eps).astype(z.dtype)
+    return z + (2 * (z >= 0).astype(z.dtype) - 1) * z.dtype.type(eps)
 
 
 def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="gradient"):
@@ -292,6 +322,7 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
     layer = node.layer
     kind = layer.kind
     src = node.inputs[0]
+    xp = k.xp
     if layer.linear:
         if mode == LRP:
             return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
@@ -305,13 +336,13 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
     if kind == "ReLU" and mode == GRAD and relu != "gradient":
         if isinstance(relu, tuple):  # ("rectgrad", q): seed 001 Eq. 4.9, tau = q-th percentile per sample
             scores = tape.out[node.name] * g
-            tau = np.percentile(scores.reshape(n, -1), relu[1], axis=1).reshape((n,) + (1,) * (g.ndim - 1))
-            return [(src, np.where(scores > tau, g, 0).astype(g.dtype))]
+            tau = xp.percentile(scores.reshape(n, -1), relu[1], axis=1).reshape((n,) + (1,) * (g.ndim - 1))
+            return [(src, xp.where(scores > tau, g, 0).astype(g.dtype))]
         if relu == "deconvnet":  # the backward pass ignores the forward mask
-            return [(src, np.maximum(g, 0))]
-        return [(src, np.where(tape.out[src] > 0, np.maximum(g, 0), 0).astype(g.dtype))]  # guided
+            return [(src, xp.maximum(g, 0))]
+        return [(src, xp.where(tape.out[src] > 0, xp.maximum(g, 0), 0).astype(g.dtype))]  # guided
     if kind in ("ReLU", "Tanh", "Sigmoid"):
-        gin = np.empty_like(g)
+        gin = xp.empty_like(g)
         code = ACT_CODES[kind]
         if mode == GRAD:
             zz = tape.out[src] if kind == "ReLU" else g
@@ -325,19 +356,19 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
     if kind in ("LeakyReLU", "Softplus"):
         z = tape.out[src]
         if mode == GRAD:
-            return [(src, g * _param_act_grad(layer, z))]
+            return [(src, g * _param_act_grad(layer, z, xp))]
         a2 = tape.out[node.name]
         dz = z[:n] - z[n:]
-        small = np.abs(dz) < DEEPLIFT_EPS
-        ratio = (a2[:n] - a2[n:]) / np.where(small, 1, dz)
-        return [(src, g * np.where(small, _param_act_grad(layer, z[:n]), ratio))]
+        small = xp.abs(dz) < DEEPLIFT_EPS
+        ratio = (a2[:n] - a2[n:]) / xp.where(small, 1, dz)
+        return [(src, g * xp.where(small, _param_act_grad(layer, z[:n], xp), ratio))]
     if kind in ("Flatten", "Reshape"):
         return [(src, g.reshape(_in_shape(tape, graph, node, g)))]
     if kind == "MaxPool2d":
         return [(src, _maxpool_backward(k, graph, node, tape, g, mode, n))]
     if kind == "AvgPool2d":
         (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-        gin = np.empty(_in_shape(tape, graph, node, g), g.dtype)
+        gin = xp.empty(_in_shape(tape, graph, node, g), g.dtype)
         if mode == LRP:
             s = g / _stab(tape.out[node.name], pool_eps)
             k.avgpool_backward(s, kh, kw, sh, sw, ph, pw, tape.out[src], True, gin)
@@ -349,10 +380,9 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
         inv = g.dtype.type(1.0 / (shape[2] * shape[3]))
         if mode == LRP:
             return [(src, tape.out[src] * (g / _stab(tape.out[node.name], pool_eps)) * inv)]
-        return [(src, np.broadcast_to(g * inv, shape).copy())]
+        return [(src, xp.broadcast_to(g * inv, shape).copy())]
     if kind == "BatchNorm2d":
-        scale = layer.scale_shift[0].astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 2))
-        return [(src, g * scale)]
+        return [(src, g * _bn(k, graph, node, g.dtype, g.ndim)[0])]
     if kind == "Add":
         if mode == LRP:  # split in proportion to each input's share (Zennit's Norm on Sum)
             s = g / _stab(tape.out[node.name], pool_eps)
@@ -361,44 +391,45 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
     if kind == "Concat":
         ax = layer.sample_axis(g.ndim - 1) + 1
         sizes = [tape.shapes[i][ax - 1] for i in node.inputs]
-        parts = np.split(g, np.cumsum(sizes)[:-1], axis=ax)
-        return [(i, np.ascontiguousarray(p)) for i, p in zip(node.inputs, parts)]
+        parts = xp.split(g, [int(v) for v in np.cumsum(sizes)[:-1]], axis=ax)
+        return [(i, xp.ascontiguousarray(p)) for i, p in zip(node.inputs, parts)]
     raise TypeError(f"no backward for layer kind {kind}")  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------------------
 # DeepLIFT RevealCancel
 
-def _act_eval(layer, z):
-    return _act_numpy(layer.kind, z) if layer.kind in ("ReLU", "Tanh", "Sigmoid") else _param_act(layer, z)
+def _act_eval(xp, layer, z):
+    return _act_numpy(layer.kind, z, xp) if layer.kind in ("ReLU", "Tanh", "Sigmoid") else _param_act(layer, z, xp)
 
 
-def _act_deriv(layer, z):
+def _act_deriv(xp, layer, z):
     kind = layer.kind
     if kind == "ReLU":
         return (z > 0).astype(z.dtype)
     if kind == "Tanh":
-        return 1 - np.tanh(z) ** 2
+        return 1 - xp.tanh(z) ** 2
     if kind == "Sigmoid":
-        s = expit(z)
+        s = _expit(xp, z)
         return s * (1 - s)
-    return _param_act_grad(layer, z)
+    return _param_act_grad(layer, z, xp)
 
 
-def _pos_neg_state(graph, node, dtype):
+def _pos_neg_state(k, graph, node, dtype):
     """The block matrix ``B = [[W+, W-], [W-, W+]]`` over the stacked input ``[d+; d-]``:
     ``B @ [d+; d-]`` gives the positive and negative parts ``(W+ d+ + W- d-, W- d+ + W+ d-)``
     of ``W d``. It is alpha-beta's matrix (no bias), compiled and cached by plan.rule_state."""
-    return rule_state(graph, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), dtype, False)
+    return _rule_state(k, graph, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), dtype, False)
 
 
 def _pos_neg_forward(k, graph, node, da, dtype):
     """``(Delta x+, Delta x-)`` of a Dense/Conv2d layer for input differences ``da``
     (seed 001 Eq. 4.23: the sums of the positive and of the negative terms ``w_ji Delta a_i``)."""
-    st = _pos_neg_state(graph, node, dtype)
+    st = _pos_neg_state(k, graph, node, dtype)
+    xp = k.xp
     n = da.shape[0]
     d2 = da.reshape(n, -1)
-    xs = np.empty((n, 2 * d2.shape[1]), dtype)
+    xs = xp.empty((n, 2 * d2.shape[1]), dtype)
     k.stack_input_mods(d2, st.modes, d2, d2, xs)
     o = node.layer.weight.shape[0]
     if node.layer.kind == "Dense":
@@ -410,11 +441,11 @@ def _pos_neg_forward(k, graph, node, da, dtype):
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
     xs4 = xs.reshape(n, 2 * cin, h, w)
-    z = np.empty((n, 2 * o, ho, wo), dtype)
+    z = xp.empty((n, 2 * o, ho, wo), dtype)
     for i0, i1 in _chunks(n, 2 * cin * kh * kw * p * z.itemsize):
-        cols = _scratch("cols", (2 * cin * kh * kw, (i1 - i0) * p), dtype)
+        cols = _scratch("cols", (2 * cin * kh * kw, (i1 - i0) * p), dtype, xp)
         k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = np.matmul(st.B, cols, out=_scratch("gemm", (2 * o, (i1 - i0) * p), dtype))
+        zg = xp.matmul(st.B, cols, out=_scratch("gemm", (2 * o, (i1 - i0) * p), dtype, xp))
         z[i0:i1] = zg.reshape(2 * o, i1 - i0, ho, wo).transpose(1, 0, 2, 3)
     return z[:, :o], z[:, o:]
 
@@ -430,21 +461,22 @@ def _reveal_cancel(k, graph, node, tape, g, n):
     (``Dy+ + Dy- = Dy`` exactly, so summation-to-delta holds). Where ``Dx+`` (``Dx-``) is ~0 its
     multiplier is the limit ``g (f'(x0) + f'(x0 + Dx-)) / 2`` (resp. ``Dx+``). Returns (m+, m-)."""
     lin = graph.by_name[node.inputs[0]]
+    xp = k.xp
     a2 = tape.out[lin.inputs[0]]
     dpos, dneg = _pos_neg_forward(k, graph, lin, a2[:n] - a2[n:], g.dtype)
     dpos, dneg = dpos.reshape(g.shape), dneg.reshape(g.shape)
     x0, y2 = tape.out[lin.name][n:], tape.out[node.name]
     y, y0 = y2[:n], y2[n:]
-    f_pos, f_neg = _act_eval(node.layer, x0 + dpos), _act_eval(node.layer, x0 + dneg)
+    f_pos, f_neg = _act_eval(xp, node.layer, x0 + dpos), _act_eval(xp, node.layer, x0 + dneg)
     half = g.dtype.type(0.5)
     dy_pos = half * ((f_pos - y0) + (y - f_neg))
     dy_neg = half * ((f_neg - y0) + (y - f_pos))
-    d0 = _act_deriv(node.layer, x0)
+    d0 = _act_deriv(xp, node.layer, x0)
 
     def mult(dy, dx, other):
-        small = np.abs(dx) < DEEPLIFT_EPS
-        limit = half * (d0 + _act_deriv(node.layer, x0 + other))
-        return (g * np.where(small, limit, dy / np.where(small, 1, dx))).astype(g.dtype)
+        small = xp.abs(dx) < DEEPLIFT_EPS
+        limit = half * (d0 + _act_deriv(xp, node.layer, x0 + other))
+        return (g * xp.where(small, limit, dy / xp.where(small, 1, dx))).astype(g.dtype)
 
     return mult(dy_pos, dpos, dneg), mult(dy_neg, dneg, dpos)
 
@@ -462,22 +494,23 @@ def _reveal_cancel_linear(k, graph, node, tape, g, n):
     a2 = tape.out[node.inputs[0]]
     da = a2[:n] - a2[n:]
     dtype = mp.dtype
-    st = _pos_neg_state(graph, node, dtype)
+    xp = k.xp
+    st = _pos_neg_state(k, graph, node, dtype)
     pos = (da > 0).astype(dtype) + dtype.type(0.5) * (da == 0)
-    s = np.concatenate([mp, mn], axis=1)
+    s = xp.concatenate([mp, mn], axis=1)
     if node.layer.kind == "Dense":
-        sel = np.concatenate([pos, 1 - pos], axis=1)
-        out = np.empty(da.shape, dtype)
+        sel = xp.concatenate([pos, 1 - pos], axis=1)
+        out = xp.empty(da.shape, dtype)
         k.stacked_mul_sum(sel, s @ st.B, 2, out)
         return out
-    sel = np.concatenate([pos, 1 - pos], axis=1)  # (N, 2C, H, W): the mode blocks are channel blocks
+    sel = xp.concatenate([pos, 1 - pos], axis=1)  # (N, 2C, H, W): the mode blocks are channel blocks
     _, cin, kh, kw = node.layer.weight.shape
     h, w = da.shape[2:]
     go, p = s.shape[1], s.shape[2] * s.shape[3]
     Bt = st.Bt if _stride1(node.layer) else st.B
-    out = np.empty(da.shape, dtype)
+    out = xp.empty(da.shape, dtype)
     for i0, i1 in _chunks(n, max(2 * cin * kh * kw * p, go * kh * kw * h * w) * s.itemsize):
-        _transposed_conv(k, node.layer, np.ascontiguousarray(s[i0:i1]), Bt, sel[i0:i1], 2, out[i0:i1])
+        _transposed_conv(k, node.layer, xp.ascontiguousarray(s[i0:i1]), Bt, sel[i0:i1], 2, out[i0:i1])
     return out
 
 
@@ -487,7 +520,7 @@ def _in_shape(tape, graph, node, g):
 
 def _maxpool_backward(k, graph, node, tape, g, mode, n):
     shape = _in_shape(tape, graph, node, g)
-    gin = np.empty(shape, g.dtype)
+    gin = k.xp.empty(shape, g.dtype)
     idx = tape.idx[node.name]
     if mode == DEEPLIFT:
         xx, yy = tape.out[node.inputs[0]], tape.out[node.name]
@@ -511,39 +544,43 @@ def _transposed_conv(k, layer, s, Bt, xs, mods, out):
     (sh, sw), (ph, pw) = layer.stride, layer.padding
     n, co, ho, wo = s.shape
     c, h, w = out.shape[1:]
+    xp = k.xp
     ct = Bt.shape[0] if _stride1(layer) else Bt.shape[1] // (kh * kw)
     if _stride1(layer) and co <= 4 * ct:  # else (few input channels, e.g. the RGB layer) the
         # col2im route below unfolds ct*kh*kw rows instead of co*kh*kw: far less memory traffic
-        cols = _scratch("cols", (co * kh * kw, n * h * w), s.dtype)
+        cols = _scratch("cols", (co * kh * kw, n * h * w), s.dtype, xp)
         k.im2col(s, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, cols)
-        cg = np.matmul(Bt, cols, out=_scratch("gemm", (Bt.shape[0], n * h * w), s.dtype))
+        cg = xp.matmul(Bt, cols, out=_scratch("gemm", (Bt.shape[0], n * h * w), s.dtype, xp))
         k.combine_from_gemm(cg, xs.reshape(n, -1, h * w), mods, out.reshape(n, c, h * w))
         return
-    rows = _scratch("rows", (co, n * ho * wo), s.dtype)
+    rows = _scratch("rows", (co, n * ho * wo), s.dtype, xp)
     s3 = s.reshape(n, co, ho * wo)
     k.grad_to_rows(s3, s3, s3, 0, rows)
-    B = _unflip(Bt, co, kh, kw) if _stride1(layer) else Bt
-    ccols = np.matmul(B.T, rows, out=_scratch("cols", (B.shape[1], n * ho * wo), s.dtype))
+    B = _unflip(xp, Bt, co, kh, kw) if _stride1(layer) else Bt
+    ccols = xp.matmul(B.T, rows, out=_scratch("cols", (B.shape[1], n * ho * wo), s.dtype, xp))
     k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out, xs.reshape(out.shape[0], -1, h, w), mods)
 
 
-def _unflip(Bt, rows, kh, kw):
+def _unflip(xp, Bt, rows, kh, kw):
     """Inverse of plan.flipped_transpose: (cin, rows*kh*kw) -> (rows, cin*kh*kw)."""
     cin = Bt.shape[0]
     B4 = Bt.reshape(cin, rows, kh, kw)[:, :, ::-1, ::-1]
-    return np.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(rows, cin * kh * kw))
+    return xp.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(rows, cin * kh * kw))
 
 
 def _linear_grad(k, graph, node, g, in_shape):
     """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
-    W, _ = graph.params(node, g.dtype)
+    W, _ = _params(k, graph, node, g.dtype)
     if node.layer.kind == "Dense":
         return g @ W
     o, c, kh, kw = W.shape
     n, _, ho, wo = g.shape
     h, w = in_shape[2:]
-    Bt = grad_weight_t(graph, node, g.dtype) if _stride1(node.layer) else W.reshape(o, -1)
-    gin = np.empty((n, c, h, w), g.dtype)
+    if _stride1(node.layer):
+        Bt = backend.on_device(graph, ("wt", node.name, g.dtype.str), k, grad_weight_t(graph, node, g.dtype))
+    else:
+        Bt = W.reshape(o, -1)
+    gin = k.xp.empty((n, c, h, w), g.dtype)
     for i0, i1 in _chunks(n, o * kh * kw * h * w * g.itemsize):
         _transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1])
     return gin
@@ -552,32 +589,34 @@ def _linear_grad(k, graph, node, g, in_shape):
 def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
     """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
     dtype = r.dtype
+    xp = k.xp
     n = r.shape[0]
     modes_needed = {t.mode for grp in rule.groups() for t in grp.terms}
     if R.XNEG not in modes_needed:
         nonneg = False
     elif nonneg is None:  # not known from the forward pass
         nonneg = bool(k.all_nonnegative(a.ravel()))
-    st = rule_state(graph, node, rule, dtype, nonneg)
-    mm = len(st.modes)
+    modes = rule_state(graph, node, rule, dtype, nonneg).modes  # host copy for the decisions below
+    st = _rule_state(k, graph, node, rule, dtype, nonneg)
+    mm = len(modes)
     a2 = a.reshape(n, -1)
-    if mm == 1 and (st.modes[0] == R.X or (nonneg and st.modes[0] == R.XPOS)):
+    if mm == 1 and (modes[0] == R.X or (nonneg and modes[0] == R.XPOS)):
         xs = a2  # a >= 0: a+ is a itself
     else:
         low = high = a2
-        if R.LOW in st.modes:
-            low, high = (np.ascontiguousarray(np.broadcast_to(v, a.shape), dtype=dtype).reshape(n, -1)
-                         for v in _zbox_bounds(rule, a, node, (n,) + x_shape))
-        xs = np.empty((n, mm * a2.shape[1]), dtype)
+        if R.LOW in modes:
+            low, high = (xp.ascontiguousarray(xp.broadcast_to(v, a.shape), dtype=dtype).reshape(n, -1)
+                         for v in _zbox_bounds(xp, rule, a, node, (n,) + x_shape))
+        xs = xp.empty((n, mm * a2.shape[1]), dtype)
         k.stack_input_mods(a2, st.modes, low, high, xs)
     go = st.B.shape[0]
     if node.layer.kind == "Dense":
-        s = np.empty((n, go), dtype)
+        s = xp.empty((n, go), dtype)
         zg = (a2 if st.zmode == 2 else xs) @ st.Wp.T if st.zmode else s
         k.lrp_ratio_rows(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z if z is not None else r, r,
                          st.coefs, st.masks, st.eps, s)
         c = s @ st.B
-        out = np.empty_like(a2)
+        out = xp.empty_like(a2)
         k.stacked_mul_sum(xs, c, mm, out)
         return out.reshape(a.shape)
     o, cin, kh, kw = node.layer.weight.shape
@@ -586,26 +625,26 @@ def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=Non
     p = ho * wo
     h, w = a.shape[2:]
     xs4 = xs.reshape(n, mm * cin, h, w)
-    out = np.empty(a.shape, dtype)
+    out = xp.empty(a.shape, dtype)
     zz = z if z is not None else r
     Bt = st.Bt if _stride1(node.layer) else st.B
     per = max(mm * cin * kh * kw * p, go * kh * kw * h * w) * r.itemsize
     for i0, i1 in _chunks(n, per):
         nc = i1 - i0
-        s = np.empty((nc, go, ho, wo), dtype)
+        s = xp.empty((nc, go, ho, wo), dtype)
         zmode = st.zmode
         zp = zz[i0:i1].reshape(nc, o, p)  # typed placeholder unless zmode 3
         if zmode == 2 and pz is not None:  # W+ a came with the forward GEMM
             zmode, zp = 3, pz[i0:i1].reshape(nc, o, p)
             zg = s.reshape(go, -1)
         elif zmode == 1:
-            cols = _scratch("cols", (mm * cin * kh * kw, nc * p), dtype)
+            cols = _scratch("cols", (mm * cin * kh * kw, nc * p), dtype, xp)
             k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-            zg = np.matmul(st.B, cols, out=_scratch("gemm", (go, nc * p), dtype))
+            zg = xp.matmul(st.B, cols, out=_scratch("gemm", (go, nc * p), dtype, xp))
         elif zmode == 2:  # a >= 0: one GEMM with W+ gives every group's denominator
-            cols = _scratch("cols", (cin * kh * kw, nc * p), dtype)
+            cols = _scratch("cols", (cin * kh * kw, nc * p), dtype, xp)
             k.im2col(a[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-            zg = np.matmul(st.Wp, cols, out=_scratch("gemm", (o, nc * p), dtype))
+            zg = xp.matmul(st.Wp, cols, out=_scratch("gemm", (o, nc * p), dtype, xp))
         else:
             zg = s.reshape(go, -1)  # typed placeholder, unread
         k.lrp_ratio(zg, zp, zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
@@ -615,23 +654,24 @@ def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=Non
     return out
 
 
-def _zbox_bounds(rule, a, node, x_shape=None):
+def _zbox_bounds(xp, rule, a, node, x_shape=None):
     """Bounds broadcast to the layer input ``a``; bounds given in the shape of x are reshaped
     when only reshapes separate x from the layer (an MLP starting with Flatten)."""
     def fit(v):
+        v = xp.asarray(v, dtype=a.dtype)
         try:
-            return np.broadcast_to(v, a.shape)
+            return xp.broadcast_to(v, a.shape)
         except ValueError:
             if x_shape is not None and int(np.prod(x_shape)) == a.size:
-                return np.broadcast_to(v, x_shape).reshape(a.shape)
+                return xp.broadcast_to(v, x_shape).reshape(a.shape)
             raise ValueError(f"ZBox on layer {node.name!r}: bounds of shape {np.shape(v)} do not broadcast to "
                              f"its input {a.shape}") from None
 
     low, high = fit(rule.low), fit(rule.high)
-    if np.any(a < low) or np.any(a > high):
+    if bool((a < low).any()) or bool((a > high).any()):
         raise ValueError(
-            f"ZBox on layer {node.name!r}: its input is not inside [low, high]; "
-            f"input range [{a.min():.4g}, {a.max():.4g}], bounds [{np.min(low):.4g}, {np.max(high):.4g}]"
+            f"ZBox on layer {node.name!r}: its input is not inside [low, high]; input range "
+            f"[{float(a.min()):.4g}, {float(a.max()):.4g}], bounds [{float(low.min()):.4g}, {float(high.max()):.4g}]"
         )
     return low, high
 

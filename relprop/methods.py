@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import backend
 from . import composites as C
 from . import engine
 from . import rules as R
@@ -38,10 +39,17 @@ def register(method):
     return method
 
 
+def xp_of(a):
+    """numpy or cupy: the array module of ``a``'s backend."""
+    return backend.kernels_for(a).xp
+
+
 def _onehot(score, target, scale):
     """Starting signal at the score node: ``e_c`` (gradient family) or ``s_c e_c`` (LRP)."""
-    start = np.zeros_like(score)
-    rows = np.arange(score.shape[0])
+    xp = xp_of(score)
+    start = xp.zeros_like(score)
+    rows = xp.arange(score.shape[0])
+    target = xp.asarray(target)
     start[rows, target] = score[rows, target] if scale else 1
     return start
 
@@ -84,7 +92,7 @@ def rectgrad(graph, x, target, shapes, q):
     t = _resolve_target(score, target)
     g = engine.backward(graph, tape, _onehot(score, t, False), GRAD, relu=("rectgrad", q))
     r = x * g
-    return np.where(r > 0, r, 0).astype(x.dtype)
+    return xp_of(x).maximum(r, 0).astype(x.dtype)
 
 
 def excitation_backprop(graph, x, target, shapes, epsilon, include_bias):
@@ -100,7 +108,7 @@ def excitation_backprop(graph, x, target, shapes, epsilon, include_bias):
 
 
 def _saliency(graph, x, target, shapes):
-    return np.abs(gradient(graph, x, target, shapes))
+    return abs(gradient(graph, x, target, shapes))
 
 
 def _gradient_x_input(graph, x, target, shapes):
@@ -142,20 +150,22 @@ def integrated_gradients(graph, x, target, shapes, baseline, steps, scheme):
     """``(x - x0) * sum_k w_k grad(x0 + alpha_k (x - x0))`` with all path points of the batch
     evaluated as one large batch (in bounded chunks)."""
     n = x.shape[0]
-    x0 = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
+    xp = xp_of(x)
+    x0 = xp.broadcast_to(xp.asarray(baseline, dtype=x.dtype), x.shape)
     if target is None:
         score, _, _ = engine.forward(graph, x, (graph.score_node,), (), shapes)
         target = score.argmax(axis=1)
     alphas, weights = ig_points(scheme, steps)
     diff = x - x0
-    acc = np.zeros(x.shape, np.float64 if x.dtype == np.float64 else np.float32)
+    acc = xp.zeros(x.shape, np.float64 if x.dtype == np.float64 else np.float32)
+    target = xp.asarray(target)
     per_chunk = max(1, _path_chunk(shapes, x.itemsize) // n)
     for k0 in range(0, steps, per_chunk):
-        al = alphas[k0:k0 + per_chunk].astype(x.dtype)
+        al = xp.asarray(alphas[k0:k0 + per_chunk].astype(x.dtype))
         m = al.shape[0]
         pts = (x0[None] + al.reshape((m,) + (1,) * x.ndim) * diff[None]).reshape((m * n,) + x.shape[1:])
-        g = gradient(graph, np.ascontiguousarray(pts), np.tile(target, m), shapes).reshape((m,) + x.shape)
-        acc += np.tensordot(weights[k0:k0 + m].astype(acc.dtype), g, axes=1)
+        g = gradient(graph, xp.ascontiguousarray(pts), xp.tile(target, m), shapes).reshape((m,) + x.shape)
+        acc += xp.tensordot(xp.asarray(weights[k0:k0 + m].astype(acc.dtype)), g, axes=1)
     return (acc * diff).astype(x.dtype)
 
 
@@ -164,8 +174,9 @@ def deeplift_rescale(graph, x, target, shapes, baseline, reveal=()):
     ``Delta f / Delta z`` at nonlinearities, the linear rule at linear layers, times ``x - x0``.
     ``reveal``: activation nodes that take the RevealCancel rule instead (``deeplift_reveal_cancel``)."""
     n = x.shape[0]
-    x0 = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
-    xx = np.concatenate([x, x0])
+    xp = xp_of(x)
+    x0 = xp.broadcast_to(xp.asarray(baseline, dtype=x.dtype), x.shape)
+    xx = xp.concatenate([x, x0])
     keep, idx = needs(graph, DEEPLIFT, reveal=reveal)
     score, _, tape = engine.forward(graph, xx, keep, idx, shapes)
     t = _resolve_target(score[:n], target)
@@ -256,9 +267,10 @@ def _repeat_tape(tape, n, k, two_halves):
     """A tape whose rows are each sample's rows repeated ``k`` times (sample-major), so one
     backward traversal of N*k rows serves k targets. DeepLIFT tapes hold [x; x0] halves."""
     def rep(a):
+        xp = xp_of(a)
         if two_halves:
-            return np.concatenate([np.repeat(a[:n], k, axis=0), np.repeat(a[n:], k, axis=0)])
-        return np.repeat(a, k, axis=0)
+            return xp.concatenate([xp.repeat(a[:n], k, axis=0), xp.repeat(a[n:], k, axis=0)])
+        return xp.repeat(a, k, axis=0)
 
     out = engine.Tape(n * k)
     out.shapes = tape.shapes
@@ -291,8 +303,14 @@ def multi_target(graph, x, targets, shapes, method, params, rows_budget):
         from .perturbation import occlusion_multi
 
         return occlusion_multi(graph, x, targets, shapes, **params)
+    bgraph = graph  # the graph the backward pass runs on
     if method in MULTI:
         mode, scaled, relu = MULTI[method]
+    elif method in ("patternnet", "pattern_attribution"):  # gradient pass on the pattern-weight model
+        from .patterns import shadow_graph
+
+        mode, scaled, relu = GRAD, True, "gradient"
+        bgraph = shadow_graph(graph, params["patterns"], method)
     else:
         mode, scaled, relu = LRP, True, "gradient"
     by_node, pool_eps = None, engine.POOL_STABILIZER
@@ -309,25 +327,26 @@ def multi_target(graph, x, targets, shapes, method, params, rows_budget):
     keep, idx = needs(graph, mode, by_node, reveal)
     keep.add("input")
     xin = x
+    xp = xp_of(x)
     if mode == DEEPLIFT:
-        x0 = np.broadcast_to(np.asarray(params["baseline"], dtype=x.dtype), x.shape)
-        xin = np.concatenate([x, x0])
+        x0 = xp.broadcast_to(xp.asarray(params["baseline"], dtype=x.dtype), x.shape)
+        xin = xp.concatenate([x, x0])
     plus = set()
     if mode == LRP:
         plus = {nm for nm, r in by_node.items() if r.z_form() is not None and graph.by_name[nm].layer.kind == "Conv2d"}
     score, _, tape = engine.forward(graph, xin, keep, idx, shapes, plus)
     score = score[:n]
-    out = np.empty((n, kk) + x.shape[1:], x.dtype)
+    out = xp.empty((n, kk) + x.shape[1:], x.dtype)
     step = max(1, rows_budget // n)
     for k0 in range(0, kk, step):
-        tk = np.asarray(targets[k0:k0 + step])
+        tk = xp.asarray(targets[k0:k0 + step])
         k = len(tk)
         tp = _repeat_tape(tape, n, k, mode == DEEPLIFT)
-        sc = np.repeat(score, k, axis=0)
-        g = engine.backward(graph, tp, _onehot(sc, np.tile(tk, n), scaled), mode, rules=by_node, pool_eps=pool_eps,
+        sc = xp.repeat(score, k, axis=0)
+        g = engine.backward(bgraph, tp, _onehot(sc, xp.tile(tk, n), scaled), mode, rules=by_node, pool_eps=pool_eps,
                             relu=relu, reveal=reveal).reshape((n, k) + x.shape[1:])
         if method == "saliency":
-            g = np.abs(g)
+            g = abs(g)
         elif method == "gradient_x_input":
             g = g * x[:, None]
         elif mode == DEEPLIFT:

@@ -8,6 +8,8 @@ Layout conventions shared by all kernels:
   ``(K, M)``, ``M = N * P`` (batch times output positions), so GEMM outputs are
   ``(rows, M)`` and the epilogue kernels below move them back to NCHW.
 """
+import numpy as xp
+
 from .conv import im2col, col2im_gather, conv_out_shape
 from .elementwise import (
     bias_act_from_gemm,
@@ -30,7 +32,11 @@ from .pool import (
     avgpool_backward,
 )
 
+name = "cpu"  # backend name (device caches are keyed by it)
+OOM = ()  # out-of-memory exceptions the API answers by splitting the batch (host: batches are bounded already)
+
 __all__ = [
+    "xp", "name", "OOM",
     "im2col", "col2im_gather", "conv_out_shape",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
     "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
