@@ -287,14 +287,16 @@ def attribute(net, x, method, target=None, targets=None, backend=None, allow_tf3
     Parameters
     ----------
     net : relprop model (``rp.Sequential``)
-    x : numpy array (N, ...), float32 or float64 (float64 runs in float64 end to end)
+    x : array (N, ...), float32 or float64: numpy (CPU), CuPy or a torch tensor (CUDA: GPU); float64 runs in
+        float64 end to end
     method : str
         ``"gradient"``, ``"saliency"``, ``"gradient_x_input"``, ``"integrated_gradients"``,
         ``"deeplift.rescale"``, ``"deeplift.reveal_cancel"`` (``conv_rule=``), ``"lrp.z"``, ``"lrp.epsilon"``, ``"lrp.gamma"``,
         ``"lrp.alpha_beta"``, ``"lrp.z_plus"``, ``"lrp"`` (``rules=``), ``"deep_taylor"``,
         ``"guided_backprop"``, ``"deconvnet"``, ``"excitation_backprop"``, ``"occlusion"``,
         ``"deepshap"``, ``"expected_gradients"``, ``"gradient_shap"``, ``"gradcam"``, ``"gradcam_pp"``,
-        ``"guided_gradcam"``, ``"rectgrad"``, ``"kernel_shap"``, ``"lime"``, or ``"smoothgrad"``
+        ``"guided_gradcam"``, ``"rectgrad"``, ``"kernel_shap"``, ``"lime"``, ``"lrp.flat"``, ``"lrp.w_square"``,
+        ``"rap"``, ``"patternnet"``, ``"pattern_attribution"`` (``patterns=`` from ``rp.fit_patterns``), or ``"smoothgrad"``
         (``base=`` any of these, ``samples``, ``sigma``, ``kind``, ``seed``; see ``_smoothgrad``).
     target : None (each sample's argmax), int, or int array (N,)
     targets : None, a list of K class indices, or ``"all"``: returns (N, K, ...) attributions
@@ -431,7 +433,10 @@ def _smoothgrad(net, x, target, params):
     own = {k: params.pop(k) for k in list(params) if k in SMOOTHGRAD_PARAMS}
     sp = {**SMOOTHGRAD_PARAMS, **own}
     base = sp["base"]
-    _check_method_name(base, [m for m in METHODS if m not in ("expected_gradients", "gradient_shap")])
+    if base in ("expected_gradients", "gradient_shap"):
+        raise ValueError(f"smoothgrad: base={base!r} already averages over random draws (noise included for "
+                         f"gradient_shap); use its own samples= (and stdevs=) instead of wrapping it")
+    _check_method_name(base, list(METHODS))
     _check_gpu_method(base, x, base=True)
     _number(sp["samples"], "samples", 1, integer=True)
     _number(sp["sigma"], "sigma")

@@ -322,7 +322,9 @@ class _Stats:
         ex = np.broadcast_to(self.sx, self.sxy.shape) / cnt
         cov = self.sxy / cnt - ex * (self.sy / self.n)[:, None]
         den = np.einsum("ok,ok->o", self.W, cov)
-        ok = (den != 0) & (self.cnt > 0)
+        # a denominator at rounding level of its terms is zero (e.g. constant data): no signal direction
+        scale = np.einsum("ok,ok->o", np.abs(self.W), np.abs(self.sxy / cnt) + np.abs(ex * (self.sy / self.n)[:, None]))
+        ok = (np.abs(den) > 1e-9 * scale) & (self.cnt > 0)
         a = np.where(ok[:, None], cov / np.where(ok, den, 1)[:, None], 0.0)
         return a.reshape(self.node.layer.weight.shape)
 
@@ -406,8 +408,9 @@ def fit_patterns(net, data, batch_size=256):
             for node in lin:
                 stats[node.name].add(kern, tape.out[node.inputs[0]], tape.out[node.name])
         n_seen += xb.shape[0]
-    if n_seen == 0:
-        raise ValueError("fit_patterns: data yielded no batches; patterns need at least one sample")
+    if n_seen < 2:
+        raise ValueError(f"fit_patterns: data yielded {n_seen} sample(s); the patterns are covariances and need "
+                         f"at least 2 (in practice thousands)")
     return Patterns({n: s.pattern() for n, s in stats.items()},
                     {n: "relu" if s.relu else "linear" for n, s in stats.items()},
                     {n: s.cnt for n, s in stats.items()}, n_seen, fingerprint(net))

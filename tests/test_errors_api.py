@@ -352,3 +352,15 @@ def test_valid_calls_do_not_raise(rp, dense_net, conv_net):
     rp.attribute(conv_net, XC, "deeplift.rescale", baseline=np.zeros((1, 2, 1, 1)))
     rp.attribute(conv_net, XC, "lrp", rules=rp.composites.EpsilonGammaBox(low=XC.min() - 1, high=XC.max() + 1))
     rp.attribute(conv_net, XC, "deep_taylor", low=XC.min(), high=XC.max())   # bounds touching x are fine
+
+
+@pytest.mark.parametrize("alpha,beta", [(2.0, 0.5), (1.0, 1.0), (3.0, 1.0), (0.5, -0.5)])
+@pytest.mark.parametrize("api", ["method", "rule"])
+def test_alpha_minus_beta_must_be_one(rp, dense_net, alpha, beta, api):
+    """Issue 3: general alpha-beta is checked for alpha - beta = 1 (conservation) before any kernel."""
+    match = "alpha - beta must equal 1" if beta >= 0 else "beta must be a finite number >= 0"
+    with pytest.raises(ValueError, match=match):
+        if api == "method":
+            rp.attribute(dense_net, X, "lrp.alpha_beta", alpha=alpha, beta=beta)
+        else:
+            rp.attribute(dense_net, X, "lrp", rules=[rp.rules.AlphaBeta(alpha, beta)] * len(dense_net.linear_nodes()))

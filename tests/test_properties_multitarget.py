@@ -80,5 +80,5 @@ def test_targets_refused_for_sampling_methods(method):
 
 
 def test_smoothgrad_refuses_bases_with_their_own_sampling():
-    with pytest.raises(ValueError, match="unknown method 'expected_gradients'"):
+    with pytest.raises(ValueError, match="base='expected_gradients' already averages over random draws"):
         rp.attribute(NET, X, "smoothgrad", base="expected_gradients", baselines=np.zeros((2,) + X.shape[1:]))

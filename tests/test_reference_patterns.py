@@ -338,7 +338,7 @@ def _bad_fits(rp):
         (net, X, {"batch_size": 2.5}, TypeError, "batch_size must be an int"),
         (net, X, {"batch_size": True}, TypeError, "batch_size must be an int"),
         (net, X[:0], {}, ValueError, "data is empty"),
-        (net, [], {}, ValueError, "yielded no batches"),
+        (net, [], {}, ValueError, "yielded 0 sample"),
         (net, iter([X[:3], X[:0]]), {}, ValueError, "empty batch"),
         (net, X[:, :5], {}, ValueError, r"expects input features \(6,\)"),
         (net, ragged(), {}, ValueError, "data batch 1"),
@@ -371,3 +371,15 @@ def test_unsupported_model_refused_by_attribute(rp):
     tanh = rp.Sequential(*[rp.Tanh() if nd.layer.kind == "ReLU" else nd.layer for nd in net.nodes])
     with pytest.raises(ValueError, match=r"\(Tanh\) is not supported"):
         rp.attribute(tanh, x, "patternnet", patterns=P)
+
+
+def test_fit_needs_two_samples_and_ignores_rounding_level_denominators(rp):
+    rng = np.random.default_rng(8)
+    spec, shape = refnp.random_conv_net(rng, pool="max", n_out=3)
+    net = refnp.to_relprop(spec, rp)
+    with pytest.raises(ValueError, match=r"yielded 1 sample\(s\).*at least 2"):
+        rp.fit_patterns(net, rng.normal(size=(1,) + shape))
+    dense = refnp.to_relprop(refnp.random_dense_net(rng, [5, 6, 3]), rp)
+    const = np.broadcast_to(rng.normal(size=(1, 5)), (50, 5)).copy()  # no variance: no signal direction
+    P = rp.fit_patterns(dense, const, batch_size=16)
+    assert all(np.all(P.patterns[name] == 0) for name in P.patterns)
