@@ -91,7 +91,7 @@ MATRIX = [(ni, ci) for ni in range(len(NETS)) for ci in range(len(CASES))]
 
 @pytest.mark.parametrize("ni,ci", MATRIX, ids=[f"{NETS[ni][0]}-{CASES[ci][0]}-{ci}" for ni, ci in MATRIX])
 def test_gpu_matches_cpu(cp, ni, ci):
-    name, net, shape = NETS[ni]
+    _, net, shape = NETS[ni]
     method, params = CASES[ci]
     dtype = DTYPES[(ni + ci) % 2]  # every method meets both dtypes across the nets
     x = _x(shape, dtype=dtype)
@@ -102,13 +102,24 @@ def test_gpu_matches_cpu(cp, ni, ci):
     _close(cp.asnumpy(dev), host, dtype)
 
 
+_PATTERNS = {}
+
+
+def _patterns(net_name):
+    """Patterns fitted on the CPU, once per net (fitting dominates these tests' time)."""
+    if net_name not in _PATTERNS:
+        _, net, shape = BY_NAME[net_name]
+        _PATTERNS[net_name] = rp.fit_patterns(net, _x(shape, n=64, seed=4), batch_size=64)
+    return _PATTERNS[net_name]
+
+
 @pytest.mark.parametrize("method", PATTERN_METHODS)
 @pytest.mark.parametrize("net_name", ["conv-max", "vgg"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_pattern_methods_match_cpu(cp, method, net_name, dtype):
     """Patterns fitted on the CPU, attributions on both backends (one target and all)."""
     _, net, shape = BY_NAME[net_name]
-    pats = rp.fit_patterns(net, _x(shape, n=200, seed=4), batch_size=64)
+    pats = _patterns(net_name)
     x = _x(shape, dtype=dtype)
     host = rp.attribute(net, x, method, target=2, patterns=pats)
     dev = rp.attribute(net, cp.asarray(x), method, target=2, patterns=pats)
@@ -178,17 +189,22 @@ def test_tf32_close_to_fp32_and_scoped(cp, method, params):
     _close(tf32, fp32, np.float32, rel=1e-2)
 
 
-def _capped(cp, extra_bytes, fn):
-    """``fn()`` with the CuPy pool capped at what it holds now plus ``extra_bytes``."""
-    pool = cp.get_default_memory_pool()
+_POOLS = []  # capped pools stay alive: arrays allocated from them (device caches) may outlive a test
+
+
+def _capped(cp, limit, fn):
+    """``fn()`` with every new device allocation taken from a fresh CuPy pool capped at ``limit``
+    bytes (the default pool's cached fragments cannot serve them)."""
+    pool = cp.cuda.MemoryPool()
+    pool.set_limit(size=limit)  # size 0 would mean no limit
+    _POOLS.append(pool)
     rp.engine.release_scratch()
-    pool.free_all_blocks()
-    old = pool.get_limit()
-    pool.set_limit(size=pool.total_bytes() + extra_bytes)  # size 0 would mean no limit
     try:
-        return fn()
+        with cp.cuda.using_allocator(pool.malloc):
+            return fn()
     finally:
-        pool.set_limit(size=old)
+        rp.engine.release_scratch()  # no scratch buffer from the capped pool lives on
+        pool.set_limit(size=0)
 
 
 def test_capped_memory_pool_splits_the_batch(cp):
@@ -199,7 +215,7 @@ def test_capped_memory_pool_splits_the_batch(cp):
     host = rp.attribute(net, x, "lrp.epsilon", target=1)
     xd = cp.asarray(x)
     rp.attribute(net, xd[:1], "lrp.epsilon", target=1)  # weights and kernels on the device first
-    # the whole batch needs ~300 MB (activations + im2col columns); 48 MB fits a few dozen rows
+    # the whole batch needs ~300 MB (activations + im2col columns); 48 MB fit a few dozen rows
     dev = _capped(cp, 48 * 2**20, lambda: rp.attribute(net, xd, "lrp.epsilon", target=1))
     _close(cp.asnumpy(dev), host, np.float32)
     fitted = [v for k, v in net.cache.items() if k[0] == "fit_step"]
@@ -207,10 +223,10 @@ def test_capped_memory_pool_splits_the_batch(cp):
 
 
 def test_capped_memory_pool_one_sample_says_so(cp):
-    spec, shape = ref.random_conv_net(np.random.default_rng(3), pool="max", second_conv=True, n_out=4)
-    net = ref.to_relprop(spec, rp)  # fresh: its weights are not on the device yet
-    xd = cp.asarray(_x(shape))
-    # 4 KiB (eight 512-byte pool blocks): enough for the input checks, not for the weights and
-    # activations of one sample
-    with pytest.raises(MemoryError, match=r"one sample of shape \(2, 6, 6\) does not fit"):
-        _capped(cp, 4096, lambda: rp.attribute(net, xd, "gradient", target=0))
+    rng = np.random.default_rng(3)
+    net = rp.Sequential(rp.Conv2d(rng.normal(0, 0.2, (64, 3, 3, 3)), padding=1), rp.ReLU(), rp.GlobalAvgPool2d(),
+                        rp.Reshape((-1,)), rp.Dense(rng.normal(0, 0.1, (4, 64))))
+    xd = cp.asarray(_x((3, 256, 256), n=2))
+    # 2 MB: the input checks need ~0.4 MB, one sample's im2col columns and activations > 20 MB
+    with pytest.raises(MemoryError, match=r"one sample of shape \(3, 256, 256\) does not fit"):
+        _capped(cp, 2 * 2**20, lambda: rp.attribute(net, xd, "gradient", target=0))
