@@ -13,48 +13,19 @@ from __future__ import annotations
 
 import os
 import sys
-import types
+from pathlib import Path
 
 import pytest
 
 
 def install_torchvision_stub() -> bool:
-    """Make ``import zennit`` work. Returns True when a stand-in was installed."""
-    mod = sys.modules.get("torchvision.models.resnet")
-    if mod is not None and hasattr(mod, "BasicBlock") and hasattr(mod, "Bottleneck"):
-        return False  # real torchvision or a stand-in (e.g. from tests/conftest.py) already there
-    try:
-        import torchvision.models.resnet  # noqa: F401
+    """Make ``import zennit`` work (``tests/torchvision_stub.py``). True when a stand-in is in use."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import torchvision_stub
 
-        return False
-    except Exception:  # RuntimeError (nms operator), ImportError, ...
-        pass
-    # drop whatever the failed import left half-initialised
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]
-
-    import torch
-
-    class BasicBlock(torch.nn.Module):  # pragma: no cover - never instantiated
-        expansion = 1
-
-    class Bottleneck(torch.nn.Module):  # pragma: no cover - never instantiated
-        expansion = 4
-
-    tv = types.ModuleType("torchvision")
-    tv.__path__ = []  # mark as package
-    tv.__version__ = "0.0.0+benchstub"
-    models = types.ModuleType("torchvision.models")
-    models.__path__ = []
-    resnet = types.ModuleType("torchvision.models.resnet")
-    resnet.BasicBlock = BasicBlock
-    resnet.Bottleneck = Bottleneck
-    models.resnet = resnet
-    tv.models = models
-    sys.modules["torchvision"] = tv
-    sys.modules["torchvision.models"] = models
-    sys.modules["torchvision.models.resnet"] = resnet
-    return True
+    return torchvision_stub.install()
 
 
 TORCHVISION_STUBBED = install_torchvision_stub()

@@ -1,5 +1,5 @@
 """Timing of the methods added in the second session on W1 (batch 16): python bench/new_methods_timing.py"""
-import sys, time, numpy as np
+import sys, time
 sys.path.insert(0, "bench")
 import models as M, relprop as rp
 net = M.w1_relprop(); x = M.w1_input()

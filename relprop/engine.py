@@ -72,8 +72,9 @@ def _params(k, graph, node, dtype):
 
 
 def _rule_state(k, graph, node, rule, dtype, nonneg):
+    """(host RuleState, the same on ``k``'s device): plan.rule_state compiled once, copied once."""
     st = rule_state(graph, node, rule, dtype, nonneg)
-    return backend.on_device(graph, ("rule", node.name, rule.key, np.dtype(dtype).str, bool(nonneg)), k, st)
+    return st, backend.on_device(graph, ("rule", node.name, rule.key, np.dtype(dtype).str, bool(nonneg)), k, st)
 
 
 def _bn(k, graph, node, dtype, ndim):
@@ -419,7 +420,7 @@ def _pos_neg_state(k, graph, node, dtype):
     """The block matrix ``B = [[W+, W-], [W-, W+]]`` over the stacked input ``[d+; d-]``:
     ``B @ [d+; d-]`` gives the positive and negative parts ``(W+ d+ + W- d-, W- d+ + W+ d-)``
     of ``W d``. It is alpha-beta's matrix (no bias), compiled and cached by plan.rule_state."""
-    return _rule_state(k, graph, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), dtype, False)
+    return _rule_state(k, graph, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), dtype, False)[1]
 
 
 def _pos_neg_forward(k, graph, node, da, dtype):
@@ -498,12 +499,11 @@ def _reveal_cancel_linear(k, graph, node, tape, g, n):
     st = _pos_neg_state(k, graph, node, dtype)
     pos = (da > 0).astype(dtype) + dtype.type(0.5) * (da == 0)
     s = xp.concatenate([mp, mn], axis=1)
+    sel = xp.concatenate([pos, 1 - pos], axis=1)  # (N, 2F) or (N, 2C, H, W): mode blocks are channel blocks
     if node.layer.kind == "Dense":
-        sel = xp.concatenate([pos, 1 - pos], axis=1)
         out = xp.empty(da.shape, dtype)
         k.stacked_mul_sum(sel, s @ st.B, 2, out)
         return out
-    sel = xp.concatenate([pos, 1 - pos], axis=1)  # (N, 2C, H, W): the mode blocks are channel blocks
     _, cin, kh, kw = node.layer.weight.shape
     h, w = da.shape[2:]
     go, p = s.shape[1], s.shape[2] * s.shape[3]
@@ -596,8 +596,8 @@ def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=Non
         nonneg = False
     elif nonneg is None:  # not known from the forward pass
         nonneg = bool(k.all_nonnegative(a.ravel()))
-    modes = rule_state(graph, node, rule, dtype, nonneg).modes  # host copy for the decisions below
-    st = _rule_state(k, graph, node, rule, dtype, nonneg)
+    host, st = _rule_state(k, graph, node, rule, dtype, nonneg)
+    modes = host.modes  # read on the host for the decisions below
     mm = len(modes)
     a2 = a.reshape(n, -1)
     if mm == 1 and (modes[0] == R.X or (nonneg and modes[0] == R.XPOS)):

@@ -41,18 +41,29 @@ def save(model, path):
             arrays[f"{i}.{a}"] = getattr(layer, a)
         nodes.append({"name": node.name, "kind": layer.kind, "inputs": list(node.inputs), "hyper": hyper,
                       "arrays": list(layer.arrays)})
-    header = json.dumps({"format": FORMAT, "version": VERSION, "nodes": nodes,
-                         "input_shape": None if model.input_shape is None else list(model.input_shape)})
+    write_archive(path, "__graph__", {"format": FORMAT, "version": VERSION, "nodes": nodes,
+                                      "input_shape": None if model.input_shape is None else list(model.input_shape)},
+                  arrays)
+
+
+def write_archive(path, header_key, header, arrays):
+    """One npz file at exactly ``path``: ``arrays`` plus the JSON ``header`` under ``header_key``
+    (the house format for models and patterns; read back with ``allow_pickle=False``)."""
     with open(path, "wb") as f:  # a file object: numpy must not append ".npz" to the name
-        np.savez(f, __graph__=np.array(header), **arrays)
+        np.savez(f, **{header_key: np.array(json.dumps(header))}, **arrays)
+
+
+def check_archive(path, who, what):
+    """The checks before opening an archive: ``path`` exists and is an npz (zip) file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{who}: no such file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{who}: {path} is not a {what} (not an npz archive)")
 
 
 def load(path):
     """Read a model written by :func:`save`; a damaged or foreign file raises ``ValueError``."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"load: no such file: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"load: {path} is not a readable relprop model file (not an npz archive)")
+    check_archive(path, "load", "readable relprop model file")
     try:
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(str(f["__graph__"][()]))

@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-import os
 import types
 import zipfile
 from collections.abc import Mapping
@@ -54,6 +53,7 @@ import numpy as np
 from . import backend, engine
 from .api import _check_model, _check_x
 from .graph import Conv2d, Dense, Graph, Node
+from .io_native import check_archive, write_archive
 from .methods import Method, _onehot, _resolve_target, register
 from .plan import GRAD, needs
 
@@ -185,24 +185,19 @@ class Patterns:
         """Write to ``path`` (exactly that name; ``.npz`` is customary): an npz archive with a JSON
         header ``__patterns__`` and arrays ``{i}.pattern`` / ``{i}.count``; no pickle."""
         names = list(self.patterns)
-        header = json.dumps({"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint,
-                             "n_samples": self.n_samples,
-                             "layers": [{"name": n, "estimator": self.estimators[n],
-                                         "shape": list(self.patterns[n].shape)} for n in names]})
+        header = {"format": FORMAT, "version": VERSION, "fingerprint": self.fingerprint, "n_samples": self.n_samples,
+                  "layers": [{"name": n, "estimator": self.estimators[n], "shape": list(self.patterns[n].shape)}
+                             for n in names]}
         arrays = {}
         for i, n in enumerate(names):
             arrays[f"{i}.pattern"] = self.patterns[n]
             arrays[f"{i}.count"] = self.counts[n]
-        with open(path, "wb") as f:  # a file object: numpy must not append ".npz" to the name
-            np.savez(f, __patterns__=np.array(header), **arrays)
+        write_archive(path, "__patterns__", header, arrays)
 
     @classmethod
     def load(cls, path):
         """Read patterns written by :meth:`save`; a damaged or foreign file raises ``ValueError``."""
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"load_patterns: no such file: {path}")
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"load_patterns: {path} is not a relprop patterns file (not an npz archive)")
+        check_archive(path, "load_patterns", "relprop patterns file")
         try:
             with np.load(path, allow_pickle=False) as f:
                 if "__patterns__" not in f.files:

@@ -440,6 +440,29 @@ def integrated_gradients(spec, x, target=None, baseline=0.0, steps=50, scheme="g
 # --------------------------------------------------------------------------------------------------
 
 
+def _rescale(name, a, ab, q, eps):
+    """The Rescale rule at an activation: ``q (f(n) - f(n_bar)) / (n - n_bar)``, ``f'(n) q`` where that is ~0/0."""
+    dz = a - ab
+    small = np.abs(dz) < eps
+    ratio = (_act(name, a) - _act(name, ab)) / np.where(small, 1.0, dz)
+    return np.where(small, _act_grad(name, a), ratio) * q
+
+
+def _maxpool_rescale(idx, a, ab, q, eps):
+    """Captum's DeepLIFT rule at max pooling (see ``deeplift_rescale``): the multipliers at the pool input."""
+    o, win = _maxpool_fwd(idx, a)
+    ob, winb = _maxpool_fwd(idx, ab)
+    m = np.maximum(o, ob)
+    u = np.zeros_like(a)
+    np.add.at(u, win, q * (m - ob))
+    np.add.at(u, winb, q * (o - m))
+    plain = np.zeros_like(a)
+    np.add.at(plain, win, q)
+    d = a - ab
+    small = np.abs(d) < eps
+    return np.where(small, plain, u / np.where(small, 1.0, d))
+
+
 def deeplift_rescale(spec, x, target=None, baseline=0.0, eps=1e-10):
     """DeepLIFT with the rescale rule (seed 000 Eq. 9.41-9.48, seed 004 Eq. 17-18; Captum conventions).
 
@@ -466,22 +489,9 @@ def deeplift_rescale(spec, x, target=None, baseline=0.0, eps=1e-10):
             if op["op"] == "linear":
                 q = op["M"].T @ q
             elif op["op"] == "maxpool":
-                o, win = _maxpool_fwd(op["idx"], a)
-                ob, winb = _maxpool_fwd(op["idx"], ab)
-                m = np.maximum(o, ob)
-                u = np.zeros_like(a)
-                np.add.at(u, win, q * (m - ob))
-                np.add.at(u, winb, q * (o - m))
-                plain = np.zeros_like(a)
-                np.add.at(plain, win, q)
-                d = a - ab
-                small = np.abs(d) < eps
-                q = np.where(small, plain, u / np.where(small, 1.0, d))
+                q = _maxpool_rescale(op["idx"], a, ab, q, eps)
             else:
-                dz = a - ab
-                small = np.abs(dz) < eps
-                ratio = (_act(op["op"], a) - _act(op["op"], ab)) / np.where(small, 1.0, dz)
-                q = np.where(small, _act_grad(op["op"], a), ratio) * q
+                q = _rescale(op["op"], a, ab, q, eps)
         out.append(q * (xi - xbi))
     return np.stack(out).reshape(x.shape)
 
@@ -764,17 +774,7 @@ def deeplift_reveal_cancel(spec, x, target=None, baseline=0.0, conv_rule="rescal
             elif op["op"] == "linear":
                 q = op["M"].T @ q
             elif op["op"] == "maxpool":
-                o, win = _maxpool_fwd(op["idx"], a)
-                ob, winb = _maxpool_fwd(op["idx"], ab)
-                m = np.maximum(o, ob)
-                u = np.zeros_like(a)
-                np.add.at(u, win, q * (m - ob))
-                np.add.at(u, winb, q * (o - m))
-                plain = np.zeros_like(a)
-                np.add.at(plain, win, q)
-                d = a - ab
-                small = np.abs(d) < eps
-                q = np.where(small, plain, u / np.where(small, 1.0, d))
+                q = _maxpool_rescale(op["idx"], a, ab, q, eps)
             elif rc[pos]:
                 lin = ops[pos - 1]
                 C = lin["M"] * (ins[pos - 1] - insb[pos - 1])[None, :]
@@ -790,9 +790,6 @@ def deeplift_reveal_cancel(spec, x, target=None, baseline=0.0, conv_rule="rescal
 
                 pair = (mult(dyp, dp, dn), mult(dyn, dn, dp))
             else:
-                dz = a - ab
-                small = np.abs(dz) < eps
-                ratio = (_act(op["op"], a) - _act(op["op"], ab)) / np.where(small, 1.0, dz)
-                q = np.where(small, _act_grad(op["op"], a), ratio) * q
+                q = _rescale(op["op"], a, ab, q, eps)
         out.append(q * (xi - xbi))
     return np.stack(out).reshape(x.shape)

@@ -15,7 +15,7 @@ import pytest
 import fake_device as fd
 import reference_numpy as ref
 import relprop as rp
-from relprop import api, composites as C, rules as R
+from relprop import api, composites as C
 from test_models_ir import residual_net
 
 

@@ -12,11 +12,9 @@ Marked ``gpu``; every test skips when CuPy or a CUDA device is missing.
 import numpy as np
 import pytest
 
-import reference_numpy as ref
 import relprop as rp
 from relprop import composites as C
-from test_backend_device_path import CASES, PATTERN_METHODS
-from test_models_ir import residual_net
+from test_backend_device_path import CASES, NETS as DEVICE_NETS, PATTERN_METHODS
 
 pytestmark = pytest.mark.gpu
 
@@ -54,18 +52,8 @@ def vgg_net(seed=7):
         dense(64 * 4 * 4, 64), rp.ReLU(), dense(64, 10))
 
 
-def _nets():
-    rng = np.random.default_rng(5)
-    yield "dense-tanh", ref.to_relprop(ref.random_dense_net(rng, [6, 9, 7, 4], act="tanh", softmax_last=True), rp), (6,)
-    spec, shape = ref.random_conv_net(rng, pool="max", second_conv=True, n_out=4)
-    yield "conv-max", ref.to_relprop(spec, rp), shape
-    spec, shape = ref.random_conv_net(rng, pool="avg", stride=2, padding=1, act="sigmoid", n_out=4)
-    yield "conv-avg-s2", ref.to_relprop(spec, rp), shape
-    yield "residual", residual_net(), (3, 6, 6)
-    yield "vgg", vgg_net(), (3, 32, 32)
-
-
-NETS = list(_nets())
+# the emulated-device matrix's nets (same weights) and a VGG-ish net
+NETS = [n for n in DEVICE_NETS if n[0] != "residual-softplus"] + [("vgg", vgg_net(), (3, 32, 32))]
 BY_NAME = {n[0]: n for n in NETS}
 DTYPES = (np.float32, np.float64)
 
