@@ -6,15 +6,15 @@ what was received, where, and what was expected.
 from __future__ import annotations
 
 import difflib
-import numbers
 
 import numpy as np
 
-from . import backend, engine
-from . import composites as C
-from . import rules as R
-from .graph import Graph
-from .methods import IG_SCHEMES, METHODS, rules_for
+from .core import backend, engine
+from .core import composites as C
+from .core import rules as R
+from .core.checks import (_check_baseline, _check_bounds, _check_model, _check_target, _check_x, _number,
+                          _reads_input_directly)
+from .methods._legacy import IG_SCHEMES, METHODS, rules_for
 
 # Internal batches: as many rows as keep the stored activations near CACHE_BUDGET (cache-
 # resident elementwise passes; measured on the 100k-row MLP, EpsilonPlusFlat: 63 ms at 4 MiB,
@@ -35,58 +35,6 @@ GPU_METHODS = frozenset({
 })
 
 
-def _check_model(net):
-    if not isinstance(net, Graph):
-        raise TypeError(f"net must be a relprop model (rp.Sequential or rp.Graph), got {type(net).__name__}")
-
-
-def _check_x(net, x, name="x", scores=True):
-    """Validate the batch; returns (x as a contiguous float array, per-node shapes)."""
-    xp = backend.kernels_for(x).xp
-    if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize not in (4, 8):
-        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}"
-                        + (" (cast it with x.astype(np.float32))" if np.issubdtype(x.dtype, np.floating) else ""))
-    rank = net.input_rank()
-    if x.ndim < 2 or (rank is not None and x.ndim != rank + 1):
-        want = f"{rank + 1} dimensions (N, ...)" if rank is not None else "at least 2 dimensions (N, ...)"
-        raise ValueError(f"{name} must have {want} with the batch first, got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {x.shape})")
-    if net.input_shape is not None and tuple(x.shape[1:]) != net.input_shape:
-        raise ValueError(f"{name} must be shaped (N,) + {net.input_shape} for this model, got {x.shape}")
-    shapes = net.infer_shapes(x.shape[1:])
-    if scores and len(shapes[net.score_node]) != 1:
-        raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
-    if not x.dtype.isnative:  # e.g. big-endian '>f8': same width, native byte order
-        x = x.astype(x.dtype.newbyteorder("="))
-    x = xp.ascontiguousarray(x)
-    if not bool(xp.isfinite(x).all()):
-        bad = backend.to_host(xp.argwhere(~xp.isfinite(x))[0])
-        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
-    return x, shapes
-
-
-def _check_target(target, n, classes):
-    if target is None:
-        return None
-    if isinstance(target, (bool, np.bool_)):
-        raise TypeError(f"target must be None, an int or an int array of shape ({n},), got {target!r}")
-    if isinstance(target, numbers.Integral):
-        t = int(target)
-        if not 0 <= t < classes:
-            raise ValueError(f"target {t} is out of range for a model with {classes} outputs (expected 0..{classes - 1})")
-        return np.full(n, t, dtype=np.int64)
-    t = np.asarray(target)
-    if not np.issubdtype(t.dtype, np.integer):
-        raise TypeError(f"target must be None, an int or an int array of shape ({n},), got dtype {t.dtype}")
-    if t.shape != (n,):
-        raise ValueError(f"target array must have shape ({n},) (one class per sample), got {t.shape}")
-    if t.size and (t.min() < 0 or t.max() >= classes):
-        raise ValueError(f"target values must lie in 0..{classes - 1} for a model with {classes} outputs, "
-                         f"got min {t.min()}, max {t.max()}")
-    return t.astype(np.int64)
-
-
 def _check_params(method, params):
     spec = METHODS[method]
     unknown = [k for k in params if k not in spec.params]
@@ -97,46 +45,6 @@ def _check_params(method, params):
         known = ", ".join(spec.params) or "none"
         raise TypeError(f"method {method!r} got an unknown parameter {k!r}{hint} (its parameters: {known})")
     return {**spec.params, **params}
-
-
-def _number(v, name, low=None, integer=False):
-    ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-    if integer:
-        ok = isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-    if not ok or not np.isfinite(v):
-        raise TypeError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
-    if low is not None and v < low:
-        raise ValueError(f"{name} must be >= {low}, got {v!r}")
-
-
-def _check_baseline(b, x, name="baseline"):
-    """A finite number, or a finite real array broadcastable to ``x``; returned as float/array.
-    Shared by every parameter of that kind (baselines, occlusion fill, surrogate baselines).
-    On the GPU the array may be a host (numpy) or a device array."""
-    if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
-        if not np.isfinite(b):
-            raise ValueError(f"{name} must be finite, got {b!r}")
-        return float(b)
-    if not isinstance(b, np.ndarray) and backend.is_device(backend.kernels_for(x)):
-        try:
-            same = backend.kernels_for(b) is backend.kernels_for(x)
-        except TypeError:
-            same = False
-        if same:
-            _check_baseline(backend.to_host(b), x, name)
-            return b
-    if not isinstance(b, np.ndarray):
-        raise TypeError(f"{name} must be a number or a numpy array broadcastable to x {x.shape}, got {type(b).__name__}")
-    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)) or b.dtype == np.bool_:
-        raise TypeError(f"{name} must be a real numeric array, got dtype {b.dtype}")
-    try:
-        if np.broadcast_shapes(b.shape, x.shape) != x.shape:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"{name} of shape {b.shape} does not broadcast to x of shape {x.shape}") from None
-    if not np.all(np.isfinite(b)):
-        raise ValueError(f"{name} contains NaN or Inf")
-    return b
 
 
 def _to_backend(x, which):
@@ -185,22 +93,6 @@ def _check_gpu_method(method, x, base=None):
         raise NotImplementedError(
             f"method {what} runs on the CPU backend only in this version; pass a numpy array or backend='cpu' "
             f"(GPU methods: {', '.join(sorted(GPU_METHODS))})")
-
-
-def _check_bounds(low, high, x, where):
-    for nm, v in (("low", low), ("high", high)):
-        try:
-            if np.broadcast_shapes(np.shape(v), x.shape) != x.shape:
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"{where}: {nm} of shape {np.shape(v)} does not broadcast to x of shape {x.shape}") from None
-    x = backend.to_host(x)  # validation on the host (one copy on the GPU)
-    lo, hi = (np.broadcast_to(np.asarray(backend.to_host(v), np.float64), x.shape) for v in (low, high))
-    if np.any(x < lo) or np.any(x > hi):
-        raise ValueError(
-            f"{where}: x is not inside the bounds [low, high] (x range [{x.min():.4g}, {x.max():.4g}], "
-            f"low min {lo.min():.4g}, high max {hi.max():.4g}); the z^B rule needs low <= x <= high"
-        )
 
 
 def _check_method_params(net, method, p, x):
@@ -269,18 +161,6 @@ def _check_method_params(net, method, p, x):
     return p
 
 
-def _reads_input_directly(net, node):
-    """True when only reshapes (Flatten, Reshape, Identity, Dropout) lie between x and ``node``:
-    then z^B bounds given in x's shape can be checked (and reshaped) up front."""
-    src = node.inputs[0]
-    while src != "input":
-        prev = net.by_name[src]
-        if prev.layer.kind not in ("Flatten", "Reshape", "Identity", "Dropout"):
-            return False
-        src = prev.inputs[0]
-    return True
-
-
 def attribute(net, x, method, target=None, targets=None, backend=None, allow_tf32=False, **params):
     """Attribute the target score of ``net`` at ``x`` to the input features.
 
@@ -319,7 +199,7 @@ def attribute(net, x, method, target=None, targets=None, backend=None, allow_tf3
     """
     _check_model(net)
     which = backend
-    from . import backend as B
+    from .core import backend as B
 
     if not isinstance(allow_tf32, (bool, np.bool_)):
         raise TypeError(f"allow_tf32 must be True or False, got {allow_tf32!r}")
@@ -347,9 +227,9 @@ def attribute(net, x, method, target=None, targets=None, backend=None, allow_tf3
 
 
 def _multi(net, method, x, targets, classes, shapes, p):
-    from .methods import multi_target
+    from .methods._legacy import multi_target
 
-    from .methods import MULTI
+    from .methods._legacy import MULTI
 
     if not (method in MULTI or method.startswith("lrp") or method in (
             "deep_taylor", "occlusion", "gradcam", "gradcam_pp", "guided_gradcam", "patternnet", "pattern_attribution")):
@@ -480,7 +360,7 @@ def _smoothgrad(net, x, target, params):
 
 
 def _run_rules(net, x, t, shapes, rules, pool_eps=engine.POOL_STABILIZER):
-    from .methods import lrp
+    from .methods._legacy import lrp
 
     return lrp(net, x, t, shapes, rules, pool_eps)
 
@@ -511,7 +391,7 @@ def _batch_step(shapes, itemsize, method, p, x=None):
 def forward(net, x, backend=None):
     """The model's output for ``x`` (softmax applied when the last layer is Softmax), as ``x``'s
     array type; ``backend`` as in ``attribute``."""
-    from . import backend as B
+    from .core import backend as B
 
     _check_model(net)
     x, back = _to_backend(x, backend)

@@ -4,7 +4,7 @@
 arrays in arithmetic and numpy functions; ``XP`` is the matching array module (numpy's functions
 on device arrays; ``asarray``/``array`` are the host-to-device copies) and ``kernels`` the kernel
 module: relprop's CPU kernels behind a check that every array argument lives on the device.
-Registered with ``relprop.backend.register``, it makes ``rp.attribute`` take exactly the branch a
+Registered with ``relprop.core.backend.register``, it makes ``rp.attribute`` take exactly the branch a
 CuPy array takes (device caches, scratch buffers, target/baseline transfers, out-of-memory
 splitting), so a host array leaking into a device pipeline fails here in CI, not on an H100.
 """
@@ -150,12 +150,12 @@ def to_device(x):
 
 
 def install():
-    import relprop.backend as B
+    import relprop.core.backend as B
 
     B.register(is_device, lambda: kernels)
 
 
 def uninstall():
-    import relprop.backend as B
+    import relprop.core.backend as B
 
     B.unregister(is_device)

@@ -15,7 +15,8 @@ import pytest
 import fake_device as fd
 import reference_numpy as ref
 import relprop as rp
-from relprop import api, composites as C
+from relprop import api
+from relprop.core import composites as C
 from test_models_ir import residual_net
 
 
@@ -157,7 +158,7 @@ def test_out_of_memory_splits_the_batch():
     net = ref.to_relprop(spec, rp)  # a fresh model: no remembered batch size
     x = _x(shape, n=64)
     host = rp.attribute(net, x, "lrp.epsilon", target=1)
-    rp.engine.release_scratch()  # no cached scratch buffers: allocations happen
+    rp.core.engine.release_scratch()  # no cached scratch buffers: allocations happen
     per_sample = 4 * int(np.prod(shape)) * 3 * 8  # a few activations' worth per row
     fd.XP.limit = 16 * per_sample
     freed = fd.kernels.freed[0]

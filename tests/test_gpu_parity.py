@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import relprop as rp
-from relprop import composites as C
+from relprop.core import composites as C
 from test_backend_device_path import CASES, NETS as DEVICE_NETS, PATTERN_METHODS
 
 pytestmark = pytest.mark.gpu
@@ -29,7 +29,7 @@ def cp():
     if n < 1:
         pytest.skip("no CUDA device")
     yield cupy
-    rp.engine.release_scratch()
+    rp.core.engine.release_scratch()
     cupy.get_default_memory_pool().free_all_blocks()
 
 
@@ -186,12 +186,12 @@ def _capped(cp, limit, fn):
     pool = cp.cuda.MemoryPool()
     pool.set_limit(size=limit)  # size 0 would mean no limit
     _POOLS.append(pool)
-    rp.engine.release_scratch()
+    rp.core.engine.release_scratch()
     try:
         with cp.cuda.using_allocator(pool.malloc):
             return fn()
     finally:
-        rp.engine.release_scratch()  # no scratch buffer from the capped pool lives on
+        rp.core.engine.release_scratch()  # no scratch buffer from the capped pool lives on
         pool.set_limit(size=0)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GuidedGradCam, LayerAttribution, LayerGradCam
 
-import relprop.cam  # noqa: F401  (registers the CAM methods until relprop/__init__ imports it)
+import relprop.methods.cam  # noqa: F401  (registers the CAM methods until relprop/__init__ imports it)
 from peer_models import assert_agree, make_net, relprop_target, resolved_targets, rp, to_torch
 
 pytestmark = pytest.mark.peers
@@ -259,7 +259,7 @@ def test_shapes_dtypes_channels():
 
 
 def test_interp_matrix_matches_torch():
-    cam = relprop.cam
+    cam = relprop.methods.cam
     rng = np.random.default_rng(0)
     for h, w, H, W in [(4, 4, 16, 16), (9, 7, 17, 15), (5, 4, 17, 15), (6, 5, 17, 15), (3, 3, 3, 3),
                        (8, 8, 4, 4), (7, 9, 7, 18)]:
@@ -270,14 +270,14 @@ def test_interp_matrix_matches_torch():
 
 
 def test_multi_helper_matches_single_calls():
-    """relprop.cam.multi (one forward, for attribute(targets=...)) equals per-target calls."""
+    """relprop.methods.cam.multi (one forward, for attribute(targets=...)) equals per-target calls."""
     net = make_net("strided")
     g = net.relprop(np.float64)
     x = net.inputs(dtype=np.float64)
     shapes = g.infer_shapes(x.shape[1:])
     for m in ("gradcam", "gradcam_pp", "guided_gradcam"):
         p = rp().METHODS[m].validate(g, x, dict(rp().METHODS[m].params))
-        got = relprop.cam.multi(g, x, [0, 4, 6], shapes, m, p)
+        got = relprop.methods.cam.multi(g, x, [0, 4, 6], shapes, m, p)
         for j, c in enumerate([0, 4, 6]):
             np.testing.assert_allclose(got[:, j], rp().attribute(g, x, m, target=c), rtol=0, atol=0)
 

@@ -21,7 +21,7 @@ from peer_models import (
     to_torch,
 )
 
-import relprop.perturbation as occ  # importing registers "occlusion"
+import relprop.methods.perturbation as occ  # importing registers "occlusion"
 
 pytestmark = pytest.mark.peers
 

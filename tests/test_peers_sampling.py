@@ -21,8 +21,8 @@ from captum.attr import DeepLiftShap, GradientShap
 from peer_models import assert_agree, make_net, relprop_target, resolved_targets, rp, to_torch
 from test_peers_captum import _maxpool2d_accumulating
 
-import relprop.sampling  # noqa: F401  (registers the methods until relprop/__init__ imports it)
-from relprop.sampling import sample_draws
+import relprop.methods.sampling  # noqa: F401  (registers the methods until relprop/__init__ imports it)
+from relprop.methods.sampling import sample_draws
 
 pytestmark = pytest.mark.peers
 
@@ -233,7 +233,7 @@ def test_independent_of_internal_batching(method, kw, monkeypatch):
     """rp.attribute may split x into internal batches; every row keeps its own draws, and the
     method's own chunking of the evaluation points does not change the result."""
     import relprop.api as api
-    import relprop.sampling as smp
+    import relprop.methods.sampling as smp
 
     net = make_net("mlp")
     model, x = net.relprop(np.float64), net.inputs(dtype=np.float64, n=7)

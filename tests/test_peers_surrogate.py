@@ -22,7 +22,7 @@ from captum.attr import KernelShap, Lime
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 from peer_models import make_net, rp
 
-import relprop.surrogate as sur  # importing registers "kernel_shap" and "lime"
+import relprop.methods.surrogate as sur  # importing registers "kernel_shap" and "lime"
 
 pytestmark = pytest.mark.peers
 

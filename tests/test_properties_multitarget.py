@@ -1,9 +1,10 @@
-"""targets= (several classes from one forward pass) equals one call per target, exactly."""
+"""targets= (several classes from one forward pass) equals one call per target (up to BLAS rounding)."""
 import numpy as np
 import pytest
 
 import relprop as rp
 import relprop.api as api
+from tolerance import assert_blas_close
 
 RNG = np.random.default_rng(5)
 
@@ -42,7 +43,7 @@ def test_equals_one_call_per_target(method, kw, dtype):
     M = rp.attribute(NET, x, method, targets=targets, **kw)
     assert M.shape == (3, 3) + x.shape[1:] and M.dtype == dtype
     for j, t in enumerate(targets):
-        np.testing.assert_array_equal(M[:, j], rp.attribute(NET, x, method, target=t, **kw))
+        assert_blas_close(M[:, j], rp.attribute(NET, x, method, target=t, **kw))
 
 
 def test_all_targets_in_small_target_chunks(monkeypatch):

@@ -251,7 +251,7 @@ def test_save_load_round_trip(rp, tmp_path):
     for method in ("patternnet", "pattern_attribution"):
         np.testing.assert_array_equal(rp.attribute(net, x, method, patterns=Q),
                                       rp.attribute(net, x, method, patterns=P))
-    assert type(rp.patterns.Patterns.load(path)) is type(P)
+    assert type(rp.methods.patterns.Patterns.load(path)) is type(P)
     # a model saved and reloaded is the same model
     rp.save(net, tmp_path / "model.npz")
     net2 = rp.load(tmp_path / "model.npz")

@@ -278,7 +278,7 @@ def no_kernels(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a kernel ran before the input was validated")
 
-    monkeypatch.setattr(rp.engine, "forward", forbidden)
+    monkeypatch.setattr(rp.core.engine, "forward", forbidden)
 
 
 def _small():

@@ -70,7 +70,7 @@ import torch  # noqa: E402
 
 import models as M  # noqa: E402  (bench/models.py)
 import relprop as rp  # noqa: E402
-from relprop.methods import rules_for  # noqa: E402
+from relprop.methods._legacy import rules_for  # noqa: E402
 
 FULL = dict(w1_batch=256, ig_steps=64, captum_batch=1024, vgg_size=224, vgg_batch=64, r18_size=224,
             r18_batch=64, w2_rows=1_000_000, gemm_n=8192, reps=5, min_reps=3)
@@ -147,7 +147,7 @@ class Device:
     def free(self):
         """Return cached memory of both libraries between workloads."""
         gc.collect()
-        rp.engine.release_scratch()
+        rp.core.engine.release_scratch()
         if not self.dry:
             self.xp.get_default_memory_pool().free_all_blocks()
             torch.cuda.empty_cache()
@@ -394,7 +394,7 @@ def run_workload(w, dev, cfg, budget, gemm, rows, log):
 
 def gemm_rates(dev, n, budget):
     """Measured n^3 matmul rate (FLOP/s) of the array library, TF32 off and on."""
-    from relprop import backend as B
+    from relprop.core import backend as B
 
     rng = np.random.default_rng(0)
     a = dev.put(rng.standard_normal((n, n), dtype=np.float32))

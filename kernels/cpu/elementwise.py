@@ -1,6 +1,6 @@
 """Fused elementwise kernels around the BLAS contractions.
 
-Activation codes (shared with ``relprop.graph``): 0 identity, 1 ReLU, 2 tanh, 3 sigmoid.
+Activation codes (shared with ``relprop.core.graph``): 0 identity, 1 ReLU, 2 tanh, 3 sigmoid.
 Mask codes of an LRP rule group: 0 none, 1 keep where z > 0, 2 keep where z < 0.
 Input-modifier codes: 0 x, 1 x+ = max(x, 0), 2 x- = min(x, 0), 3 ones, 4 low, 5 high.
 """

@@ -16,7 +16,7 @@ Arithmetic follows the Numba kernels' float64 promotions (see ``elementwise.cu``
 agree with the CPU to rounding. Inputs that are not C-contiguous device arrays of the output's
 dtype are converted (copied); outputs that are not are computed in a buffer and copied back.
 
-Importing this package imports CuPy; ``relprop.backend`` imports it only when it sees a CuPy
+Importing this package imports CuPy; ``relprop.core.backend`` imports it only when it sees a CuPy
 array. Besides the kernels the package names its array module ``xp`` (cupy), its backend
 ``name``, the ``OOM`` exceptions of a full device, ``free_memory()`` and ``set_tf32()``.
 """

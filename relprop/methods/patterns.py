@@ -50,12 +50,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, engine
-from .api import _check_model, _check_x
-from .graph import Conv2d, Dense, Graph, Node
-from .io_native import check_archive, write_archive
-from .methods import Method, _onehot, _resolve_target, register
-from .plan import GRAD, needs
+from ..core import backend, engine
+from ..core.checks import _check_model, _check_x
+from ..core.graph import Conv2d, Dense, Graph, Node
+from ..io.native import check_archive, write_archive
+from ._legacy import Method, _onehot, _resolve_target, register
+from ..core.plan import GRAD, needs
 
 FORMAT, VERSION = "relprop-patterns", 1
 ESTIMATORS = ("relu", "linear")

@@ -36,9 +36,9 @@ import numbers
 
 import numpy as np
 
-from . import engine
-from .methods import Method, _onehot, _resolve_target, register
-from .plan import GRAD, needs
+from ..core import engine
+from ._legacy import Method, _onehot, _resolve_target, register
+from ..core.plan import GRAD, needs
 
 INTERPOLATE_MODES = ("bilinear", "nearest")
 

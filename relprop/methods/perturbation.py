@@ -17,8 +17,8 @@ import numbers
 
 import numpy as np
 
-from . import engine
-from .methods import Method, register
+from ..core import engine
+from ._legacy import Method, register
 
 CHUNK_BUDGET = 256 * 2**20  # bytes of activations per forward of perturbed copies
 
@@ -114,7 +114,7 @@ def _int_tuple(v, name, rank, in_shape):
 
 
 def _check_fill(fill, x):
-    from .api import _check_baseline
+    from ..core.checks import _check_baseline
 
     return _check_baseline(fill, x, "occlusion: fill")
 

@@ -471,7 +471,7 @@ class Graph:
 
     # -- forward ----------------------------------------------------------------------
     def __call__(self, x):
-        from . import api
+        from .. import api
 
         return api.forward(self, x)
 

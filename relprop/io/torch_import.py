@@ -44,8 +44,8 @@ import warnings
 
 import numpy as np
 
-from . import graph as G
-from .canonize import canonize as _canonize
+from ..core import graph as G
+from ..core.canonize import canonize as _canonize
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (groups=1, dilation=1, padding_mode='zeros'), nn.BatchNorm1d/2d (with running "

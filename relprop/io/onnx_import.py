@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from . import graph as G
+from ..core import graph as G
 
 MIN_OPSET = 11
 
@@ -88,7 +88,7 @@ def from_onnx(path_or_model, check="raise", canonize=True):
     net = importer.build()
     raw = net
     if canonize:
-        from . import canonize as _canonize  # the package's function (rp.canonize)
+        from ..core.canonize import canonize as _canonize  # the package's function (rp.canonize)
 
         net = _canonize(net)
     _verify(model, importer, net, raw if canonize else None, check)

@@ -81,11 +81,11 @@ import numbers
 
 import numpy as np
 
-from . import backend, engine
-from .api import _check_bounds, _reads_input_directly
-from .methods import Method, _onehot, _resolve_target, register
-from .plan import flipped_transpose
-from .rules import HIGH, LOW, X
+from ..core import backend, engine
+from ..core.checks import _check_bounds, _reads_input_directly
+from ._legacy import Method, _onehot, _resolve_target, register
+from ..core.plan import flipped_transpose
+from ..core.rules import HIGH, LOW, X
 
 PASS = ("ReLU", "Dropout", "Identity")
 RESHAPE = ("Flatten", "Reshape")

@@ -26,7 +26,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
     numba.config.THREADING_LAYER = "workqueue"
 
-from .kernels import cpu as _cpu  # noqa: E402
+from ..kernels import cpu as _cpu  # noqa: E402
 
 LOCK = threading.RLock()
 
@@ -51,7 +51,7 @@ def _is_cupy(x):
 
 def _load_gpu():
     try:
-        from .kernels import gpu
+        from ..kernels import gpu
     except ImportError as e:  # pragma: no cover - needs a broken CuPy install
         raise ImportError(f"relprop: CuPy arrays need the gpu extra (pip install 'relprop[gpu]'): {e}") from e
     return gpu

@@ -38,8 +38,8 @@ import numbers
 
 import numpy as np
 
-from . import engine
-from .methods import Method, register
+from ..core import engine
+from ._legacy import Method, register
 
 CHUNK_BUDGET = 256 * 2**20  # bytes of activations per forward of perturbed copies
 INF_WEIGHT = 1e6            # Captum KernelShap's weight of the all-ones / all-zeros coalitions
@@ -242,7 +242,7 @@ def _mask(name, x, params):
 
 
 def _baseline(name, b, x):
-    from .api import _check_baseline
+    from ..core.checks import _check_baseline
 
     return _check_baseline(b, x, f"{name}: baseline")
 

@@ -18,7 +18,7 @@ import zipfile
 
 import numpy as np
 
-from . import graph as G
+from ..core import graph as G
 
 FORMAT, VERSION = "relprop-model", 1
 _KINDS = {cls.kind: cls for cls in (

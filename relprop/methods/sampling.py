@@ -28,8 +28,8 @@ import numbers
 
 import numpy as np
 
-from . import engine
-from .methods import Method, _path_chunk, deeplift_rescale, gradient, register
+from ..core import engine
+from ._legacy import Method, _path_chunk, deeplift_rescale, gradient, register
 
 
 # ---------------------------------------------------------------------------------------

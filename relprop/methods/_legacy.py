@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backend
-from . import composites as C
-from . import engine
-from . import rules as R
-from .plan import DEEPLIFT, GRAD, LRP, needs, reveal_cancel_nodes
+from ..core import backend
+from ..core import composites as C
+from ..core import engine
+from ..core import rules as R
+from ..core.plan import DEEPLIFT, GRAD, LRP, needs, reveal_cancel_nodes
 
 IG_SCHEMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gauss_legendre", "uniform")
 

@@ -1,0 +1,1 @@
+"""The engine core: the IR (graph), rules and composites, the compiled plan, the two passes, backends."""

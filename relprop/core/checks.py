@@ -1,0 +1,131 @@
+"""Checks of what users pass, shared by the public API and the methods' validators.
+
+Each says what was received, where, and what was expected; all run before any kernel.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import backend
+from .graph import Graph
+
+def _check_model(net):
+    if not isinstance(net, Graph):
+        raise TypeError(f"net must be a relprop model (rp.Sequential or rp.Graph), got {type(net).__name__}")
+
+
+def _check_x(net, x, name="x", scores=True):
+    """Validate the batch; returns (x as a contiguous float array, per-node shapes)."""
+    xp = backend.kernels_for(x).xp
+    if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize not in (4, 8):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}"
+                        + (" (cast it with x.astype(np.float32))" if np.issubdtype(x.dtype, np.floating) else ""))
+    rank = net.input_rank()
+    if x.ndim < 2 or (rank is not None and x.ndim != rank + 1):
+        want = f"{rank + 1} dimensions (N, ...)" if rank is not None else "at least 2 dimensions (N, ...)"
+        raise ValueError(f"{name} must have {want} with the batch first, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {x.shape})")
+    if net.input_shape is not None and tuple(x.shape[1:]) != net.input_shape:
+        raise ValueError(f"{name} must be shaped (N,) + {net.input_shape} for this model, got {x.shape}")
+    shapes = net.infer_shapes(x.shape[1:])
+    if scores and len(shapes[net.score_node]) != 1:
+        raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
+    if not x.dtype.isnative:  # e.g. big-endian '>f8': same width, native byte order
+        x = x.astype(x.dtype.newbyteorder("="))
+    x = xp.ascontiguousarray(x)
+    if not bool(xp.isfinite(x).all()):
+        bad = backend.to_host(xp.argwhere(~xp.isfinite(x))[0])
+        raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    return x, shapes
+
+
+def _check_target(target, n, classes):
+    if target is None:
+        return None
+    if isinstance(target, (bool, np.bool_)):
+        raise TypeError(f"target must be None, an int or an int array of shape ({n},), got {target!r}")
+    if isinstance(target, numbers.Integral):
+        t = int(target)
+        if not 0 <= t < classes:
+            raise ValueError(f"target {t} is out of range for a model with {classes} outputs (expected 0..{classes - 1})")
+        return np.full(n, t, dtype=np.int64)
+    t = np.asarray(target)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"target must be None, an int or an int array of shape ({n},), got dtype {t.dtype}")
+    if t.shape != (n,):
+        raise ValueError(f"target array must have shape ({n},) (one class per sample), got {t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= classes):
+        raise ValueError(f"target values must lie in 0..{classes - 1} for a model with {classes} outputs, "
+                         f"got min {t.min()}, max {t.max()}")
+    return t.astype(np.int64)
+
+
+def _number(v, name, low=None, integer=False):
+    ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+    if integer:
+        ok = isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+    if not ok or not np.isfinite(v):
+        raise TypeError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
+    if low is not None and v < low:
+        raise ValueError(f"{name} must be >= {low}, got {v!r}")
+
+
+def _check_baseline(b, x, name="baseline"):
+    """A finite number, or a finite real array broadcastable to ``x``; returned as float/array.
+    Shared by every parameter of that kind (baselines, occlusion fill, surrogate baselines).
+    On the GPU the array may be a host (numpy) or a device array."""
+    if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
+        if not np.isfinite(b):
+            raise ValueError(f"{name} must be finite, got {b!r}")
+        return float(b)
+    if not isinstance(b, np.ndarray) and backend.is_device(backend.kernels_for(x)):
+        try:
+            same = backend.kernels_for(b) is backend.kernels_for(x)
+        except TypeError:
+            same = False
+        if same:
+            _check_baseline(backend.to_host(b), x, name)
+            return b
+    if not isinstance(b, np.ndarray):
+        raise TypeError(f"{name} must be a number or a numpy array broadcastable to x {x.shape}, got {type(b).__name__}")
+    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)) or b.dtype == np.bool_:
+        raise TypeError(f"{name} must be a real numeric array, got dtype {b.dtype}")
+    try:
+        if np.broadcast_shapes(b.shape, x.shape) != x.shape:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name} of shape {b.shape} does not broadcast to x of shape {x.shape}") from None
+    if not np.all(np.isfinite(b)):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return b
+
+
+def _check_bounds(low, high, x, where):
+    for nm, v in (("low", low), ("high", high)):
+        try:
+            if np.broadcast_shapes(np.shape(v), x.shape) != x.shape:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{where}: {nm} of shape {np.shape(v)} does not broadcast to x of shape {x.shape}") from None
+    x = backend.to_host(x)  # validation on the host (one copy on the GPU)
+    lo, hi = (np.broadcast_to(np.asarray(backend.to_host(v), np.float64), x.shape) for v in (low, high))
+    if np.any(x < lo) or np.any(x > hi):
+        raise ValueError(
+            f"{where}: x is not inside the bounds [low, high] (x range [{x.min():.4g}, {x.max():.4g}], "
+            f"low min {lo.min():.4g}, high max {hi.max():.4g}); the z^B rule needs low <= x <= high"
+        )
+
+
+def _reads_input_directly(net, node):
+    """True when only reshapes (Flatten, Reshape, Identity, Dropout) lie between x and ``node``:
+    then z^B bounds given in x's shape can be checked (and reshaped) up front."""
+    src = node.inputs[0]
+    while src != "input":
+        prev = net.by_name[src]
+        if prev.layer.kind not in ("Flatten", "Reshape", "Identity", "Dropout"):
+            return False
+        src = prev.inputs[0]
+    return True

@@ -1,0 +1,1 @@
+"""Models in and out: relprop's own file format, the PyTorch and ONNX importers."""
