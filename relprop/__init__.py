@@ -6,6 +6,7 @@
 """
 from .core import composites, rules
 from .api import attribute, forward
+from .explainer import Explainer, Explanation
 from .core.graph import (
     Add,
     AvgPool2d,
@@ -38,7 +39,7 @@ from .methods.patterns import fit_patterns, load_patterns
 __version__ = "0.1.0"
 
 __all__ = [
-    "attribute", "forward", "METHODS", "rules", "composites",
+    "attribute", "forward", "Explainer", "Explanation", "METHODS", "rules", "composites",
     "Graph", "Node", "Sequential", "Dense", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
     "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity",
     "Add", "Concat", "BatchNorm2d", "GlobalAvgPool2d", "Reshape", "LeakyReLU", "Softplus", "Dropout",

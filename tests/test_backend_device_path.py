@@ -15,7 +15,7 @@ import pytest
 import fake_device as fd
 import reference_numpy as ref
 import relprop as rp
-from relprop import api
+from relprop.core.plan import compiled
 from relprop.core import composites as C
 from test_models_ir import residual_net
 
@@ -58,7 +58,8 @@ PATTERN_METHODS = ("patternnet", "pattern_attribution")
 
 
 def test_every_gpu_method_is_in_the_matrix():
-    assert {m for m, _ in CASES} | set(PATTERN_METHODS) == set(api.GPU_METHODS)
+    gpu = {name for name, m in rp.METHODS.items() if "gpu" in m.backends}
+    assert {m for m, _ in CASES} | set(PATTERN_METHODS) == gpu
 
 
 @pytest.mark.parametrize("method", PATTERN_METHODS)
@@ -144,11 +145,12 @@ def test_weights_move_to_the_device_once():
     name, net, shape = NETS[1]
     x = fd.to_device(_x(shape))
     rp.attribute(net, x, "lrp.epsilon", target=0)
-    keys = {k for k in net.cache if k[0] == "device"}
-    assert keys and all(isinstance(v, (fd.DeviceArray, tuple)) or hasattr(v, "B") for k, v in net.cache.items()
-                        if k[0] == "device")
+    dev = compiled(net, np.float32)._dev  # the device copies of the model's derived weights
+    keys = set(dev)
+    assert keys and all(isinstance(v, (fd.DeviceArray, tuple)) or hasattr(v, "B") for v in dev.values())
+    ids = {k: id(v) for k, v in dev.items()}
     rp.attribute(net, x, "lrp.epsilon", target=1)
-    assert {k for k in net.cache if k[0] == "device"} == keys
+    assert set(dev) == keys and {k: id(v) for k, v in dev.items()} == ids  # nothing copied again
 
 
 def test_out_of_memory_splits_the_batch():
@@ -165,7 +167,7 @@ def test_out_of_memory_splits_the_batch():
     dev = rp.attribute(net, fd.to_device(x), "lrp.epsilon", target=1)
     _close(dev.view(np.ndarray), host, np.float32)
     assert fd.kernels.freed[0] > freed
-    fitted = [v for k, v in net.cache.items() if k[0] == "fit_step"]
+    fitted = list(compiled(net, np.float32).fit_step.values())
     assert fitted and min(fitted) < 64
 
 

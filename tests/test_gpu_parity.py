@@ -206,7 +206,7 @@ def test_capped_memory_pool_splits_the_batch(cp):
     # the whole batch needs ~300 MB (activations + im2col columns); 48 MB fit a few dozen rows
     dev = _capped(cp, 48 * 2**20, lambda: rp.attribute(net, xd, "lrp.epsilon", target=1))
     _close(cp.asnumpy(dev), host, np.float32)
-    fitted = [v for k, v in net.cache.items() if k[0] == "fit_step"]
+    fitted = list(rp.core.plan.compiled(net, x.dtype).fit_step.values())
     assert fitted and 1 <= min(fitted) < n
 
 

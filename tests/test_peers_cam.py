@@ -270,16 +270,14 @@ def test_interp_matrix_matches_torch():
 
 
 def test_multi_helper_matches_single_calls():
-    """relprop.methods.cam.multi (one forward, for attribute(targets=...)) equals per-target calls."""
+    """attribute(targets=...) (one forward pass, relprop.methods.cam.multi) equals per-target calls."""
     net = make_net("strided")
     g = net.relprop(np.float64)
     x = net.inputs(dtype=np.float64)
-    shapes = g.infer_shapes(x.shape[1:])
     for m in ("gradcam", "gradcam_pp", "guided_gradcam"):
-        p = rp().METHODS[m].validate(g, x, dict(rp().METHODS[m].params))
-        got = relprop.methods.cam.multi(g, x, [0, 4, 6], shapes, m, p)
+        got = rp().attribute(g, x, m, targets=[0, 4, 6])
         for j, c in enumerate([0, 4, 6]):
-            np.testing.assert_allclose(got[:, j], rp().attribute(g, x, m, target=c), rtol=0, atol=0)
+            np.testing.assert_allclose(got[:, j], rp().attribute(g, x, m, target=c), rtol=1e-12, atol=1e-15)
 
 
 # ------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from peer_models import (
 )
 
 import relprop.methods.perturbation as occ  # importing registers "occlusion"
+from relprop.core.plan import compiled
+from relprop.methods.base import Context
 
 pytestmark = pytest.mark.peers
 
@@ -126,18 +128,17 @@ def test_chunking_does_not_change_the_result():
     model, x = net.relprop(np.float64), net.inputs(dtype=np.float64)
     shapes = model.infer_shapes(x.shape[1:])
     cols = net.targets()[:, None]
-    args = (model, x, cols, shapes, (2, 5, 4), (1, 3, 2), 0.2)
-    a = occ.occlusion_scores(*args, budget=1)
-    b = occ.occlusion_scores(*args, budget=2**40)
+    one, huge = (Context(compiled(model, x.dtype), shapes, expand_rows=r) for r in (1, 2**40))
+    a = occ.occlusion_scores(one, x, cols, (2, 5, 4), (1, 3, 2), 0.2)
+    b = occ.occlusion_scores(huge, x, cols, (2, 5, 4), (1, 3, 2), 0.2)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
 def test_multi_target_helper_matches_single_target_calls():
     net = make_net("mlp")
     model, x = net.relprop(), net.inputs()
-    shapes = model.infer_shapes(x.shape[1:])
     ks = [0, 3, 4]
-    multi = occ.occlusion_multi(model, x, ks, shapes, (3,), (2,), 0.0)
+    multi = rp().attribute(model, x, "occlusion", targets=ks, window=3, stride=2)
     assert multi.shape == (x.shape[0], len(ks)) + x.shape[1:]
     for j, k in enumerate(ks):
         one = rp().attribute(model, x, "occlusion", target=k, window=3, stride=2)
@@ -212,9 +213,7 @@ def test_per_sample_fill_survives_internal_batches_and_targets_all(monkeypatch):
     x = net.inputs(dtype=np.float64, n=7)
     fill = np.linspace(-0.5, 0.5, x.size).reshape(x.shape)
     ref = rp().attribute(model, x, "occlusion", window=(3,), fill=fill, target=0)
-    monkeypatch.setattr(api, "MIN_ROWS", 1)
-    monkeypatch.setattr(api, "CACHE_BUDGET", 1)  # one row per internal batch
-    np.testing.assert_allclose(rp().attribute(model, x, "occlusion", window=(3,), fill=fill, target=0), ref,
+    np.testing.assert_allclose(rp().attribute(model, x, "occlusion", window=(3,), fill=fill, target=0, batch_size=1), ref,
                                rtol=1e-12, atol=1e-14)  # BLAS sums in another order for other batch sizes
     multi = rp().attribute(model, x, "occlusion", window=(3,), fill=fill, targets=[0, 2])
     np.testing.assert_allclose(multi[:, 0], ref, rtol=1e-12, atol=1e-14)

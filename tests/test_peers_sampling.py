@@ -232,22 +232,20 @@ def test_seeded_reproducible(method, kw):
 def test_independent_of_internal_batching(method, kw, monkeypatch):
     """rp.attribute may split x into internal batches; every row keeps its own draws, and the
     method's own chunking of the evaluation points does not change the result."""
-    import relprop.api as api
-    import relprop.methods.sampling as smp
+    import relprop.explainer as explainer
+    from relprop.core.execute import Budget
 
     net = make_net("mlp")
     model, x = net.relprop(np.float64), net.inputs(dtype=np.float64, n=7)
     b = _baselines(net, np.float64, n=3)
     whole = rp().attribute(model, x, method, baselines=b, **kw)
-    monkeypatch.setattr(api, "CACHE_BUDGET", 1)
-    monkeypatch.setattr(api, "MIN_ROWS", 2)  # internal batches of 2 rows
-    monkeypatch.setattr(smp, "_path_chunk", lambda shapes, itemsize, budget=0: 5)  # 5 points per pass
-    split = rp().attribute(model, x, method, baselines=b, **kw)
+    split = rp().attribute(model, x, method, baselines=b, batch_size=2, **kw)  # internal batches of 2 rows
     np.testing.assert_allclose(split, whole, rtol=1e-12, atol=1e-15)
-    # each row equals the row explained alone only for deepshap (draws follow the row position)
-    if method == "deepshap":
-        np.testing.assert_allclose(rp().attribute(model, x[3:4], method, baselines=b), whole[3:4],
-                                   rtol=1e-12, atol=1e-15)
+    monkeypatch.setattr(explainer, "BUDGET", Budget(expand=1))  # one evaluation point per pass
+    np.testing.assert_allclose(rp().attribute(model, x, method, baselines=b, **kw), whole, rtol=1e-12, atol=1e-15)
+    # draws follow the sample's global index: a row explained alone (with its row_offset) is the same
+    np.testing.assert_allclose(rp().attribute(model, x[3:4], method, baselines=b, row_offset=3, **kw), whole[3:4],
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_noise_draws_follow_documented_stream():

@@ -18,12 +18,14 @@ KINDS = {"mean": "smoothgrad", "squared": "smoothgrad_sq", "var": "vargrad"}
 SAMPLES, SIGMA, SEED = 6, 0.15, 11
 
 
-def relprop_noise(x, samples, sigma, seed):
-    """The noise relprop draws: N(0, (sigma * range_i)^2) per sample i, copies sample-major."""
+def relprop_noise(x, samples, sigma, seed, row_offset=0):
+    """The noise relprop documents: N(0, (sigma * range_i)^2) for sample i, drawn from
+    default_rng(SeedSequence(seed, spawn_key=(1, row_offset + i))), copies sample-major."""
     n = x.shape[0]
-    rng = np.random.default_rng(seed)
     scale = sigma * (x.reshape(n, -1).max(axis=1) - x.reshape(n, -1).min(axis=1))
-    noise = rng.standard_normal((n, samples) + x.shape[1:]) * scale.reshape((n, 1) + (1,) * (x.ndim - 1))
+    draws = np.stack([np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, row_offset + i)))
+                      .standard_normal((samples,) + x.shape[1:]) for i in range(n)])
+    noise = draws * scale.reshape((n, 1) + (1,) * (x.ndim - 1))
     return noise.astype(x.dtype).reshape((n * samples,) + x.shape[1:])
 
 
@@ -65,6 +67,12 @@ def test_seeded_and_batched_as_one_batch():
     np.testing.assert_allclose(a, base.var(axis=1), rtol=1e-10, atol=1e-14)
     m = rp().attribute(model, x, "smoothgrad", kind="mean", **kw)
     np.testing.assert_allclose(m, base.mean(axis=1), rtol=1e-10, atol=1e-14)
+    # per-sample noise: a sample's result does not depend on its batch or the internal batch size
+    for bs in (1, 3):
+        np.testing.assert_allclose(rp().attribute(model, x, "smoothgrad", kind="mean", batch_size=bs, **kw), m,
+                                   rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(rp().attribute(model, x[2:4], "smoothgrad", kind="mean", row_offset=2, **kw), m[2:4],
+                               rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("bad,err,match", [

@@ -23,6 +23,8 @@ from captum.attr._core.lime import get_exp_kernel_similarity_function
 from peer_models import make_net, rp
 
 import relprop.methods.surrogate as sur  # importing registers "kernel_shap" and "lime"
+from relprop.core.plan import compiled
+from relprop.methods.base import Context
 
 pytestmark = pytest.mark.peers
 
@@ -111,8 +113,9 @@ def test_chunking_does_not_change_scores():
     mask = sur.patch_mask(x.shape[1:], 5)
     nfeat = int(mask.max()) + 1
     z = np.random.default_rng(0).random((3, 10, nfeat)) < 0.5
-    args = (net, x, net_.targets(), shapes, mask, z, 0.1)
-    np.testing.assert_allclose(sur.coalition_scores(*args, budget=1), sur.coalition_scores(*args, budget=2**40),
+    one, huge = (Context(compiled(net, x.dtype), shapes, expand_rows=r) for r in (1, 2**40))
+    args = (x, net_.targets(), mask, z, 0.1)
+    np.testing.assert_allclose(sur.coalition_scores(one, *args), sur.coalition_scores(huge, *args),
                                rtol=0, atol=1e-12)
 
 

@@ -56,6 +56,7 @@ def test_single_rule_methods_equal_rule_lists(method, rule):
     np.testing.assert_array_equal(a, b)
 
 
-def test_rectgrad_refuses_targets():
-    with pytest.raises(TypeError, match="rectgrad"):
-        rp.attribute(NET, X, "rectgrad", targets=[0, 1])
+def test_rectgrad_targets_equal_single_calls():
+    M = rp.attribute(NET, X, "rectgrad", targets=[0, 1])
+    for j in (0, 1):
+        np.testing.assert_allclose(M[:, j], rp.attribute(NET, X, "rectgrad", target=j), rtol=1e-6, atol=1e-6 * np.abs(M).max())

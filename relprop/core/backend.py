@@ -5,7 +5,7 @@ The backend is picked from the input array's type: numpy arrays run on the Numba
 the first time a CuPy array is seen). Both kernel packages have the same function names and
 signatures and name their array module ``xp`` (numpy / cupy), so the engine is written once:
 ``k = kernels_for(x)`` then ``k.xp.empty(...)``, ``k.im2col(...)``. Model weights and compiled
-rule matrices are copied to the device once and cached on the model (``on_device``).
+rule matrices are copied to the device once by the compiled plan (``relprop.core.plan.Compiled.on``).
 
 Threading: Numba's ``omp`` layer spins its workers after every parallel kernel and steals the
 cores OpenBLAS needs for the GEMMs in between (on 2 cores the VGG bench ran slower with it).
@@ -15,7 +15,6 @@ by a lock (dataset jobs parallelize over processes, e.g. Dask workers, not threa
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 
@@ -72,30 +71,6 @@ def kernels_for(x):
 def is_device(k):
     """True for a kernel module whose arrays are not numpy arrays (the GPU)."""
     return k.xp is not np
-
-
-def on_device(graph, key, k, value):
-    """``value`` (an array, a tuple of arrays or a dataclass with array fields) on ``k``'s device,
-    copied once per model and cached under ``key``; on the CPU ``value`` itself."""
-    if not is_device(k):
-        return value
-    dkey = ("device", k.name) + tuple(key)
-    got = graph.cache.get(dkey)
-    if got is None:
-        got = _move(k.xp, value)
-        graph.cache[dkey] = got
-    return got
-
-
-def _move(xp, v):
-    if isinstance(v, np.ndarray):
-        return xp.asarray(v)
-    if isinstance(v, tuple):
-        return tuple(_move(xp, a) for a in v)
-    if dataclasses.is_dataclass(v):
-        return dataclasses.replace(v, **{f.name: _move(xp, getattr(v, f.name)) for f in dataclasses.fields(v)
-                                         if isinstance(getattr(v, f.name), np.ndarray)})
-    return v
 
 
 def to_host(a):

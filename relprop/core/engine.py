@@ -23,7 +23,7 @@ import numpy as np
 
 from . import backend
 from .graph import ACT_CODES
-from .plan import DEEPLIFT, GRAD, LRP, grad_weight_t, rule_state
+from .plan import DEEPLIFT, GRAD, LRP
 from . import rules as R
 
 # bytes one im2col buffer may take; batches are cut into chunks below this
@@ -66,24 +66,6 @@ def release_scratch():
     _WORK.clear()
 
 
-def _params(k, graph, node, dtype):
-    """(weight, bias) of ``node`` in ``dtype`` on ``k``'s device (cached there)."""
-    return backend.on_device(graph, ("params", node.name, np.dtype(dtype).str), k, graph.params(node, dtype))
-
-
-def _rule_state(k, graph, node, rule, dtype, nonneg):
-    """(host RuleState, the same on ``k``'s device): plan.rule_state compiled once, copied once."""
-    st = rule_state(graph, node, rule, dtype, nonneg)
-    return st, backend.on_device(graph, ("rule", node.name, rule.key, np.dtype(dtype).str, bool(nonneg)), k, st)
-
-
-def _bn(k, graph, node, dtype, ndim):
-    """Batch norm's (scale, shift) in ``dtype`` shaped to broadcast over (N, C, ...)."""
-    shape = (-1,) + (1,) * (ndim - 2)
-    scale, shift = (v.astype(dtype).reshape(shape) for v in node.layer.scale_shift)
-    return backend.on_device(graph, ("bn", node.name, np.dtype(dtype).str, ndim), k, (scale, shift))
-
-
 def _expit(xp, z):
     """The logistic function, overflow-free, for numpy and cupy arrays alike."""
     e = xp.exp(-xp.abs(z))
@@ -105,37 +87,37 @@ def _fusable_act(graph, node):
     return None
 
 
-def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
+def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
     """Run the graph on ``x``; return (score-node output, final output, Tape).
 
     ``keep``: names whose outputs the tape stores; ``idx_nodes``: max-pool nodes whose
-    winner indices it stores; ``shapes``: per-sample shapes from ``graph.infer_shapes``;
+    winner indices it stores; ``shapes``: per-sample shapes from ``m.graph.infer_shapes``;
     ``plus``: Conv2d nodes whose rule wants ``W+ a`` (z_form rules): on a >= 0 it is computed in
     the same GEMM as ``W a`` (weights stacked, one im2col) and stored on the tape.
     """
     k = backend.kernels_for(x)
     dtype = x.dtype
     tape = Tape(x.shape[0])
-    tape.shapes = shapes if shapes is not None else graph.infer_shapes(x.shape[1:])
-    score = graph.score_node
+    tape.shapes = shapes if shapes is not None else m.graph.infer_shapes(x.shape[1:])
+    score = m.graph.score_node
     live = {"input": x}
-    remaining = {name: len(c) for name, c in graph.consumers.items()}
+    remaining = {name: len(c) for name, c in m.graph.consumers.items()}
     skip = set()
     if "input" in keep:
         tape.out["input"] = x
-    for node in graph.nodes:
+    for node in m.graph.nodes:
         if node.name in skip:
             continue
         layer = node.layer
         xin = live[node.inputs[0]]
         kind = layer.kind
-        fused = _fusable_act(graph, node) if layer.linear else None
+        fused = _fusable_act(m.graph, node) if layer.linear else None
         act = ACT_CODES[fused.layer.kind] if fused is not None else 0
         if layer.linear:
             want_plus = False
             if node.name in plus:
                 want_plus = tape.nonneg[node.name] = bool(k.all_nonnegative(xin.ravel()))
-            z, a, pz = _linear_forward(k, graph, node, xin, act, fused is not None and node.name in keep, dtype,
+            z, a, pz = _linear_forward(k, m, node, xin, act, fused is not None and node.name in keep, dtype,
                                        want_plus)
             if pz is not None:
                 tape.plus[node.name] = pz
@@ -159,7 +141,7 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
         elif kind in ("LeakyReLU", "Softplus"):
             outs = {node.name: _param_act(layer, xin, k.xp)}
         elif kind == "BatchNorm2d":
-            scale, shift = _bn(k, graph, node, dtype, xin.ndim)
+            scale, shift = m.bn(k, node, xin.ndim)
             outs = {node.name: xin * scale + shift}
         elif kind == "GlobalAvgPool2d":
             outs = {node.name: xin.mean(axis=(2, 3), keepdims=True, dtype=dtype)}
@@ -185,7 +167,7 @@ def forward(graph, x, keep=(), idx_nodes=(), shapes=None, plus=()):
             remaining[src] -= 1
             if remaining[src] == 0 and src != score:
                 live.pop(src, None)
-    return live[graph.score_node], live[graph.output], tape
+    return live[m.graph.score_node], live[m.graph.output], tape
 
 
 def _param_act(layer, z, xp=np):
@@ -214,10 +196,10 @@ def _act_numpy(kind, x, xp=np):
     return x
 
 
-def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
+def _linear_forward(k, m, node, xin, act, store_z, dtype, want_plus=False):
     """Dense/Conv2d forward with bias and the following activation fused in the epilogue.
     Returns (z or None, a, W+ a or None) where z is kept only when ``store_z``."""
-    W, b = _params(k, graph, node, dtype)
+    W, b = m.params(k, node)
     xp = k.xp
     n = xin.shape[0]
     if node.layer.kind == "Dense":
@@ -230,7 +212,7 @@ def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
     h, w = xin.shape[2:]
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
-    Wm = _stacked_plus(k, graph, node, dtype) if want_plus else W.reshape(o, -1)
+    Wm = m.stacked_plus(k, node) if want_plus else W.reshape(o, -1)
     a = xp.empty((n, o, ho, wo), dtype)
     z = xp.empty_like(a) if (store_z and act) else a
     pz = xp.empty_like(a) if want_plus else None
@@ -245,17 +227,6 @@ def _linear_forward(k, graph, node, xin, act, store_z, dtype, want_plus=False):
             pc = pz[i0:i1].reshape(i1 - i0, o, p)
             k.bias_act_from_gemm(zg[o:], zero, 0, pc, pc, False)
     return (z if (store_z or not act) else None), a, pz
-
-
-def _stacked_plus(k, graph, node, dtype):
-    """``[W; W+]`` (2O, K) of a Conv2d, cached: one GEMM gives z and W+ a."""
-    key = ("wplus", node.name, np.dtype(dtype).str)
-    got = graph.cache.get(key)
-    if got is None:
-        Wm = graph.params(node, dtype)[0].reshape(node.layer.weight.shape[0], -1)
-        got = np.ascontiguousarray(np.concatenate([Wm, np.maximum(Wm, 0)]))
-        graph.cache[key] = got
-    return backend.on_device(graph, key, k, got)
 
 
 def _pool_forward(k, layer, xin, is_max):
@@ -275,7 +246,7 @@ def _pool_forward(k, layer, xin, is_max):
 # backward
 
 
-def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient", collect=None,
+def backward(m, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="gradient", collect=None,
              reveal=()):
     """Propagate ``start`` (signal at the score node) to the input.
 
@@ -291,11 +262,11 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
     (``plan.reveal_cancel_nodes``); the others take Rescale.
     """
     k = backend.kernels_for(start)
-    sig = {graph.score_node: start}
-    names = [n.name for n in graph.nodes]
-    stop = names.index(graph.score_node)
+    sig = {m.graph.score_node: start}
+    names = [n.name for n in m.graph.nodes]
+    stop = names.index(m.graph.score_node)
     n = start.shape[0]
-    for node in reversed(graph.nodes[: stop + 1]):
+    for node in reversed(m.graph.nodes[: stop + 1]):
         g = sig.pop(node.name, None)
         if g is None:
             continue
@@ -304,9 +275,9 @@ def backward(graph, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, rel
             if "input" not in collect and all(v is not None for v in collect.values()):
                 return None
         if node.name in reveal:
-            steps = [(node.inputs[0], _reveal_cancel(k, graph, node, tape, g, n))]
+            steps = [(node.inputs[0], _reveal_cancel(k, m, node, tape, g, n))]
         else:
-            steps = _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu)
+            steps = _node_backward(k, m, node, tape, g, mode, rules, pool_eps, n, relu)
         for src, gin in steps:
             sig[src] = sig[src] + gin if src in sig else gin
     if collect is not None and "input" in collect:
@@ -318,7 +289,7 @@ def _stab(z, eps):
     return z + (2 * (z >= 0).astype(z.dtype) - 1) * z.dtype.type(eps)
 
 
-def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="gradient"):
+def _node_backward(k, m, node, tape, g, mode, rules, pool_eps, n, relu="gradient"):
     """[(input name, signal)] for one node (see the table in the module docstring)."""
     layer = node.layer
     kind = layer.kind
@@ -326,11 +297,11 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
     xp = k.xp
     if layer.linear:
         if mode == LRP:
-            return [(src, _linear_lrp(k, graph, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
+            return [(src, _linear_lrp(k, m, node, tape.out[src], tape.out.get(node.name), g, rules[node.name],
                                       tape.plus.get(node.name), tape.shapes["input"], tape.nonneg.get(node.name)))]
         if isinstance(g, tuple):  # (m+, m-) from a RevealCancel activation
-            return [(src, _reveal_cancel_linear(k, graph, node, tape, g, n))]
-        return [(src, _linear_grad(k, graph, node, g, _in_shape(tape, graph, node, g)))]
+            return [(src, _reveal_cancel_linear(k, m, node, tape, g, n))]
+        return [(src, _linear_grad(k, m, node, g, _in_shape(tape, node, g)))]
     if kind in ("Identity", "Dropout") or (mode == LRP and kind in ("ReLU", "Tanh", "Sigmoid", "LeakyReLU",
                                                                        "Softplus", "BatchNorm2d")):
         return [(src, g)]  # LRP: relevance passes through activations and batch norm (Zennit's Pass)
@@ -364,12 +335,12 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
         ratio = (a2[:n] - a2[n:]) / xp.where(small, 1, dz)
         return [(src, g * xp.where(small, _param_act_grad(layer, z[:n], xp), ratio))]
     if kind in ("Flatten", "Reshape"):
-        return [(src, g.reshape(_in_shape(tape, graph, node, g)))]
+        return [(src, g.reshape(_in_shape(tape, node, g)))]
     if kind == "MaxPool2d":
-        return [(src, _maxpool_backward(k, graph, node, tape, g, mode, n))]
+        return [(src, _maxpool_backward(k, m, node, tape, g, mode, n))]
     if kind == "AvgPool2d":
         (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-        gin = xp.empty(_in_shape(tape, graph, node, g), g.dtype)
+        gin = xp.empty(_in_shape(tape, node, g), g.dtype)
         if mode == LRP:
             s = g / _stab(tape.out[node.name], pool_eps)
             k.avgpool_backward(s, kh, kw, sh, sw, ph, pw, tape.out[src], True, gin)
@@ -377,13 +348,13 @@ def _node_backward(k, graph, node, tape, g, mode, rules, pool_eps, n, relu="grad
             k.avgpool_backward(g, kh, kw, sh, sw, ph, pw, gin, False, gin)
         return [(src, gin)]
     if kind == "GlobalAvgPool2d":
-        shape = _in_shape(tape, graph, node, g)
+        shape = _in_shape(tape, node, g)
         inv = g.dtype.type(1.0 / (shape[2] * shape[3]))
         if mode == LRP:
             return [(src, tape.out[src] * (g / _stab(tape.out[node.name], pool_eps)) * inv)]
         return [(src, xp.broadcast_to(g * inv, shape).copy())]
     if kind == "BatchNorm2d":
-        return [(src, g * _bn(k, graph, node, g.dtype, g.ndim)[0])]
+        return [(src, g * m.bn(k, node, g.ndim)[0])]
     if kind == "Add":
         if mode == LRP:  # split in proportion to each input's share (Zennit's Norm on Sum)
             s = g / _stab(tape.out[node.name], pool_eps)
@@ -416,17 +387,17 @@ def _act_deriv(xp, layer, z):
     return _param_act_grad(layer, z, xp)
 
 
-def _pos_neg_state(k, graph, node, dtype):
+def _pos_neg_state(k, m, node, dtype):
     """The block matrix ``B = [[W+, W-], [W-, W+]]`` over the stacked input ``[d+; d-]``:
     ``B @ [d+; d-]`` gives the positive and negative parts ``(W+ d+ + W- d-, W- d+ + W+ d-)``
     of ``W d``. It is alpha-beta's matrix (no bias), compiled and cached by plan.rule_state."""
-    return _rule_state(k, graph, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), dtype, False)[1]
+    return m.rule(k, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), False)[1]
 
 
-def _pos_neg_forward(k, graph, node, da, dtype):
+def _pos_neg_forward(k, m, node, da, dtype):
     """``(Delta x+, Delta x-)`` of a Dense/Conv2d layer for input differences ``da``
     (seed 001 Eq. 4.23: the sums of the positive and of the negative terms ``w_ji Delta a_i``)."""
-    st = _pos_neg_state(k, graph, node, dtype)
+    st = _pos_neg_state(k, m, node, dtype)
     xp = k.xp
     n = da.shape[0]
     d2 = da.reshape(n, -1)
@@ -451,7 +422,7 @@ def _pos_neg_forward(k, graph, node, da, dtype):
     return z[:, :o], z[:, o:]
 
 
-def _reveal_cancel(k, graph, node, tape, g, n):
+def _reveal_cancel(k, m, node, tape, g, n):
     """RevealCancel at the activation ``y = f(x)`` (seed 001 Eq. 4.27-4.30), ``x`` the output
     of a linear layer with input differences ``Delta a``::
 
@@ -461,10 +432,10 @@ def _reveal_cancel(k, graph, node, tape, g, n):
 
     (``Dy+ + Dy- = Dy`` exactly, so summation-to-delta holds). Where ``Dx+`` (``Dx-``) is ~0 its
     multiplier is the limit ``g (f'(x0) + f'(x0 + Dx-)) / 2`` (resp. ``Dx+``). Returns (m+, m-)."""
-    lin = graph.by_name[node.inputs[0]]
+    lin = m.graph.by_name[node.inputs[0]]
     xp = k.xp
     a2 = tape.out[lin.inputs[0]]
-    dpos, dneg = _pos_neg_forward(k, graph, lin, a2[:n] - a2[n:], g.dtype)
+    dpos, dneg = _pos_neg_forward(k, m, lin, a2[:n] - a2[n:], g.dtype)
     dpos, dneg = dpos.reshape(g.shape), dneg.reshape(g.shape)
     x0, y2 = tape.out[lin.name][n:], tape.out[node.name]
     y, y0 = y2[:n], y2[n:]
@@ -482,7 +453,7 @@ def _reveal_cancel(k, graph, node, tape, g, n):
     return mult(dy_pos, dpos, dneg), mult(dy_neg, dneg, dpos)
 
 
-def _reveal_cancel_linear(k, graph, node, tape, g, n):
+def _reveal_cancel_linear(k, m, node, tape, g, n):
     """Multipliers of a linear layer's inputs from the pair ``(m+, m-)`` at its output: input
     ``i`` takes ``m+`` through the terms ``w_ji Delta a_i > 0`` and ``m-`` through the others::
 
@@ -496,7 +467,7 @@ def _reveal_cancel_linear(k, graph, node, tape, g, n):
     da = a2[:n] - a2[n:]
     dtype = mp.dtype
     xp = k.xp
-    st = _pos_neg_state(k, graph, node, dtype)
+    st = _pos_neg_state(k, m, node, dtype)
     pos = (da > 0).astype(dtype) + dtype.type(0.5) * (da == 0)
     s = xp.concatenate([mp, mn], axis=1)
     sel = xp.concatenate([pos, 1 - pos], axis=1)  # (N, 2F) or (N, 2C, H, W): mode blocks are channel blocks
@@ -514,12 +485,12 @@ def _reveal_cancel_linear(k, graph, node, tape, g, n):
     return out
 
 
-def _in_shape(tape, graph, node, g):
+def _in_shape(tape, node, g):
     return (g.shape[0],) + tape.shapes[node.inputs[0]]
 
 
-def _maxpool_backward(k, graph, node, tape, g, mode, n):
-    shape = _in_shape(tape, graph, node, g)
+def _maxpool_backward(k, m, node, tape, g, mode, n):
+    shape = _in_shape(tape, node, g)
     gin = k.xp.empty(shape, g.dtype)
     idx = tape.idx[node.name]
     if mode == DEEPLIFT:
@@ -568,16 +539,16 @@ def _unflip(xp, Bt, rows, kh, kw):
     return xp.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(rows, cin * kh * kw))
 
 
-def _linear_grad(k, graph, node, g, in_shape):
+def _linear_grad(k, m, node, g, in_shape):
     """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
-    W, _ = _params(k, graph, node, g.dtype)
+    W, _ = m.params(k, node)
     if node.layer.kind == "Dense":
         return g @ W
     o, c, kh, kw = W.shape
     n, _, ho, wo = g.shape
     h, w = in_shape[2:]
     if _stride1(node.layer):
-        Bt = backend.on_device(graph, ("wt", node.name, g.dtype.str), k, grad_weight_t(graph, node, g.dtype))
+        Bt = m.weight_t(k, node)
     else:
         Bt = W.reshape(o, -1)
     gin = k.xp.empty((n, c, h, w), g.dtype)
@@ -586,7 +557,7 @@ def _linear_grad(k, graph, node, g, in_shape):
     return gin
 
 
-def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
+def _linear_lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
     """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
     dtype = r.dtype
     xp = k.xp
@@ -596,7 +567,7 @@ def _linear_lrp(k, graph, node, a, z, r, rule, pz=None, x_shape=None, nonneg=Non
         nonneg = False
     elif nonneg is None:  # not known from the forward pass
         nonneg = bool(k.all_nonnegative(a.ravel()))
-    host, st = _rule_state(k, graph, node, rule, dtype, nonneg)
+    host, st = m.rule(k, node, rule, nonneg)
     modes = host.modes  # read on the host for the decisions below
     mm = len(modes)
     a2 = a.reshape(n, -1)

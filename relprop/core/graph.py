@@ -2,11 +2,18 @@
 
 A :class:`Graph` is a list of :class:`Node` in topological order; each node names the nodes
 it reads. ``Sequential`` builds a chain. The graph validates weights once, infers shapes for a
-given input, runs the plain forward pass (``net(x)``) and holds a per-model cache of derived
-weights (dtype casts, rule-transformed weight blocks) so they are computed once.
+given input and runs the plain forward pass (``net(x)``). It holds the model only: what is
+derived from the weights (casts, rule matrices, device copies) lives in the compiled plan
+(``relprop.core.plan.Compiled``), tied to the weights' version.
+
+Weights are immutable: a layer keeps a private, read-only copy of every array it is given
+(``layer.weight.setflags(write=True)`` is refused). Assigning a new array (``layer.weight =
+w``) validates and copies it and bumps the layer's ``version``, so plans built before see
+that they are stale and derive the weights again.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,9 +43,15 @@ def _weight(arr, name, layer, ndim):
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{layer}: {name} contains NaN or Inf")
     dtype = np.float64 if a.dtype == np.float64 else np.float32
-    out = np.array(a, dtype=dtype, copy=True)
-    out.setflags(write=False)  # derived weights are cached per model: they must not change under it
+    own = np.array(a, dtype=dtype, copy=True)
+    own.setflags(write=False)
+    out = own.view()  # a read-only view of a read-only array cannot be made writable again
+    out.setflags(write=False)
+    _FROZEN[id(out)] = out
     return out
+
+
+_FROZEN = weakref.WeakValueDictionary()  # id -> weight array validated and frozen by _weight
 
 
 class Layer:
@@ -51,6 +64,19 @@ class Layer:
     n_inputs = 1
     hyper = ()
     arrays = ()
+    version = 0
+
+    def __setattr__(self, name, value):
+        if name in self.arrays or name in self.hyper:
+            old = self.__dict__.get(name)
+            if name in self.arrays and value is not None and _FROZEN.get(id(value)) is not value:
+                value = _weight(value, name, self.kind, np.ndim(value) if old is None else old.ndim)
+                if old is not None and value.shape != old.shape:
+                    raise ValueError(f"{self.kind}: a new {name} must keep the shape {old.shape}, got {value.shape} "
+                                     f"(build a new layer for another shape)")
+            if old is not None:  # a change after construction: derived state is stale
+                object.__setattr__(self, "version", self.version + 1)
+        object.__setattr__(self, name, value)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -386,7 +412,6 @@ class Graph:
     """
 
     nodes: list
-    cache: dict = field(default_factory=dict, repr=False, compare=False)
     #: per-sample input shape, when known (importers record it); inputs are checked against it
     input_shape: tuple = field(default=None, compare=False)
 
@@ -458,22 +483,23 @@ class Graph:
     def consumers_of(self, name):
         return [self.by_name[c] for c in self.consumers.get(name, [])]
 
-    # -- weights ----------------------------------------------------------------------
-    def params(self, node, dtype):
-        """(weight, bias) of ``node`` in ``dtype``, cast once and cached."""
-        key = ("params", node.name, np.dtype(dtype).str)
-        got = self.cache.get(key)
-        if got is None:
-            layer = node.layer
-            got = (np.ascontiguousarray(layer.weight, dtype=dtype), np.ascontiguousarray(layer.bias, dtype=dtype))
-            self.cache[key] = got
-        return got
+    @property
+    def version(self):
+        """Changes whenever a layer's weights or hyper-parameters are reassigned."""
+        return tuple(n.layer.version for n in self.nodes)
+
+    def __hash__(self):  # identity: a model is one object (plans are kept per model)
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
 
     # -- forward ----------------------------------------------------------------------
-    def __call__(self, x):
-        from .. import api
+    def __call__(self, x, backend=None):
+        """The model's output for ``x``: ``relprop.forward(self, x)``."""
+        from .execute import forward
 
-        return api.forward(self, x)
+        return forward(self, x, backend=backend)
 
     def __repr__(self):
         lines = [f"  {n.name}: {n.layer!r}" for n in self.nodes]

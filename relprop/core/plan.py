@@ -1,15 +1,24 @@
-"""Compile step: what a method needs from the forward pass, and each linear layer's rule state.
+"""Compile step: what a method needs from the forward pass, and the model's derived weights.
 
 ``needs(graph, mode)`` lists the node outputs the backward traversal reads, so the forward
-pass stores only those. ``rule_state`` turns a rule (relprop.rules) into the block matrix the
-kernels contract with; it is computed once per (model, layer, rule, dtype) and cached on the graph.
+pass stores only those. :class:`Compiled` holds everything derived from one model's weights for
+one dtype: weight casts, each linear layer's rule state (``rule_state`` turns a rule of
+``relprop.core.rules`` into the block matrix the kernels contract with), stacked and transposed
+weights, and their device copies. It is tied to the weight version it was built from
+(``Graph.version``): a model whose weights were reassigned gets a fresh one.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import backend
 from . import rules as R
 
 GRAD, LRP, DEEPLIFT = "grad", "lrp", "deeplift"
@@ -99,13 +108,9 @@ class RuleState:
     Bt: np.ndarray = None  # Conv2d: B as the weight of the transposed (flipped) convolution
 
 
-def rule_state(graph, node, rule, dtype, nonneg):
-    """Compile ``rule`` for ``node`` (cached). ``nonneg``: the layer input has no negative
+def rule_state(node, rule, dtype, nonneg):
+    """Compile ``rule`` for ``node``. ``nonneg``: the layer input has no negative
     entries, so terms on a- vanish and are dropped from the block matrix."""
-    key = ("rule", node.name, rule.key, np.dtype(dtype).str, bool(nonneg))
-    st = graph.cache.get(key)
-    if st is not None:
-        return st
     layer = node.layer
     W = layer.weight.astype(np.float64)
     b = layer.bias.astype(np.float64)
@@ -154,7 +159,6 @@ def rule_state(graph, node, rule, dtype, nonneg):
     )
     if layer.kind == "Conv2d":
         st.Bt = flipped_transpose(st.B, G * o, Mm * layer.weight.shape[1], *layer.weight.shape[2:])
-    graph.cache[key] = st
     return st
 
 
@@ -165,13 +169,131 @@ def flipped_transpose(B, rows, cin, kh, kw):
     return np.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(cin, rows * kh * kw))
 
 
-def grad_weight_t(graph, node, dtype):
-    """Cached flipped-transposed weight of a Conv2d for gradient-type backward passes."""
-    key = ("wt", node.name, np.dtype(dtype).str)
-    got = graph.cache.get(key)
-    if got is None:
-        W, _ = graph.params(node, dtype)
-        o, c, kh, kw = W.shape
-        got = flipped_transpose(W.reshape(o, -1), o, c, kh, kw)
-        graph.cache[key] = got
-    return got
+class Compiled:
+    """The derived weights of one model for one dtype, built on first use and kept.
+
+    ``host(key, build)`` returns ``build()`` computed once; ``on(k, key, build)`` the same
+    copied once to kernel module ``k``'s device (the value itself on the CPU). Values are
+    arrays, tuples of arrays or dataclasses with array fields. Device copies are not pickled
+    (a plan sent to a Dask worker copies them again there)."""
+
+    def __init__(self, graph, dtype):
+        self.graph = graph
+        self.dtype = np.dtype(dtype)
+        self.version = graph.version
+        self._host = {}
+        self._dev = {}
+        self.fit_step = {}  # (backend, sample shape, key) -> rows that fitted in device memory
+
+    def __getstate__(self):
+        return {**self.__dict__, "_dev": {}}
+
+    def host(self, key, build):
+        got = self._host.get(key)
+        if got is None:
+            got = self._host[key] = build()
+        return got
+
+    def on(self, k, key, build):
+        value = self.host(key, build)
+        if not backend.is_device(k):
+            return value
+        dkey = (k.name,) + key
+        got = self._dev.get(dkey)
+        if got is None:
+            got = self._dev[dkey] = _move(k.xp, value)
+        return got
+
+    # -- the derived weights the engine reads ------------------------------------------
+    def params(self, k, node):
+        """(weight, bias) of ``node`` in this dtype."""
+        L = node.layer
+        return self.on(k, ("params", node.name), lambda: (np.ascontiguousarray(L.weight, dtype=self.dtype),
+                                                          np.ascontiguousarray(L.bias, dtype=self.dtype)))
+
+    def rule(self, k, node, rule, nonneg):
+        """(host RuleState, the same on ``k``'s device) of ``rule`` on ``node``."""
+        key = ("rule", node.name, rule.key, bool(nonneg))
+        build = lambda: rule_state(node, rule, self.dtype, nonneg)  # noqa: E731
+        return self.host(key, build), self.on(k, key, build)
+
+    def stacked_plus(self, k, node):
+        """``[W; W+]`` (2O, K) of a Conv2d: one GEMM gives z and W+ a."""
+        def build():
+            Wm = self.params(_HOST, node)[0].reshape(node.layer.weight.shape[0], -1)
+            return np.ascontiguousarray(np.concatenate([Wm, np.maximum(Wm, 0)]))
+
+        return self.on(k, ("wplus", node.name), build)
+
+    def weight_t(self, k, node):
+        """Flipped-transposed weight of a Conv2d for gradient-type backward passes."""
+        def build():
+            W, _ = self.params(_HOST, node)
+            o, c, kh, kw = W.shape
+            return flipped_transpose(W.reshape(o, -1), o, c, kh, kw)
+
+        return self.on(k, ("wt", node.name), build)
+
+    def bn(self, k, node, ndim):
+        """Batch norm's (scale, shift) shaped to broadcast over (N, C, ...)."""
+        shape = (-1,) + (1,) * (ndim - 2)
+        return self.on(k, ("bn", node.name, ndim),
+                       lambda: tuple(v.astype(self.dtype).reshape(shape) for v in node.layer.scale_shift))
+
+
+class _Host:  # the CPU as a kernel-module stand-in for Compiled.on
+    xp = np
+    name = "cpu"
+
+
+_HOST = _Host()
+
+
+def _move(xp, v):
+    if isinstance(v, np.ndarray):
+        return xp.asarray(v)
+    if isinstance(v, tuple):
+        return tuple(_move(xp, a) for a in v)
+    if dataclasses.is_dataclass(v):
+        return dataclasses.replace(v, **{f.name: _move(xp, getattr(v, f.name)) for f in dataclasses.fields(v)
+                                         if isinstance(getattr(v, f.name), np.ndarray)})
+    return v
+
+
+_COMPILED = {}  # id(graph) -> (weakref to the graph, {dtype: Compiled})
+_COMPILED_LOCK = threading.Lock()
+
+
+def compiled(graph, dtype):
+    """The :class:`Compiled` state of ``graph`` for ``dtype``, shared by every call on that
+    model (``rp.attribute`` reuses it across calls) and rebuilt when the weights changed. It
+    is dropped when the model is garbage-collected; nothing is stored on the model."""
+    dtype = np.dtype(dtype)
+    with _COMPILED_LOCK:
+        entry = _COMPILED.get(id(graph))
+        if entry is None or entry[0]() is not graph:
+            entry = (weakref.ref(graph, lambda _, i=id(graph): _COMPILED.pop(i, None)), {})
+            _COMPILED[id(graph)] = entry
+        got = entry[1].get(dtype)
+        if got is None or got.version != graph.version:
+            got = entry[1][dtype] = Compiled(graph, dtype)
+        return got
+
+
+def fingerprint(graph):
+    """SHA-256 of a model's structure (node names, kinds, inputs, hyper-parameters) and weights
+    (dtype, shape, bytes), computed once per weight version."""
+    def build():
+        h = hashlib.sha256()
+        for node in graph.nodes:
+            layer = node.layer
+            hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in
+                     ((k, getattr(layer, k)) for k in layer.hyper)}
+            h.update(json.dumps([node.name, layer.kind, list(node.inputs), hyper]).encode())
+            for a in layer.arrays:
+                arr = np.ascontiguousarray(getattr(layer, a))
+                h.update(f"{a}:{arr.dtype.str}:{arr.shape}".encode())
+                h.update(memoryview(arr).cast("B"))
+        return (h.hexdigest(),)
+
+    return compiled(graph, np.float64).host(("fingerprint",), build)[0]

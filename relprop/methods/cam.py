@@ -37,7 +37,7 @@ import numbers
 import numpy as np
 
 from ..core import engine
-from ._legacy import Method, _onehot, _resolve_target, register
+from .base import Method, onehot, register
 from ..core.plan import GRAD, needs
 
 INTERPOLATE_MODES = ("bilinear", "nearest")
@@ -111,16 +111,20 @@ def gradcam_pp_map(A, g, relu=True):
     return np.maximum(cam, 0) if relu else cam
 
 
-def _forward(graph, x, shapes, layer):
-    keep, idx = needs(graph, GRAD)
+def _forward(ctx, x, layer):
+    keep, idx = needs(ctx.graph, GRAD)
     keep.add(layer)
-    return engine.forward(graph, x, keep, idx, shapes)
+    return engine.forward(ctx.m, x, keep, idx, ctx.shapes)
 
 
-def _layer_grad(graph, tape, start, layer):
+def _layer_grad(ctx, tape, start, layer):
     col = {layer: None}
-    engine.backward(graph, tape, start, GRAD, collect=col)
+    engine.backward(ctx.m, tape, start, GRAD, collect=col)
     return tape.out[layer], col[layer]
+
+
+def _start(score, target):
+    return onehot(score, score.argmax(axis=1) if target is None else target, False)
 
 
 def _spread(cam, x, mode):
@@ -129,46 +133,51 @@ def _spread(cam, x, mode):
     return np.ascontiguousarray(np.broadcast_to(up[:, None], x.shape))
 
 
-def gradcam(graph, x, target, shapes, layer, relu_attributions, interpolate):
+def gradcam(ctx, x, target, layer, relu_attributions, interpolate):
     """Grad-CAM (Captum ``LayerGradCam`` + ``LayerAttribution.interpolate``), repeated over channels."""
-    score, _, tape = _forward(graph, x, shapes, layer)
-    start = _onehot(score, _resolve_target(score, target), False)
-    A, g = _layer_grad(graph, tape, start, layer)
+    score, _, tape = _forward(ctx, x, layer)
+    A, g = _layer_grad(ctx, tape, _start(score, target), layer)
     return _spread(gradcam_map(A, g, relu_attributions), x, interpolate)
 
 
-def gradcam_pp(graph, x, target, shapes, layer, relu_attributions, interpolate):
+def gradcam_pp(ctx, x, target, layer, relu_attributions, interpolate):
     """Grad-CAM++ (Chattopadhyay et al. 2018, exp-score closed form), repeated over channels."""
-    score, _, tape = _forward(graph, x, shapes, layer)
-    start = _onehot(score, _resolve_target(score, target), False)
-    A, g = _layer_grad(graph, tape, start, layer)
+    score, _, tape = _forward(ctx, x, layer)
+    A, g = _layer_grad(ctx, tape, _start(score, target), layer)
     return _spread(gradcam_pp_map(A, g, relu_attributions), x, interpolate)
 
 
-def guided_gradcam(graph, x, target, shapes, layer, interpolate):
+def guided_gradcam(ctx, x, target, layer, interpolate):
     """Guided Grad-CAM (Captum ``GuidedGradCam``): guided backprop times the upsampled Grad-CAM
     map (with ReLU); one forward, one plain backward to the layer, one guided backward."""
-    score, _, tape = _forward(graph, x, shapes, layer)
-    start = _onehot(score, _resolve_target(score, target), False)
-    A, g = _layer_grad(graph, tape, start.copy(), layer)
-    gb = engine.backward(graph, tape, start, GRAD, relu="guided")
+    score, _, tape = _forward(ctx, x, layer)
+    start = _start(score, target)
+    A, g = _layer_grad(ctx, tape, start.copy(), layer)
+    gb = engine.backward(ctx.m, tape, start, GRAD, relu="guided")
     up = upsample(gradcam_map(A, g, True), x.shape[2:], interpolate).astype(x.dtype, copy=False)
     return (gb * up[:, None]).astype(x.dtype, copy=False)
 
 
-def multi(graph, x, targets, shapes, method, params):
-    """Attributions for several classes ``targets`` (K,) from ONE forward pass: (N, K, C, H, W)
-    (for ``attribute(..., targets=...)``; one collecting backward, plus one guided backward for
-    guided_gradcam, per class)."""
+def multi(method):
+    def run(ctx, x, targets, **params):
+        return _multi(ctx, x, targets, method, params)
+
+    run.__doc__ = f"{method} for the targets (N, K) from one forward pass"
+    return run
+
+
+def _multi(ctx, x, targets, method, params):
+    """Attributions for the classes ``targets`` (N, K) from ONE forward pass: (N, K, C, H, W)
+    (one collecting backward, plus one guided backward for guided_gradcam, per class)."""
     layer, mode = params["layer"], params["interpolate"]
-    score, _, tape = _forward(graph, x, shapes, layer)
+    score, _, tape = _forward(ctx, x, layer)
     n = x.shape[0]
-    out = np.empty((n, len(targets)) + x.shape[1:], x.dtype)
-    for j, c in enumerate(targets):
-        start = _onehot(score, np.full(n, int(c)), False)
-        A, g = _layer_grad(graph, tape, start.copy(), layer)
+    out = np.empty((n, targets.shape[1]) + x.shape[1:], x.dtype)
+    for j in range(targets.shape[1]):
+        start = onehot(score, targets[:, j], False)
+        A, g = _layer_grad(ctx, tape, start.copy(), layer)
         if method == "guided_gradcam":
-            gb = engine.backward(graph, tape, start, GRAD, relu="guided")
+            gb = engine.backward(ctx.m, tape, start, GRAD, relu="guided")
             up = upsample(gradcam_map(A, g, True), x.shape[2:], mode).astype(x.dtype, copy=False)
             out[:, j] = gb * up[:, None]
         else:
@@ -257,12 +266,12 @@ def _validator(method):
 
 _CAM_PARAMS = {"layer": None, "relu_attributions": True, "interpolate": "bilinear"}
 
-register(Method("gradcam", gradcam, dict(_CAM_PARAMS),
-                "Grad-CAM (Captum LayerGradCam, upsampled to the input, repeated over its channels)",
-                validate=_validator("gradcam")))
-register(Method("gradcam_pp", gradcam_pp, dict(_CAM_PARAMS),
-                "Grad-CAM++ (exp-score closed form, upsampled to the input, repeated over its channels)",
-                validate=_validator("gradcam_pp")))
-register(Method("guided_gradcam", guided_gradcam, {"layer": None, "interpolate": "bilinear"},
-                "Guided Grad-CAM (Captum GuidedGradCam): guided backprop times the upsampled Grad-CAM map",
-                validate=_validator("guided_gradcam")))
+register(Method("gradcam", "Grad-CAM (Captum LayerGradCam, upsampled to the input, repeated over its channels)",
+                dict(_CAM_PARAMS), validate=_validator("gradcam"), run=gradcam, run_multi=multi("gradcam"),
+                family="cam"))
+register(Method("gradcam_pp", "Grad-CAM++ (exp-score closed form, upsampled to the input, repeated over its "
+                "channels)", dict(_CAM_PARAMS), validate=_validator("gradcam_pp"), run=gradcam_pp,
+                run_multi=multi("gradcam_pp"), family="cam"))
+register(Method("guided_gradcam", "Guided Grad-CAM (Captum GuidedGradCam): guided backprop times the upsampled "
+                "Grad-CAM map", {"layer": None, "interpolate": "bilinear"}, validate=_validator("guided_gradcam"),
+                run=guided_gradcam, run_multi=multi("guided_gradcam"), family="cam"))

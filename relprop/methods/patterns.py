@@ -54,8 +54,8 @@ from ..core import backend, engine
 from ..core.checks import _check_model, _check_x
 from ..core.graph import Conv2d, Dense, Graph, Node
 from ..io.native import check_archive, write_archive
-from ._legacy import Method, _onehot, _resolve_target, register
-from ..core.plan import GRAD, needs
+from .base import Method, register
+from ..core.plan import GRAD, compiled, fingerprint
 
 FORMAT, VERSION = "relprop-patterns", 1
 ESTIMATORS = ("relu", "linear")
@@ -67,25 +67,6 @@ PATCH_BUDGET = 16 * 2**20
 
 # ---------------------------------------------------------------------------------------
 # the fitted patterns
-
-def fingerprint(graph):
-    """SHA-256 of a model's structure (node names, kinds, inputs, hyper-parameters) and weights
-    (dtype, shape, bytes); cached on the graph, whose layers are read-only."""
-    got = graph.cache.get(("patterns.fingerprint",))
-    if got is None:
-        h = hashlib.sha256()
-        for node in graph.nodes:
-            layer = node.layer
-            hyper = {k: list(v) if isinstance(v, tuple) else v for k, v in
-                     ((k, getattr(layer, k)) for k in layer.hyper)}
-            h.update(json.dumps([node.name, layer.kind, list(node.inputs), hyper]).encode())
-            for a in layer.arrays:
-                arr = np.ascontiguousarray(getattr(layer, a))
-                h.update(f"{a}:{arr.dtype.str}:{arr.shape}".encode())
-                h.update(memoryview(arr).cast("B"))
-        got = graph.cache[("patterns.fingerprint",)] = h.hexdigest()
-    return got
-
 
 def _frozen_array(a, dtype):
     out = np.array(a, dtype=dtype, copy=True)
@@ -399,7 +380,7 @@ def fit_patterns(net, data, batch_size=256):
             raise ValueError(f"fit_patterns: {label} has per-sample shape {xb.shape[1:]}, earlier batches {first}")
         with backend.LOCK:
             kern = backend.kernels_for(xb)
-            _, _, tape = engine.forward(net, xb, keep, (), shapes)
+            _, _, tape = engine.forward(compiled(net, xb.dtype), xb, keep, (), shapes)
             for node in lin:
                 stats[node.name].add(kern, tape.out[node.inputs[0]], tape.out[node.name])
         n_seen += xb.shape[0]
@@ -417,39 +398,27 @@ def fit_patterns(net, data, batch_size=256):
 def shadow_graph(graph, patterns, method):
     """The model with every Dense/Conv2d weight replaced by its pattern ``a`` (patternnet) or by
     ``w ⊙ a`` (pattern_attribution), biases zero; same node names, so it runs on the original
-    forward pass's tape. Cached on the model (one per method)."""
-    key = ("patterns.shadow", method)
-    got = graph.cache.get(key)
-    if got is not None and got[0] == patterns._digest:
-        return got[1]
-    nodes = []
-    for node in graph.nodes:
-        layer = node.layer
-        if layer.linear:
-            a = patterns.patterns[node.name]
-            w = a if method == "patternnet" else layer.weight.astype(np.float64) * a
-            layer = Dense(w) if layer.kind == "Dense" else Conv2d(w, None, layer.stride, layer.padding)
-        nodes.append(Node(node.name, layer, node.inputs))
-    shadow = Graph(nodes, input_shape=graph.input_shape)
-    graph.cache[key] = (patterns._digest, shadow)
-    return shadow
+    forward pass's tape. Built once per (model, patterns, method) and kept with the model's
+    compiled state."""
+    def build():
+        nodes = []
+        for node in graph.nodes:
+            layer = node.layer
+            if layer.linear:
+                a = patterns.patterns[node.name]
+                w = a if method == "patternnet" else layer.weight.astype(np.float64) * a
+                layer = Dense(w) if layer.kind == "Dense" else Conv2d(w, None, layer.stride, layer.padding)
+            nodes.append(Node(node.name, layer, node.inputs))
+        return (Graph(nodes, input_shape=graph.input_shape),)
+
+    return compiled(graph, np.float64).host(("patterns.shadow", method, patterns._digest), build)[0]
 
 
-def _pattern_backward(graph, x, target, shapes, patterns, method):
-    keep, idx = needs(graph, GRAD)
-    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
-    t = _resolve_target(score, target)
-    return engine.backward(shadow_graph(graph, patterns, method), tape, _onehot(score, t, True), GRAD)
+def _backward_model(method):
+    def get(m, params):
+        return compiled(shadow_graph(m.graph, params["patterns"], method), m.dtype)
 
-
-def patternnet(graph, x, target, shapes, patterns):
-    """PatternNet: the signal ``s_c e_c`` projected back with the patterns, ReLU-gated."""
-    return _pattern_backward(graph, x, target, shapes, patterns, "patternnet")
-
-
-def pattern_attribution(graph, x, target, shapes, patterns):
-    """PatternAttribution: ``r^{l-1} = (w ⊙ a) r^l`` from ``s_c e_c``, ReLU-gated."""
-    return _pattern_backward(graph, x, target, shapes, patterns, "pattern_attribution")
+    return get
 
 
 def _validator(method):
@@ -469,9 +438,11 @@ def _validator(method):
     return validate
 
 
-register(Method("patternnet", patternnet, {"patterns": None},
-                "PatternNet (Kindermans et al. 2018): the score projected back along the fitted patterns",
-                validate=_validator("patternnet")))
-register(Method("pattern_attribution", pattern_attribution, {"patterns": None},
-                "PatternAttribution (Kindermans et al. 2018): relevance r^{l-1} = (w ⊙ a+) r^l",
-                validate=_validator("pattern_attribution")))
+GPU = frozenset({"cpu", "gpu"})
+register(Method("patternnet", "PatternNet (Kindermans et al. 2018): the score projected back along the fitted "
+                "patterns, ReLU-gated", {"patterns": None}, validate=_validator("patternnet"), mode=GRAD,
+                start="score", backward_model=_backward_model("patternnet"), backends=GPU, family="patterns"))
+register(Method("pattern_attribution", "PatternAttribution (Kindermans et al. 2018): relevance r^{l-1} = "
+                "(w ⊙ a+) r^l from s_c e_c, ReLU-gated", {"patterns": None}, validate=_validator("pattern_attribution"),
+                mode=GRAD, start="score", backward_model=_backward_model("pattern_attribution"), backends=GPU,
+                family="patterns"))

@@ -8,7 +8,7 @@ starts ``k * stride`` for ``k = 0 .. ceil((D - w) / stride)``, the last window c
 when the stride does not divide ``D - w``). ``s_c`` is the target's pre-softmax score.
 
 All perturbed copies run through the fused forward pass as large batches, built in chunks of
-bounded memory (``CHUNK_BUDGET``).
+bounded memory (``relprop.core.execute.Budget.expand``).
 """
 from __future__ import annotations
 
@@ -17,10 +17,7 @@ import numbers
 
 import numpy as np
 
-from ..core import engine
-from ._legacy import Method, register
-
-CHUNK_BUDGET = 256 * 2**20  # bytes of activations per forward of perturbed copies
+from .base import Method, forward_scores, register, resolve_target
 
 
 def window_grid(in_shape, window, stride):
@@ -46,19 +43,19 @@ def _windows(in_shape, window, stride):
         yield tuple(slice(int(a), int(a) + w) for a, w in zip(reversed(pos), window))
 
 
-def occlusion_scores(graph, x, cols, shapes, window, stride, fill, budget=CHUNK_BUDGET):
+def occlusion_scores(ctx, x, cols, window, stride, fill):
     """Occlusion attributions for the classes ``cols`` (N, K) of each sample: (N, K, ...).
 
-    One forward at ``x``, then all window positions as batches of (windows x N) rows."""
+    One forward at ``x``, then all window positions as batches of (windows x N) rows
+    (``ctx.expand_rows`` rows at most)."""
     n, kk = cols.shape
     in_shape = x.shape[1:]
     feat = (slice(None),)
     fillb = np.broadcast_to(np.asarray(fill, dtype=x.dtype), x.shape)
     rows = np.arange(n)[:, None]
-    s0 = engine.forward(graph, x, (graph.score_node,), (), shapes)[0][rows, cols]  # (N, K)
+    s0 = forward_scores(ctx, x)[rows, cols]  # (N, K)
     acc = np.zeros((n, kk) + in_shape, np.float64)
-    per_row = max(1, sum(int(np.prod(s)) for s in shapes.values()) * x.itemsize)
-    per_chunk = max(1, budget // per_row // n)
+    per_chunk = max(1, ctx.expand_rows // n)
     wins = list(_windows(in_shape, window, stride))
     for w0 in range(0, len(wins), per_chunk):
         chunk = wins[w0:w0 + per_chunk]
@@ -67,7 +64,7 @@ def occlusion_scores(graph, x, cols, shapes, window, stride, fill, budget=CHUNK_
         pts[...] = x
         for j, sl in enumerate(chunk):
             pts[j][feat + sl] = fillb[feat + sl]
-        score = engine.forward(graph, pts.reshape((m * n,) + in_shape), (graph.score_node,), (), shapes)[0]
+        score = forward_scores(ctx, pts.reshape((m * n,) + in_shape))
         diff = s0[None] - score.reshape(m, n, -1)[:, rows, cols]  # (m, N, K), in x's dtype (as Captum)
         expand = (slice(None), slice(None)) + (None,) * len(in_shape)
         for j, sl in enumerate(chunk):
@@ -76,21 +73,18 @@ def occlusion_scores(graph, x, cols, shapes, window, stride, fill, budget=CHUNK_
     return (acc / count).astype(x.dtype)
 
 
-def occlusion(graph, x, target, shapes, window, stride, fill):
+def occlusion(ctx, x, target, window, stride, fill):
     """Occlusion (Zeiler & Fergus 2014) = Captum ``Occlusion.attribute(x, sliding_window_shapes=
     window, strides=stride, baselines=fill, target=target)``: per feature, the mean over the
     windows covering it of ``s_c(x) - s_c(x with the window set to fill)``."""
-    if target is None:
-        target = engine.forward(graph, x, (graph.score_node,), (), shapes)[0].argmax(axis=1)
-    cols = np.asarray(target, dtype=np.int64).reshape(-1, 1)
-    return occlusion_scores(graph, x, cols, shapes, window, stride, fill)[:, 0]
+    cols = np.asarray(resolve_target(ctx, x, target), dtype=np.int64).reshape(-1, 1)
+    return occlusion_scores(ctx, x, cols, window, stride, fill)[:, 0]
 
 
-def occlusion_multi(graph, x, targets, shapes, window, stride, fill):
-    """Occlusion for several classes ``targets`` (K,) at once: (N, K, ...), every perturbed
-    copy evaluated once for all K classes."""
-    cols = np.broadcast_to(np.asarray(targets, dtype=np.int64)[None], (x.shape[0], len(targets)))
-    return occlusion_scores(graph, x, cols, shapes, window, stride, fill)
+def occlusion_multi(ctx, x, targets, window, stride, fill):
+    """Occlusion for the classes ``targets`` (N, K) at once: (N, K, ...), every perturbed copy
+    evaluated once for all K classes."""
+    return occlusion_scores(ctx, x, np.asarray(targets, dtype=np.int64), window, stride, fill)
 
 
 def _is_int(v):
@@ -138,6 +132,6 @@ def _validate(graph, x, params):
     return {"window": window, "stride": stride, "fill": _check_fill(params["fill"], x)}
 
 
-register(Method("occlusion", occlusion, {"window": None, "stride": 1, "fill": 0.0},
-                "occlusion: mean score drop over the sliding windows covering each feature (Captum Occlusion)",
-                validate=_validate))
+register(Method("occlusion", "occlusion: mean score drop over the sliding windows covering each feature "
+                "(Captum Occlusion)", {"window": None, "stride": 1, "fill": 0.0}, validate=_validate, run=occlusion,
+                run_multi=occlusion_multi, per_sample=("fill",), family="perturbation"))

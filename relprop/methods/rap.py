@@ -83,7 +83,7 @@ import numpy as np
 
 from ..core import backend, engine
 from ..core.checks import _check_bounds, _reads_input_directly
-from ._legacy import Method, _onehot, _resolve_target, register
+from .base import Method, onehot, register
 from ..core.plan import flipped_transpose
 from ..core.rules import HIGH, LOW, X
 
@@ -139,15 +139,16 @@ def _needs(graph, stop):
     return keep, idx
 
 
-def rap(graph, x, target, shapes, low=None, high=None):
+def rap(ctx, x, target, low=None, high=None):
     """RAP attributions of the target scores (see the module docstring); ``low``/``high``: fixed
     bounds of the input layer's z^B rule (None: each sample's min and max)."""
     k = backend.kernels_for(x)
+    graph, m = ctx.graph, ctx.m
     out_name, first = plan(graph)
     stop = [n.name for n in graph.nodes].index(graph.score_node)
     keep, idx = _needs(graph, stop)
-    score, _, tape = engine.forward(graph, x, keep, idx, shapes)
-    rel = {graph.score_node: _onehot(score, _resolve_target(score, target), False)}
+    score, _, tape = engine.forward(m, x, keep, idx, ctx.shapes)
+    rel = {graph.score_node: onehot(score, score.argmax(axis=1) if target is None else target, False)}
     bounds = None if low is None else (low, high)
     for node in reversed(graph.nodes[: stop + 1]):
         r = rel.pop(node.name, None)
@@ -156,11 +157,11 @@ def rap(graph, x, target, shapes, low=None, high=None):
         if node.layer.linear:
             a = tape.out[node.inputs[0]]
             if node.name == out_name:
-                rin = _first_propagation(graph, node, a, r)
+                rin = _first_propagation(m, node, a, r)
             elif node.name in first:
-                rin = _input_layer(k, graph, node, a, r, bounds, tape.shapes["input"])
+                rin = _input_layer(k, m, node, a, r, bounds, tape.shapes["input"])
             else:
-                rin = _relative(k, graph, node, a, r)
+                rin = _relative(k, m, node, a, r)
             steps = [(node.inputs[0], rin)]
         else:
             steps = _other(k, node, tape, r)
@@ -176,10 +177,10 @@ def _div(u, v):
     return np.divide(u, v, out=out, where=v != 0)
 
 
-def _first_propagation(graph, node, a, pd):
+def _first_propagation(m, node, a, pd):
     """Step 1 at the output Dense layer (``pd``: the one-hot start), then the absolute influence
     normalization ``R = |R'| sum R' / sum |R'|``."""
-    W, b = graph.params(node, pd.dtype)
+    W, b = m.params(backend.kernels_for(a), node)
     Wp, Wn = np.maximum(W, 0), np.minimum(W, 0)
     ap, an = np.maximum(a, 0), np.minimum(a, 0)
     z1, z2, z3, z4 = ap @ Wp.T, ap @ Wn.T, an @ Wp.T, an @ Wn.T
@@ -193,9 +194,9 @@ def _first_propagation(graph, node, a, pd):
     return mag * _div(r1.sum(axis=1, keepdims=True), mag.sum(axis=1, keepdims=True))
 
 
-def _relative(k, graph, node, a, r):
+def _relative(k, m, node, a, r):
     """Step 2 at a hidden Dense/Conv2d layer: each sign part of ``a`` propagated, then shifted."""
-    B, Bt = _blocks(graph, node, r.dtype, "pm")
+    B, Bt = _blocks(m, node, "pm")
     o = node.layer.weight.shape[0]
     conv = node.layer.kind == "Conv2d"
     if k.all_nonnegative(a.ravel()):
@@ -232,7 +233,7 @@ def _shift(c, r):
     c2 -= nz * each[:, None]
 
 
-def _input_layer(k, graph, node, a, r, bounds, x_shape):
+def _input_layer(k, m, node, a, r, bounds, x_shape):
     """Step 3: the z^B rule with each sample's min/max of ``a`` (or the validated ``bounds``)."""
     n = a.shape[0]
     dtype = r.dtype
@@ -247,29 +248,30 @@ def _input_layer(k, graph, node, a, r, bounds, x_shape):
                        np.ascontiguousarray(hi, dtype=dtype), xs)
     if node.layer.kind == "Conv2d":
         xs = xs.reshape((n, 3 * a.shape[1]) + a.shape[2:])  # the modes are channel blocks
-    B, Bt = _blocks(graph, node, dtype, "zb")
+    B, Bt = _blocks(m, node, "zb")
     return _contract(k, node, xs, 3, B, Bt, lambda z, sl: _div(r[sl], z)).reshape(a.shape)
 
 
-def _blocks(graph, node, dtype, which):
-    """Cached block weights of a Dense/Conv2d: ``"pm"`` = ``[W+; W-]`` (2O, K) for step 2, ``"zb"`` =
-    ``[W, -W+, -W-]`` (O, 3K) over the stacked input ``[a; l; h]`` for step 3; with the Conv2d's
-    flipped transpose for stride-1 backward passes (plan.flipped_transpose)."""
-    key = ("rap", which, node.name, np.dtype(dtype).str)
-    got = graph.cache.get(key)
-    if got is None:
-        W = node.layer.weight.astype(np.float64)
-        o, cin = W.shape[:2]
-        Wm = W.reshape(o, -1)
-        Wp, Wn = np.maximum(Wm, 0), np.minimum(Wm, 0)
-        if which == "pm":
-            B, rows, mods = np.concatenate([Wp, Wn]), 2 * o, 1
-        else:
-            B, rows, mods = np.concatenate([Wm, -Wp, -Wn], axis=1), o, 3
-        B = np.ascontiguousarray(B, dtype=dtype)
-        Bt = flipped_transpose(B, rows, mods * cin, *W.shape[2:]) if node.layer.kind == "Conv2d" else None
-        got = graph.cache[key] = (B, Bt)
-    return got
+def _blocks(m, node, which):
+    """Block weights of a Dense/Conv2d, derived once per compiled model: ``"pm"`` = ``[W+; W-]``
+    (2O, K) for step 2, ``"zb"`` = ``[W, -W+, -W-]`` (O, 3K) over the stacked input ``[a; l; h]``
+    for step 3; with the Conv2d's flipped transpose for stride-1 backward passes
+    (plan.flipped_transpose)."""
+    return m.host(("rap", which, node.name), lambda: _build_blocks(node, m.dtype, which))
+
+
+def _build_blocks(node, dtype, which):
+    W = node.layer.weight.astype(np.float64)
+    o, cin = W.shape[:2]
+    Wm = W.reshape(o, -1)
+    Wp, Wn = np.maximum(Wm, 0), np.minimum(Wm, 0)
+    if which == "pm":
+        B, rows, mods = np.concatenate([Wp, Wn]), 2 * o, 1
+    else:
+        B, rows, mods = np.concatenate([Wm, -Wp, -Wn], axis=1), o, 3
+    B = np.ascontiguousarray(B, dtype=dtype)
+    Bt = flipped_transpose(B, rows, mods * cin, *W.shape[2:]) if node.layer.kind == "Conv2d" else None
+    return B, Bt
 
 
 def _contract(k, node, xs, mods, B, Bt, ratio):
@@ -386,7 +388,6 @@ def _validate(graph, x, params):
     return {"low": low, "high": high}
 
 
-register(Method("rap", rap, {"low": None, "high": None},
-                "Relative Attributing Propagation (Nam et al. 2020, the authors' code): absolute influence "
-                "normalization at the output, relevant/irrelevant propagation with uniform shifting, z^B at the input",
-                validate=_validate))
+register(Method("rap", "Relative Attributing Propagation (Nam et al. 2020, the authors' code): absolute "
+                "influence normalization at the output, relevant/irrelevant propagation with uniform shifting, z^B at "
+                "the input", {"low": None, "high": None}, validate=_validate, run=rap, sums_to="score", family="rap"))

@@ -1,6 +1,7 @@
 """Sampling methods over a distribution of baselines: Expected Gradients, GradientSHAP, DeepSHAP.
 
-* ``"expected_gradients"`` (Erion et al. 2019; seed 001 Eq. 4.34): the mean over ``samples``
+* ``"expected_gradients"`` (Erion et al. 2021, "Improving performance of deep learning models with
+  axiomatic attribution priors and expected gradients", Eq. 4): the mean over ``samples``
   draws of ``grad s_c(x' + alpha (x - x')) * (x - x')``, with ``x'`` drawn uniformly from
   ``baselines`` and ``alpha ~ U(0, 1)``. Summed over features its expectation is
   ``s_c(x) - mean_b s_c(baselines[b])`` (completeness in expectation).
@@ -11,16 +12,15 @@
   every baseline of ``baselines`` and averaged, so ``sum R = mean_b (s_c(x) - s_c(baselines[b]))``
   exactly.
 
-Draws: ``numpy.random.default_rng(seed)`` gives, in this order, the baseline indices
-``integers(0, B, size=(N, samples))``, the path positions ``random((N, samples))`` and
-(gradient_shap with ``stdevs > 0``) the noise ``standard_normal((N, samples) + x.shape[1:]) * stdevs``,
-sample-major (``sample_draws`` returns them). They are drawn once for the whole batch given to
-``rp.attribute``, so results do not depend on internal batching. ``target=None`` takes the argmax
-at the clean ``x`` for every draw.
+Draws are per sample: sample ``r`` (its global index, ``row_offset`` + position in x) draws from
+``row_rng(seed, r, stream 2)`` (``relprop.methods.base``), in this order, its baseline indices
+``integers(0, B, size=samples)``, its path positions ``random(samples)`` and (gradient_shap with
+``stdevs > 0``) its noise ``standard_normal((samples,) + x.shape[1:]) * stdevs`` (``sample_draws``
+returns them). So results do not depend on the batch a sample comes in or on internal batching.
+``target=None`` takes the argmax at the clean ``x`` for every draw.
 
 All evaluation points of a batch (``N * samples`` path points, or ``N * B`` DeepLIFT pairs) run
-through ``relprop.methods.gradient`` / ``relprop.methods.deeplift_rescale`` as large batches, in
-chunks of bounded memory.
+through the gradient / DeepLIFT traversal as large batches, in chunks of bounded memory.
 """
 from __future__ import annotations
 
@@ -28,88 +28,62 @@ import numbers
 
 import numpy as np
 
-from ..core import engine
-from ._legacy import Method, _path_chunk, deeplift_rescale, gradient, register
+from .base import METHODS, Method, gradient, register, resolve_target, row_rng, traverse
 
 
 # ---------------------------------------------------------------------------------------
 # draws
 
-class _Draws:
-    """The random draws of one validated batch of ``n`` rows, handed out in row order.
-
-    ``rp.attribute`` may split the batch into internal chunks and call the method once per
-    chunk (in order); each call takes the next rows, so the draws of a row do not depend on the
-    chunking. Rows beyond the validated batch (e.g. ``smoothgrad`` running the method on noisy
-    copies) get fresh draws from the same generator (still reproducible for a given seed)."""
-
-    def __init__(self, seed, n, samples, n_baselines):
-        self.rng = np.random.default_rng(seed)
-        self.samples, self.n_baselines = samples, n_baselines
-        self.idx = self.rng.integers(0, n_baselines, size=(n, samples))
-        self.alpha = self.rng.random((n, samples))
-        self.n, self.cursor = n, 0
-
-    def take(self, m):
-        """(baseline indices (m, S), alphas (m, S)) of the next ``m`` rows."""
-        c = self.cursor
-        if c + m <= self.n:
-            self.cursor = c + m
-            return self.idx[c:c + m], self.alpha[c:c + m]
-        self.cursor = self.n
-        return (self.rng.integers(0, self.n_baselines, size=(m, self.samples)),
-                self.rng.random((m, self.samples)))
-
-    def noise(self, rows, shape):
-        """Standard-normal noise for the next ``rows`` draws (sample-major stream)."""
-        return self.rng.standard_normal((rows,) + tuple(shape))
+DRAW_STREAM = 2
 
 
-def sample_draws(seed, n, samples, n_baselines, shape=None, stdevs=0.0):
-    """The draws a call on a batch of ``n`` samples makes: ``(idx, alpha, noise)`` with ``idx``
-    (n, samples) baseline indices, ``alpha`` (n, samples) in [0, 1), ``noise`` (n, samples,
-    *shape) (``None`` unless ``stdevs > 0``), in float64."""
-    d = _Draws(seed, n, samples, n_baselines)
-    noise = None
-    if stdevs > 0:
-        noise = d.noise(n * samples, shape).reshape((n, samples) + tuple(shape)) * stdevs
-    return d.idx, d.alpha, noise
+def row_draws(seed, row, samples, n_baselines, shape=None, stdevs=0.0):
+    """The draws of sample ``row`` (its global index): baseline indices (samples,), alphas
+    (samples,) in [0, 1), and noise (samples, *shape) times ``stdevs`` (None unless stdevs > 0),
+    drawn in that order from ``row_rng(seed, row, stream 2)``, float64."""
+    rng = row_rng(seed, row, DRAW_STREAM)
+    idx = rng.integers(0, n_baselines, size=samples)
+    alpha = rng.random(samples)
+    noise = rng.standard_normal((samples,) + tuple(shape)) * stdevs if stdevs > 0 else None
+    return idx, alpha, noise
+
+
+def sample_draws(seed, n, samples, n_baselines, shape=None, stdevs=0.0, row_offset=0):
+    """The draws a call on a batch of ``n`` samples (rows ``row_offset ..``) makes:
+    ``(idx, alpha, noise)`` with ``idx`` (n, samples) baseline indices, ``alpha`` (n, samples)
+    in [0, 1), ``noise`` (n, samples, *shape) (``None`` unless ``stdevs > 0``), float64."""
+    d = [row_draws(seed, row_offset + i, samples, n_baselines, shape, stdevs) for i in range(n)]
+    noise = None if stdevs <= 0 else np.stack([e[2] for e in d])
+    return np.stack([e[0] for e in d]), np.stack([e[1] for e in d]), noise
 
 
 # ---------------------------------------------------------------------------------------
 # methods
 
-def _clean_target(graph, x, target, shapes):
-    if target is not None:
-        return np.broadcast_to(np.asarray(target, dtype=np.int64), (x.shape[0],))
-    score, _, _ = engine.forward(graph, x, (graph.score_node,), (), shapes)
-    return score.argmax(axis=1)
-
-
-def _path_samples(graph, x, target, shapes, baselines, samples, stdevs, seed, draws):
+def _path_samples(ctx, x, target, baselines, samples, stdevs, seed):
     """Mean over draws of ``grad(x' + alpha (x~ - x')) * (x~ - x')`` (x~ = x + noise)."""
     n, s = x.shape[0], int(samples)
     feat = x.shape[1:]
     base = np.asarray(baselines, dtype=x.dtype)
-    if draws is None:
-        draws = _Draws(seed, n, s, base.shape[0])
-    idx, alpha = draws.take(n)
+    idx, alpha, noise = sample_draws(ctx.seed, n, s, base.shape[0], feat, stdevs, ctx.row0)
     idx, alpha = idx.reshape(-1), alpha.reshape(-1).astype(x.dtype)
-    t = np.repeat(_clean_target(graph, x, target, shapes), s)
+    if noise is not None:
+        noise = noise.reshape((n * s,) + feat).astype(x.dtype)
+    t = np.repeat(resolve_target(ctx, x, target), s)
     acc = np.zeros(x.shape, np.float64)
     rows = n * s
-    per_chunk = max(1, _path_chunk(shapes, x.itemsize))
+    per_chunk = ctx.expand_rows
     bshape = (-1,) + (1,) * len(feat)
     for r0 in range(0, rows, per_chunk):
         r1 = min(rows, r0 + per_chunk)
         i = np.arange(r0, r1) // s
         xr = x[i]
-        if stdevs > 0:
-            xr = xr + (draws.noise(r1 - r0, feat) * stdevs).astype(x.dtype)
+        if noise is not None:
+            xr = xr + noise[r0:r1]
         b = base[idx[r0:r1]]
         diff = xr - b
         pts = np.ascontiguousarray(b + alpha[r0:r1].reshape(bshape) * diff)
-        g = gradient(graph, pts, t[r0:r1], shapes) * diff
+        g = gradient(ctx, pts, t[r0:r1]) * diff
         _add_rows(acc, g, i)
     return (acc / s).astype(x.dtype)
 
@@ -120,34 +94,36 @@ def _add_rows(acc, g, i):
     acc[i[starts]] += np.add.reduceat(g.astype(np.float64), starts, axis=0)
 
 
-def expected_gradients(graph, x, target, shapes, baselines, samples, seed, _draws=None):
-    """Expected Gradients (seed 001 Eq. 4.34): mean over ``samples`` draws of
+def expected_gradients(ctx, x, target, baselines, samples, seed):
+    """Expected Gradients (Erion et al. 2021, Eq. 4): mean over ``samples`` draws of
     ``grad(x' + alpha (x - x')) * (x - x')``, ``x'`` uniform over ``baselines``, ``alpha ~ U(0,1)``."""
-    return _path_samples(graph, x, target, shapes, baselines, samples, 0.0, seed, _draws)
+    return _path_samples(ctx, x, target, baselines, samples, 0.0, seed)
 
 
-def gradient_shap(graph, x, target, shapes, baselines, samples, stdevs, seed, _draws=None):
-    """GradientSHAP (Captum ``GradientShap``): Expected Gradients at noisy copies
-    ``x + N(0, stdevs^2)`` of the input."""
-    return _path_samples(graph, x, target, shapes, baselines, samples, float(stdevs), seed, _draws)
+def gradient_shap(ctx, x, target, baselines, samples, stdevs, seed):
+    """GradientSHAP (Lundberg & Lee 2017; Captum ``GradientShap``): Expected Gradients at noisy
+    copies ``x + N(0, stdevs^2)`` of the input."""
+    return _path_samples(ctx, x, target, baselines, samples, float(stdevs), seed)
 
 
-def deepshap(graph, x, target, shapes, baselines):
-    """DeepSHAP (Captum ``DeepLiftShap``): the mean over baselines ``b`` of DeepLIFT rescale at
-    ``x`` with baseline ``b``; all (sample, baseline) pairs run as one batch (bounded chunks)."""
+def deepshap(ctx, x, target, baselines):
+    """DeepSHAP (Lundberg & Lee 2017; Captum ``DeepLiftShap``): the mean over baselines ``b`` of
+    DeepLIFT rescale at ``x`` with baseline ``b``; all (sample, baseline) pairs run as one batch
+    (bounded chunks)."""
     n = x.shape[0]
     base = np.asarray(baselines, dtype=x.dtype)
     nb = base.shape[0]
-    t = np.repeat(_clean_target(graph, x, target, shapes), nb)
+    t = np.repeat(resolve_target(ctx, x, target), nb)
     acc = np.zeros(x.shape, np.float64)
     rows = n * nb
-    per_chunk = max(1, _path_chunk(shapes, x.itemsize) // 2)  # DeepLIFT runs x and x0 together
+    per_chunk = max(1, ctx.expand_rows // 2)  # DeepLIFT runs x and x0 together
+    rescale = METHODS["deeplift.rescale"]
     for r0 in range(0, rows, per_chunk):
         r1 = min(rows, r0 + per_chunk)
         pr = np.arange(r0, r1)
         i = pr // nb
-        g = deeplift_rescale(graph, np.ascontiguousarray(x[i]), t[r0:r1], shapes,
-                             np.ascontiguousarray(base[pr % nb]))
+        g = traverse(ctx.at(ctx.row0), np.ascontiguousarray(x[i]), t[r0:r1, None], rescale,
+                     {"baseline": np.ascontiguousarray(base[pr % nb])})[:, 0]
         _add_rows(acc, g, i)
     return (acc / nb).astype(x.dtype)
 
@@ -206,7 +182,6 @@ def _validate_path(name, with_noise):
                "seed": _check_seed(name, params["seed"])}
         if with_noise:
             out["stdevs"] = _check_stdevs(name, params["stdevs"])
-        out["_draws"] = _Draws(out["seed"], x.shape[0], out["samples"], b.shape[0])
         return out
 
     return validate
@@ -216,12 +191,14 @@ def _validate_deepshap(graph, x, params):
     return {"baselines": _check_baselines("deepshap", params["baselines"], x)}
 
 
-register(Method("expected_gradients", expected_gradients, {"baselines": None, "samples": 32, "seed": None},
-                "Expected Gradients: E over baselines b ~ U(baselines), alpha ~ U(0,1) of "
-                "grad(b + alpha (x - b)) * (x - b)", validate=_validate_path("expected_gradients", False)))
-register(Method("gradient_shap", gradient_shap, {"baselines": None, "samples": 5, "stdevs": 0.0, "seed": None},
-                "GradientSHAP (Captum GradientShap): Expected Gradients at noisy inputs x + N(0, stdevs^2)",
-                validate=_validate_path("gradient_shap", True)))
-register(Method("deepshap", deepshap, {"baselines": None},
-                "DeepSHAP (Captum DeepLiftShap): DeepLIFT rescale averaged over the baselines",
-                validate=_validate_deepshap))
+register(Method("expected_gradients", "Expected Gradients: E over baselines b ~ U(baselines), alpha ~ U(0,1) of "
+                "grad(b + alpha (x - b)) * (x - b)", {"baselines": None, "samples": 32, "seed": None},
+                validate=_validate_path("expected_gradients", False), run=expected_gradients, random=True,
+                averages_noise=True, sums_to="delta", baseline_param="baselines", family="sampling"))
+register(Method("gradient_shap", "GradientSHAP (Captum GradientShap): Expected Gradients at noisy inputs "
+                "x + N(0, stdevs^2)", {"baselines": None, "samples": 5, "stdevs": 0.0, "seed": None},
+                validate=_validate_path("gradient_shap", True), run=gradient_shap, random=True, averages_noise=True,
+                sums_to="delta", baseline_param="baselines", family="sampling"))
+register(Method("deepshap", "DeepSHAP (Captum DeepLiftShap): DeepLIFT rescale averaged over the baselines",
+                {"baselines": None}, validate=_validate_deepshap, run=deepshap, sums_to="delta",
+                baseline_param="baselines", family="sampling"))

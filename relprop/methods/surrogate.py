@@ -27,10 +27,11 @@ dependency here); relprop fits weighted least squares with an intercept and a sm
 For a model that is linear in ``z`` both give ``phi_i = sum_{j in feature i} w_j (x_j - b_j)``
 (Lasso only up to its shrinkage).
 
-Coalitions are drawn independently per sample from ``numpy.random.default_rng(seed)``
-(``seed=None``: fresh entropy); a given seed reproduces a call with the same batch. All
-perturbed inputs of a batch run through the fused forward pass as large batches, built in
-chunks of bounded memory (``CHUNK_BUDGET``).
+Coalitions are drawn per sample: sample ``r`` (its global index) draws from
+``row_rng(seed, r, stream 3)`` (``relprop.methods.base``; ``seed=None``: a fresh seed per call),
+so results do not depend on the batch a sample comes in. All perturbed inputs of a batch run
+through the fused forward pass as large batches, built in chunks of bounded memory
+(``relprop.core.execute.Budget.expand``).
 """
 from __future__ import annotations
 
@@ -38,10 +39,9 @@ import numbers
 
 import numpy as np
 
-from ..core import engine
-from ._legacy import Method, register
+from .base import Method, forward_scores, register, resolve_target, row_rng
 
-CHUNK_BUDGET = 256 * 2**20  # bytes of activations per forward of perturbed copies
+COALITION_STREAM = 3
 INF_WEIGHT = 1e6            # Captum KernelShap's weight of the all-ones / all-zeros coalitions
 LIME_RIDGE = 1e-8           # ridge on LIME's coefficients, relative to the total sample weight
 COS_EPS = 1e-8              # torch CosineSimilarity's eps
@@ -77,7 +77,7 @@ def lime_coalitions(rng, nfeat, samples):
 # ---------------------------------------------------------------------------------------------
 # Evaluation and fit
 # ---------------------------------------------------------------------------------------------
-def coalition_scores(graph, x, target, shapes, mask, z, baseline, budget=CHUNK_BUDGET):
+def coalition_scores(ctx, x, target, mask, z, baseline):
     """Scores ``s_c`` (N, S) of the inputs ``where(z[n, s][mask], x[n], baseline[n])`` for the
     coalitions ``z`` (N, S, F), evaluated as large batches in chunks of bounded memory (the
     perturbed inputs are built per chunk and not kept)."""
@@ -85,15 +85,14 @@ def coalition_scores(graph, x, target, shapes, mask, z, baseline, budget=CHUNK_B
     in_shape = x.shape[1:]
     b = np.broadcast_to(np.asarray(baseline, dtype=x.dtype), x.shape)
     m = np.broadcast_to(mask, in_shape)
-    per_row = max(1, sum(int(np.prod(v)) for v in shapes.values()) * x.itemsize)
-    rows_per_chunk = max(1, budget // per_row)
+    rows_per_chunk = ctx.expand_rows
     out = np.empty((n, s), np.float64)
     for r0 in range(0, n * s, rows_per_chunk):
         flat = np.arange(r0, min(r0 + rows_per_chunk, n * s))  # (sample, coalition), sample-major
         ii, jj = flat // s, flat % s
         keep = z[ii, jj][:, m]  # (rows,) + in_shape
         pts = np.where(keep, x[ii], b[ii])
-        score = engine.forward(graph, np.ascontiguousarray(pts), (graph.score_node,), (), shapes)[0]
+        score = forward_scores(ctx, np.ascontiguousarray(pts))
         out[ii, jj] = score[np.arange(len(flat)), target[ii]]
     return out
 
@@ -148,20 +147,22 @@ def weighted_fit(z, y, w, ridge=0.0):
     return phi
 
 
-def _setup(graph, x, target, shapes):
-    if target is None:
-        target = engine.forward(graph, x, (graph.score_node,), (), shapes)[0].argmax(axis=1)
-    return np.broadcast_to(np.asarray(target, dtype=np.int64).reshape(-1), (x.shape[0],))
+def _setup(ctx, x, target):
+    return np.broadcast_to(np.asarray(resolve_target(ctx, x, target), dtype=np.int64).reshape(-1), (x.shape[0],))
 
 
-def kernel_shap(graph, x, target, shapes, feature_mask, samples, baseline, seed, patch=None):
+def _coalitions(ctx, draw, n, nfeat, samples):
+    """Each sample's coalitions (N, S, F) from its own generator (its global row index)."""
+    return np.stack([draw(row_rng(ctx.seed, ctx.row0 + i, COALITION_STREAM), nfeat, samples) for i in range(n)])
+
+
+def kernel_shap(ctx, x, target, feature_mask, samples, baseline, seed, patch=None):
     """KernelSHAP = Captum ``KernelShap.attribute(x, baselines=baseline, target=target,
     feature_mask=feature_mask, n_samples=samples)`` up to the random draws (see module doc)."""
-    t = _setup(graph, x, target, shapes)
+    t = _setup(ctx, x, target)
     mask, nfeat = feature_mask
-    rng = np.random.default_rng(seed)
-    z = np.stack([shap_coalitions(rng, nfeat, samples) for _ in range(x.shape[0])])
-    y = coalition_scores(graph, x, t, shapes, mask, z, baseline)
+    z = _coalitions(ctx, shap_coalitions, x.shape[0], nfeat, samples)
+    y = coalition_scores(ctx, x, t, mask, z, baseline)
     w = np.ones(z.shape[:2])
     full = z.all(axis=2) | ~z.any(axis=2)
     w[full] = INF_WEIGHT
@@ -169,16 +170,15 @@ def kernel_shap(graph, x, target, shapes, feature_mask, samples, baseline, seed,
     return _expand(phi, mask, x)
 
 
-def lime(graph, x, target, shapes, feature_mask, samples, baseline, kernel_width, seed, patch=None):
+def lime(ctx, x, target, feature_mask, samples, baseline, kernel_width, seed, patch=None):
     """LIME = Captum ``Lime(model).attribute(x, baselines=baseline, target=target,
     feature_mask=feature_mask, n_samples=samples)`` with
     ``similarity_func=get_exp_kernel_similarity_function('cosine', kernel_width)``, but a
     ridge-stabilized weighted least squares surrogate instead of Lasso (see module doc)."""
-    t = _setup(graph, x, target, shapes)
+    t = _setup(ctx, x, target)
     mask, nfeat = feature_mask
-    rng = np.random.default_rng(seed)
-    z = np.stack([lime_coalitions(rng, nfeat, samples) for _ in range(x.shape[0])])
-    y = coalition_scores(graph, x, t, shapes, mask, z, baseline)
+    z = _coalitions(ctx, lime_coalitions, x.shape[0], nfeat, samples)
+    y = coalition_scores(ctx, x, t, mask, z, baseline)
     w = lime_similarity(x, mask, z, baseline, kernel_width)
     phi = weighted_fit(z, y, w, ridge=LIME_RIDGE)
     return _expand(phi, mask, x)
@@ -279,13 +279,12 @@ def _validate_lime(graph, x, params):
     return out
 
 
-register(Method("kernel_shap", kernel_shap,
-                {"feature_mask": None, "samples": 256, "baseline": 0.0, "seed": None, "patch": None},
-                "KernelSHAP: Shapley-kernel weighted linear surrogate over feature coalitions (Captum KernelShap)",
-                validate=_validate_shap))
-register(Method("lime", lime,
-                {"feature_mask": None, "samples": 256, "baseline": 0.0, "kernel_width": 0.75, "seed": None,
-                 "patch": None},
-                "LIME: cosine-kernel weighted linear surrogate over feature coalitions (Captum Lime, "
-                "least squares instead of Lasso)",
-                validate=_validate_lime))
+register(Method("kernel_shap", "KernelSHAP: Shapley-kernel weighted linear surrogate over feature coalitions "
+                "(Captum KernelShap)", {"feature_mask": None, "samples": 256, "baseline": 0.0, "seed": None,
+                                        "patch": None},
+                validate=_validate_shap, run=kernel_shap, random=True, per_sample=("baseline",), sums_to="delta",
+                baseline_param="baseline", family="surrogate"))
+register(Method("lime", "LIME: cosine-kernel weighted linear surrogate over feature coalitions (Captum Lime, "
+                "least squares instead of Lasso)", {"feature_mask": None, "samples": 256, "baseline": 0.0,
+                                                    "kernel_width": 0.75, "seed": None, "patch": None},
+                validate=_validate_lime, run=lime, random=True, per_sample=("baseline",), family="surrogate"))

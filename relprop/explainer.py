@@ -1,0 +1,331 @@
+"""``Explainer``: a method compiled for a model, and ``Explanation``: what one call returns.
+
+``rp.Explainer(net, method, **params)`` checks the method and its parameters once and keeps
+what the (model, method, parameters, dtype, backend) needs across calls: the model's derived
+weights for each dtype (``relprop.core.plan.Compiled``: rule states, stacked and transposed
+weights, device copies), the method's declaration (``relprop.methods.base.Method``) and its
+validated parameters. ``ex(x, target=...)`` returns the attributions; ``ex.explain(x, ...)``
+returns an :class:`Explanation` with the targets used, their scores and the conservation /
+completeness error where the method defines one. ``rp.attribute`` is a one-shot Explainer.
+
+An Explainer can be pickled (e.g. to send it to Dask workers): it travels as the model, the
+method name and the parameters; the receiving process derives the weights again.
+"""
+from __future__ import annotations
+
+import difflib
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .core import backend as B
+from .core import engine
+from .core.checks import _check_model, _check_target, _check_x
+from .core.execute import BUDGET, check_batch_size, row_bytes, run_batches, to_backend
+from .core.plan import DEEPLIFT, compiled
+from .methods import METHODS
+from .methods import smoothgrad as SG
+from .methods.base import Context, run_targets
+
+
+@dataclass
+class Explanation:
+    """The result of :meth:`Explainer.explain`.
+
+    Attributes
+    ----------
+    attribution : array (N, ...) for ``target=``, (N, K, ...) for ``targets=``
+    targets : int array (N,) or (N, K): the classes explained (the argmax where none was given)
+    scores : array of the shape of ``targets``: the model's score ``s_c(x)`` of each target
+    method : str
+    params : dict: the parameters the method ran with (defaults filled in, the seed drawn
+        when ``seed=None``)
+    sums_to : ``"score"`` (conservation, ``sum R = s_c(x)``), ``"delta"`` (completeness,
+        ``sum R = s_c(x) - s_c(baseline)``) or None
+    error : array of the shape of ``targets``, or None: ``sum R`` minus what it should sum to
+        (None when the method defines no such property)
+    """
+
+    attribution: object
+    targets: np.ndarray
+    scores: np.ndarray
+    method: str
+    params: dict
+    sums_to: str = None
+    error: np.ndarray = None
+
+    def __repr__(self):
+        err = "" if self.error is None else f", max |error| {float(np.max(np.abs(self.error))):.3g}"
+        return (f"Explanation({self.method}, attribution {tuple(self.attribution.shape)} "
+                f"{self.attribution.dtype}, targets {tuple(self.targets.shape)}{err})")
+
+
+def _check_method_name(method, names):
+    if not isinstance(method, str) or method not in names:
+        close = difflib.get_close_matches(str(method), list(names), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown method {method!r}{hint} (available: {', '.join(names)})")
+
+
+def _check_param_names(method, params, extra=""):
+    unknown = [k for k in params if k not in method.params]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, list(method.params), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(method.params) or "none"
+        raise TypeError(f"method {method.name!r} got an unknown parameter {k!r}{hint} (its parameters: {known}){extra}")
+
+
+def _check_seed(name, v):
+    if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_))):
+        raise TypeError(f"{name}: seed must be None or an int, got {v!r}")
+    if v is not None and v < 0:
+        raise ValueError(f"{name}: seed must be a non-negative int (numpy.random.SeedSequence), got {v!r}")
+
+
+class Explainer:
+    """A method compiled for a model.
+
+    Parameters
+    ----------
+    net : relprop model (``rp.Sequential`` / ``rp.Graph``)
+    method : str, one of ``rp.METHODS``
+    batch_size : None / ``"auto"`` (rows per internal batch chosen from the memory budget of
+        ``relprop.core.execute.Budget``) or an int >= 1. Results do not depend on it.
+    backend : None (run where ``x`` lives), ``"cpu"`` or ``"gpu"``
+    allow_tf32 : let float32 GEMMs on the GPU use TF32 tensor cores (results then agree with
+        fp32 to ~1e-3 x max|R|). Off by default.
+    **params : the method's parameters (``rp.METHODS[method].params`` lists them with defaults)
+
+    Examples
+    --------
+    >>> ex = rp.Explainer(net, "lrp", rules=rp.composites.EpsilonPlusFlat())   # doctest: +SKIP
+    >>> R = ex(x)                                   # (N, ...) for each sample's argmax   # doctest: +SKIP
+    >>> e = ex.explain(x, targets=[0, 3])           # Explanation, attribution (N, 2, ...) # doctest: +SKIP
+    """
+
+    def __init__(self, net, method, *, batch_size=None, backend=None, allow_tf32=False, **params):
+        _check_model(net)
+        _check_method_name(method, METHODS)
+        if backend not in (None, "cpu", "gpu"):
+            raise ValueError(f"backend must be None, 'cpu' or 'gpu', got {backend!r}")
+        if not isinstance(allow_tf32, (bool, np.bool_)):
+            raise TypeError(f"allow_tf32 must be True or False, got {allow_tf32!r}")
+        self.net = net
+        self.method = METHODS[method]
+        self.batch_size = check_batch_size(batch_size)
+        self.backend = backend
+        self.allow_tf32 = bool(allow_tf32)
+        self.base = None
+        if self.method.wrapper:
+            own = {k: params.pop(k) for k in list(params) if k in self.method.params}
+            self.own = {**self.method.params, **own}
+            base = self.own["base"]
+            names = [n for n, mm in METHODS.items() if not mm.wrapper]
+            if base in METHODS and METHODS[base].averages_noise:
+                raise ValueError(f"smoothgrad: base={base!r} already averages over random draws (noise included "
+                                 f"for gradient_shap); use its own samples= (and stdevs=) instead of wrapping it")
+            _check_method_name(base, names)
+            self.base = METHODS[base]
+            SG.check(self.own)
+            _check_seed("smoothgrad", self.own["seed"])
+            _check_param_names(self.base, params, f" (smoothgrad's own parameters: {', '.join(self.method.params)})")
+            self.params = {**self.base.params, **params}
+        else:
+            _check_param_names(self.method, params)
+            self.params = {**self.method.params, **params}
+        self._compiled = {}
+
+    # -- pickling: the model, the method's name and the parameters ----------------------
+    def __getstate__(self):
+        st = dict(self.__dict__)
+        st["method"] = self.method.name
+        st["base"] = None if self.base is None else self.base.name
+        st["_compiled"] = {}
+        return st
+
+    def __setstate__(self, st):
+        st["method"] = METHODS[st["method"]]
+        st["base"] = None if st["base"] is None else METHODS[st["base"]]
+        self.__dict__.update(st)
+
+    def __repr__(self):
+        name = self.method.name if self.base is None else f"smoothgrad({self.base.name})"
+        return f"Explainer({name}, {len(self.net.nodes)} nodes)"
+
+    @property
+    def runs(self):
+        """The declaration of the method that runs per copy (the base of smoothgrad)."""
+        return self.base or self.method
+
+    # -- calls ----------------------------------------------------------------------------
+    def __call__(self, x, target=None, targets=None, row_offset=0):
+        return self.attribute(x, target=target, targets=targets, row_offset=row_offset)
+
+    def attribute(self, x, target=None, targets=None, row_offset=0):
+        """Attributions of ``x`` (N, ...): same shape and dtype (and array type) as ``x`` for
+        ``target=`` (None: each sample's argmax, an int, or an int array (N,)); (N, K, ...)
+        for ``targets=`` (a list of K classes, ``"all"``, or an int array (N, K)).
+        ``row_offset``: the global index of x's first row (random methods draw per sample
+        from ``seed`` and that index, so a dataset explained in chunks equals one call)."""
+        return self._call(x, target, targets, row_offset, explain=False)
+
+    def explain(self, x, target=None, targets=None, row_offset=0):
+        """Like :meth:`attribute`, returning an :class:`Explanation`."""
+        return self._call(x, target, targets, row_offset, explain=True)
+
+    def _call(self, x, target, targets, row_offset, explain):
+        if targets is not None and target is not None:
+            raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
+        if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, numbers.Integral) or row_offset < 0:
+            raise TypeError(f"row_offset must be an int >= 0 (the global index of x's first row), got {row_offset!r}")
+        x, back = to_backend(x, self.backend)
+        k = B.kernels_for(x)
+        self._check_backend(k)
+        x, shapes = _check_x(self.net, x)
+        n = x.shape[0]
+        classes = shapes[self.net.score_node][0]
+        T, single = self._targets(target, targets, n, classes)
+        p = self._validated(x)
+        seed = self._seed()
+        m = self._compiled.get(x.dtype)
+        if m is None or m.version != self.net.version:
+            m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
+        per = row_bytes(shapes, x.itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
+        step = self.batch_size or BUDGET.rows(per, B.is_device(k))
+        expand = BUDGET.expand_rows(per)
+        per_sample = self.runs.per_sample
+
+        def batch(sl, st):
+            ctx = Context(m, shapes, int(row_offset) + sl.start, seed, max(st, 1), expand)
+            tb = None if T is None else T[sl]
+            return self._run(ctx, x[sl], tb, _slice(p, per_sample, x, sl))
+
+        with B.tf32(k, self.allow_tf32), B.LOCK:
+            out = run_batches(m, x, step, (self.runs.name, "multi" if not single else "one"), batch)
+            if not bool(k.xp.isfinite(out).all()):
+                self._nonfinite(m, x, shapes)
+            if not explain:
+                return back(out[:, 0] if single else out)
+            return self._explanation(m, x, shapes, out, T, single, p, seed, back)
+
+    def _run(self, ctx, x, T, p):
+        if self.base is not None:
+            own = self.own
+            return SG.smoothgrad(ctx, x, T, self.base, p, own["samples"], float(own["sigma"]), own["kind"], ctx.seed)
+        return run_targets(ctx, x, T, self.method, p)
+
+    def _check_backend(self, k):
+        if B.is_device(k):
+            for mm, what in ((None if self.base else self.method, None), (self.base, "smoothgrad around")):
+                if mm is not None and "gpu" not in mm.backends:
+                    gpu = sorted(n for n, d in METHODS.items() if "gpu" in d.backends)
+                    name = f"{what} {mm.name!r}" if what else repr(mm.name)
+                    raise NotImplementedError(
+                        f"method {name} runs on the CPU backend only in this version; pass a numpy array or "
+                        f"backend='cpu' (GPU methods: {', '.join(gpu)})")
+
+    def _targets(self, target, targets, n, classes):
+        """(targets (N, K) int64 or None for the argmax, True when the call was ``target=``)."""
+        if targets is None:
+            t = _check_target(target, n, classes)
+            return (None if t is None else t[:, None]), True
+        if isinstance(targets, str):
+            if targets != "all":
+                raise ValueError(f"targets must be a list of class indices or 'all', got {targets!r}")
+            tk = np.arange(classes)
+        else:
+            tk = np.asarray(targets)
+            if tk.size == 0 or tk.ndim not in (1, 2) or not np.issubdtype(tk.dtype, np.integer):
+                raise TypeError(f"targets must be a non-empty list of class indices, 'all', or an int array (N, K), "
+                                f"got {targets!r}")
+            if tk.min() < 0 or tk.max() >= classes:
+                raise ValueError(f"targets must lie in 0..{classes - 1} for a model with {classes} outputs, "
+                                 f"got {targets!r}")
+            if tk.ndim == 2:
+                if tk.shape[0] != n:
+                    raise ValueError(f"a targets array must have one row per sample, shape ({n}, K), got {tk.shape}")
+                return tk.astype(np.int64), False
+        return np.ascontiguousarray(np.broadcast_to(tk.astype(np.int64), (n, len(tk)))), False
+
+    def _validated(self, x):
+        mm = self.runs
+        p = dict(self.params)
+        if mm.validate is not None:
+            p = mm.validate(self.net, x, p)
+        if mm.random:
+            _check_seed(mm.name, p.get("seed"))
+        return p
+
+    def _seed(self):
+        """The seed of this call's random draws (drawn fresh when the method's seed is None)."""
+        seed = self.own["seed"] if self.base is not None else self.params.get("seed")
+        if not (self.method.random or self.runs.random):
+            return None
+        return int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+
+    def _nonfinite(self, m, x, shapes):
+        """Raise, naming the first layer whose forward output is not finite (or the backward pass)."""
+        xp = B.kernels_for(x).xp
+        keep = {nd.name for nd in self.net.nodes}
+        _, _, tape = engine.forward(m, x, keep, (), shapes)
+        where = "in the backward pass (the relevance or multipliers overflowed the dtype)"
+        for nd in self.net.nodes:
+            a = tape.out.get(nd.name)
+            if a is not None and not bool(xp.isfinite(a).all()):
+                where = f"at layer {nd.name!r} ({nd.layer.kind}) in the forward pass"
+                break
+        raise ValueError(f"method {self.method.name!r}: the attribution is not finite; it became Inf/NaN {where} "
+                         f"(x range [{float(x.min()):.3g}, {float(x.max()):.3g}] in {x.dtype}); rescale x or use "
+                         f"float64")
+
+    def _explanation(self, m, x, shapes, out, T, single, p, seed, back):
+        xp = B.kernels_for(x).xp
+        ctx = Context(m, shapes)
+        score = xp.concatenate([engine.forward(m, x[i:i + 4096], (self.net.score_node,), (), shapes)[0]
+                                for i in range(0, x.shape[0], 4096)])
+        if T is None:
+            T = score.argmax(axis=1)[:, None]
+        T = xp.asarray(T)
+        rows = xp.arange(x.shape[0])[:, None]
+        s = score[rows, T]
+        mm = self.method if self.base is None else None
+        sums_to = None if mm is None else mm.sums_to
+        error = None
+        if sums_to is not None:
+            ref = s
+            if sums_to == "delta":
+                ref = s - self._baseline_scores(ctx, x, p, mm)[rows, T]
+            total = out.reshape(out.shape[:2] + (-1,)).astype(np.float64).sum(axis=2)
+            error = B.to_host(total - ref)
+        params = dict(self.params if self.base is None else {**self.own, **self.params})
+        if "seed" in params and seed is not None:
+            params["seed"] = seed
+        pick = (lambda a: a[:, 0]) if single else (lambda a: a)
+        return Explanation(back(pick(out)), B.to_host(pick(T)), B.to_host(pick(s)), self.method.name, params, sums_to,
+                           None if error is None else pick(error))
+
+    def _baseline_scores(self, ctx, x, p, mm):
+        """The scores the completeness reference subtracts: at the baseline (broadcast to x), or
+        the mean over the baselines of a distribution."""
+        xp = B.kernels_for(x).xp
+        b = p[mm.baseline_param]
+        if mm.baseline_param == "baselines":
+            bs = xp.asarray(b, dtype=x.dtype)
+            sc = xp.concatenate([engine.forward(ctx.m, bs[i:i + 4096], (self.net.score_node,), (), ctx.shapes)[0]
+                                 for i in range(0, bs.shape[0], 4096)])
+            return xp.broadcast_to(sc.astype(np.float64).mean(axis=0), (x.shape[0], sc.shape[1]))
+        x0 = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(b, dtype=x.dtype), x.shape))
+        return engine.forward(ctx.m, x0, (self.net.score_node,), (), ctx.shapes)[0]
+
+
+def _slice(p, names, x, sl):
+    """Per-batch slices of array parameters that follow the batch axis (baselines, fills)."""
+    out = dict(p)
+    for key in names:
+        b = p.get(key)
+        if hasattr(b, "ndim") and b.ndim == x.ndim and b.shape[0] == x.shape[0] and x.shape[0] > 1:
+            out[key] = b[sl]
+    return out
