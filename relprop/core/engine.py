@@ -1,6 +1,6 @@
 """The two passes: one forward that stores what the method needs, one backward traversal.
 
-The backward traversal is the same for every method (seed 004, Table 1); a ``mode`` picks
+The backward traversal is the same for every method (Ancona et al. 2018, Table 1); a ``mode`` picks
 what happens at each node:
 
 =============  ===========================  ============================  ======================
@@ -14,7 +14,7 @@ AvgPool2d      ``pool^T g``                 ``x * pool^T(R / stab(z))``   ``pool
 
 DeepLIFT RevealCancel (``reveal=`` activation names) changes two rows of the DEEPLIFT column:
 the activation sends the pair of multipliers ``(m+, m-)`` of its input's positive and negative
-parts (seed 001 Eq. 4.27-4.30) and the linear layer below hands each input the one that
+parts (Shrikumar et al. 2017, Sec. 3.5.3) and the linear layer below hands each input the one that
 matches the sign of its contribution ``w_ji Delta a_i`` (see ``_reveal_cancel``).
 """
 from __future__ import annotations
@@ -254,7 +254,7 @@ def backward(m, tape, start, mode, rules=None, pool_eps=POOL_STABILIZER, relu="g
     tape holds the forward of ``[x; baseline]`` (2N rows) and ``start`` has N rows.
     ``pool_eps``: stabilizer of the z-rule at average pooling and at Add (LRP).
     ``relu`` (GRAD mode): what replaces the ReLU derivative -- ``"gradient"``, ``"guided"``
-    (guided backprop: ``relu(g) * [z > 0]``) or ``"deconvnet"`` (``relu(g)``), seed 001 Eq. 4.5-4.6.
+    (guided backprop: ``relu(g) * [z > 0]``) or ``"deconvnet"`` (``relu(g)``) (Springenberg et al. 2015; Zeiler & Fergus 2014).
     ``collect``: a dict whose keys name nodes; it receives the signal at each one's output
     (e.g. the gradient at a conv layer for CAM methods). Propagation stops once all are
     collected when ``"input"`` is not among them.
@@ -306,7 +306,7 @@ def _node_backward(k, m, node, tape, g, mode, rules, pool_eps, n, relu="gradient
                                                                        "Softplus", "BatchNorm2d")):
         return [(src, g)]  # LRP: relevance passes through activations and batch norm (Zennit's Pass)
     if kind == "ReLU" and mode == GRAD and relu != "gradient":
-        if isinstance(relu, tuple):  # ("rectgrad", q): seed 001 Eq. 4.9, tau = q-th percentile per sample
+        if isinstance(relu, tuple):  # ("rectgrad", q): Kim et al. 2019, Eq. 4: tau = q-th percentile per sample
             scores = tape.out[node.name] * g
             tau = xp.percentile(scores.reshape(n, -1), relu[1], axis=1).reshape((n,) + (1,) * (g.ndim - 1))
             return [(src, xp.where(scores > tau, g, 0).astype(g.dtype))]
@@ -396,7 +396,7 @@ def _pos_neg_state(k, m, node, dtype):
 
 def _pos_neg_forward(k, m, node, da, dtype):
     """``(Delta x+, Delta x-)`` of a Dense/Conv2d layer for input differences ``da``
-    (seed 001 Eq. 4.23: the sums of the positive and of the negative terms ``w_ji Delta a_i``)."""
+    (Shrikumar et al. 2017, Sec. 3.5.3: the sums of the positive and of the negative terms ``w_ji Delta a_i``)."""
     st = _pos_neg_state(k, m, node, dtype)
     xp = k.xp
     n = da.shape[0]
@@ -423,7 +423,7 @@ def _pos_neg_forward(k, m, node, da, dtype):
 
 
 def _reveal_cancel(k, m, node, tape, g, n):
-    """RevealCancel at the activation ``y = f(x)`` (seed 001 Eq. 4.27-4.30), ``x`` the output
+    """RevealCancel at the activation ``y = f(x)`` (Shrikumar et al. 2017, Sec. 3.5.3), ``x`` the output
     of a linear layer with input differences ``Delta a``::
 
         Dy+ = 1/2 (f(x0 + Dx+) - f(x0)) + 1/2 (f(x0 + Dx- + Dx+) - f(x0 + Dx-))

@@ -272,7 +272,7 @@ def compiled(graph, dtype):
     with _COMPILED_LOCK:
         entry = _COMPILED.get(id(graph))
         if entry is None or entry[0]() is not graph:
-            entry = (weakref.ref(graph, lambda _, i=id(graph): _COMPILED.pop(i, None)), {})
+            entry = (weakref.ref(graph, lambda _, i=id(graph), reg=_COMPILED: reg.pop(i, None)), {})
             _COMPILED[id(graph)] = entry
         got = entry[1].get(dtype)
         if got is None or got.version != graph.version:

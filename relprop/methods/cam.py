@@ -1,4 +1,4 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++ and Guided Grad-CAM (seed 001 Eq. 4.11-4.14).
+"""Class activation maps: Grad-CAM, Grad-CAM++ and Guided Grad-CAM (Selvaraju et al. 2017, Eq. 1-2; Chattopadhay et al. 2018, Eq. 19).
 
 All three read one layer ``A`` whose output is (N, K, h, w) (``layer=``: a node name, or an
 int index into ``graph.nodes``, negative allowed; default: the last node before the score
@@ -93,7 +93,7 @@ def upsample(cam, size, mode):
 
 
 def gradcam_map(A, g, relu=True):
-    """Grad-CAM at the layer: ``relu(sum_k mean_ij(g_k) A_k)`` (N, h, w) (seed 001 Eq. 4.11-4.12)."""
+    """Grad-CAM at the layer: ``relu(sum_k mean_ij(g_k) A_k)`` (N, h, w) (Selvaraju et al. 2017, Eq. 1-2)."""
     w = g.mean(axis=(2, 3))
     cam = np.einsum("nk,nkhw->nhw", w, A)
     return np.maximum(cam, 0) if relu else cam

@@ -20,9 +20,8 @@ IG_SCHEMES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapez
 def ig_points(scheme, steps):
     """Path positions ``alpha_k`` in [0, 1] and quadrature weights ``w_k`` of a scheme.
 
-    ``riemann_*`` and ``gauss_legendre`` follow Captum; ``uniform`` is the textbook rule
-    (Hagan et al., Neural Network Design, 2nd ed., Eq. 9.15-9.16): ``alpha_t = t / (T - 1)``,
-    ``w_t = 1 / T``.
+    ``riemann_*`` and ``gauss_legendre`` follow Captum; ``uniform`` is the plain rule of the
+    textbook presentations: ``alpha_t = t / (T - 1)``, ``w_t = 1 / T``.
     """
     n = steps
     if scheme == "riemann_left":

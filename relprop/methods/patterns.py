@@ -1,4 +1,4 @@
-"""PatternNet and PatternAttribution (Kindermans et al. 2018; seed 003 Part 3).
+"""PatternNet and PatternAttribution (Kindermans et al. 2018, "Learning how to explain neural networks: PatternNet and PatternAttribution", ICLR).
 
 A linear neuron ``y = w^T x`` on data ``x = a_s y + a_d eps`` needs a *filter* ``w`` that
 cancels the distractor (``w^T a_d = 0``, ``w^T a_s = 1``); the direction the signal varies
@@ -139,6 +139,10 @@ class Patterns:
 
     def __getitem__(self, name):
         return self.patterns[name]
+
+    def __reduce__(self):  # pickled as its fields (the read-only mappings are rebuilt)
+        return Patterns, (dict(self.patterns), dict(self.estimators), dict(self.counts), self.n_samples,
+                          self.fingerprint)
 
     def __repr__(self):
         layers = ", ".join(f"{n}: {self.estimators[n]} {tuple(a.shape)}" for n, a in self.patterns.items())

@@ -1,6 +1,6 @@
-"""Relative Attributing Propagation (RAP; Nam, Gur, Choi, Wolf, Lee, AAAI 2020; seed 001 section 4.3.1).
+"""Relative Attributing Propagation (RAP; Nam, Gur, Choi, Wolf, Lee, AAAI 2020).
 
-RAP explains the target class ``c`` in three steps (seed 001 Fig. 4.11). The formulas below are
+RAP explains the target class ``c`` in three steps (Nam et al. 2020, Fig. 2). The formulas below are
 those of the authors' public code, which the paper's experiments used
 (github.com/wjNam/Relative_Attributing_Propagation: ``modules/layers.py``, the ``RAP_relprop``
 methods; ``main.py`` starts them from the one-hot target ``T``). Notation, per sample: a layer's
