@@ -26,38 +26,19 @@ GRAD, LRP, DEEPLIFT = "grad", "lrp", "deeplift"
 
 def needs(graph, mode, rules=None, reveal=()):
     """Names of node outputs (``"input"`` for x) the backward pass of ``mode`` reads,
-    and the MaxPool nodes whose winner indices it needs. ``reveal``: activation nodes
-    that take DeepLIFT's RevealCancel rule (their linear layer's input is read too)."""
+    and the MaxPool nodes whose winner indices it needs (each layer kind's ``store`` in
+    ``relprop.core.layers``). ``reveal``: activation nodes that take DeepLIFT's RevealCancel
+    rule (their linear layer's input is read too)."""
+    from .layers import OPS
+
     keep, idx = set(), set()
     for name in reveal:
         keep.add(graph.by_name[graph.by_name[name].inputs[0]].inputs[0])
     for node in graph.nodes:
-        kind = node.layer.kind
-        src = node.inputs[0]
-        if kind in ("ReLU", "Tanh", "Sigmoid"):
-            if mode == GRAD:
-                keep.add(src if kind == "ReLU" else node.name)
-            elif mode == DEEPLIFT:
-                keep.update((src, node.name))
-        elif kind == "MaxPool2d":
-            if mode == DEEPLIFT:
-                keep.update((src, node.name))
+        names, winners = OPS[node.layer.kind].store(node, mode, None if rules is None else rules.get(node.name))
+        keep.update(names)
+        if winners:
             idx.add(node.name)
-        elif kind in ("LeakyReLU", "Softplus"):
-            if mode == GRAD:
-                keep.add(src)
-            elif mode == DEEPLIFT:
-                keep.update((src, node.name))
-        elif kind in ("AvgPool2d", "GlobalAvgPool2d") and mode == LRP:
-            keep.update((src, node.name))
-        elif kind == "Add" and mode == LRP:
-            keep.update(node.inputs)
-            keep.add(node.name)
-        elif node.layer.linear and mode == LRP:
-            keep.add(src)
-            rule = rules[node.name]
-            if rule.uses_layer_z or rule.z_form() is not None or any(g.mask for g in rule.groups()):
-                keep.add(node.name)
     keep.add(graph.score_node)
     return keep, idx
 

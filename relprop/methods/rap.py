@@ -81,7 +81,8 @@ import numbers
 
 import numpy as np
 
-from ..core import backend, engine
+from ..core import backend, engine, linear
+from ..core.layers import register_mode
 from ..core.checks import _check_bounds, _reads_input_directly
 from .base import Method, onehot, register
 from ..core.plan import flipped_transpose
@@ -141,34 +142,33 @@ def _needs(graph, stop):
 
 def rap(ctx, x, target, low=None, high=None):
     """RAP attributions of the target scores (see the module docstring); ``low``/``high``: fixed
-    bounds of the input layer's z^B rule (None: each sample's min and max)."""
-    k = backend.kernels_for(x)
+    bounds of the input layer's z^B rule (None: each sample's min and max). One forward pass,
+    then the shared backward traversal in mode ``"rap"`` (the steps registered below)."""
     graph, m = ctx.graph, ctx.m
     out_name, first = plan(graph)
     stop = [n.name for n in graph.nodes].index(graph.score_node)
     keep, idx = _needs(graph, stop)
     score, _, tape = engine.forward(m, x, keep, idx, ctx.shapes)
-    rel = {graph.score_node: onehot(score, score.argmax(axis=1) if target is None else target, False)}
+    start = onehot(score, score.argmax(axis=1) if target is None else target, False)
     bounds = None if low is None else (low, high)
-    for node in reversed(graph.nodes[: stop + 1]):
-        r = rel.pop(node.name, None)
-        if r is None:
-            continue
-        if node.layer.linear:
-            a = tape.out[node.inputs[0]]
-            if node.name == out_name:
-                rin = _first_propagation(m, node, a, r)
-            elif node.name in first:
-                rin = _input_layer(k, m, node, a, r, bounds, tape.shapes["input"])
-            else:
-                rin = _relative(k, m, node, a, r)
-            steps = [(node.inputs[0], rin)]
-        else:
-            steps = _other(k, node, tape, r)
-        for src, rin in steps:
-            rel[src] = rel[src] + rin if src in rel else rin
-    out = rel.get("input")
-    return np.zeros_like(x) if out is None else out.reshape(x.shape).astype(x.dtype, copy=False)
+    out = engine.backward(m, tape, start, "rap", out=out_name, first=first, bounds=bounds)
+    return out.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+def _linear_step(bw, node, r):
+    """Dense/Conv2d: step 1 at the output layer, step 3 at the input layers, step 2 between."""
+    opt, a = bw.options, bw.tape.out[node.inputs[0]]
+    if node.name == opt["out"]:
+        rin = _first_propagation(bw.m, node, a, r)
+    elif node.name in opt["first"]:
+        rin = _input_layer(bw.k, bw.m, node, a, r, opt["bounds"], bw.tape.shapes["input"])
+    else:
+        rin = _relative(bw.k, bw.m, node, a, r)
+    return [(node.inputs[0], rin)]
+
+
+def _other_step(bw, node, r):
+    return _other(bw.k, node, bw.tape, r)
 
 
 def _div(u, v):
@@ -292,15 +292,15 @@ def _contract(k, node, xs, mods, B, Bt, ratio):
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
     out = np.empty((n, cin, h, w), xs.dtype)
-    Bx = Bt if engine._stride1(layer) else B
+    Bx = Bt if linear.stride1(layer) else B
     per = max(mods * cin * kh * kw * p, rows * kh * kw * h * w) * xs.itemsize
-    for i0, i1 in engine._chunks(n, per):
+    for i0, i1 in linear.chunks(n, per):
         nc = i1 - i0
-        cols = engine._scratch("cols", (mods * cin * kh * kw, nc * p), xs.dtype)
+        cols = linear.scratch("cols", (mods * cin * kh * kw, nc * p), xs.dtype)
         k.im2col(xs[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = np.matmul(B, cols, out=engine._scratch("gemm", (rows, nc * p), xs.dtype))
+        zg = np.matmul(B, cols, out=linear.scratch("gemm", (rows, nc * p), xs.dtype))
         s = np.ascontiguousarray(ratio(zg.reshape(rows, nc, ho, wo).transpose(1, 0, 2, 3), slice(i0, i1)))
-        engine._transposed_conv(k, layer, s, Bx, xs[i0:i1], mods, out[i0:i1])
+        linear.transposed_conv(k, layer, s, Bx, xs[i0:i1], mods, out[i0:i1])
     return out
 
 
@@ -388,6 +388,7 @@ def _validate(graph, x, params):
     return {"low": low, "high": high}
 
 
+register_mode("rap", {kind: _linear_step if kind in ("Dense", "Conv2d") else _other_step for kind in SUPPORTED})
 register(Method("rap", "Relative Attributing Propagation (Nam et al. 2020, the authors' code): absolute "
                 "influence normalization at the output, relevant/irrelevant propagation with uniform shifting, z^B at "
                 "the input", {"low": None, "high": None}, validate=_validate, run=rap, sums_to="score", family="rap"))

@@ -1,0 +1,293 @@
+"""Dense and Conv2d in the two passes: the numeric work of the linear layers.
+
+* forward: ``W a + b`` with the following activation fused into the GEMM epilogue (Conv2d as
+  im2col + one GEMM per chunk of samples; ``[W; W+]`` stacked when a rule wants ``W+ a``);
+* gradient and DeepLIFT's linear rule: ``W^T g`` (stride-1 Conv2d as a forward convolution
+  with the flipped, transposed weight);
+* an LRP rule step: the rule compiled to one block matrix (``relprop.core.plan.rule_state``),
+  one forward GEMM for the denominators (none for epsilon/z), one backward GEMM;
+* DeepLIFT RevealCancel's positive/negative split through the layer.
+
+Scratch buffers for im2col columns and GEMM outputs are reused across chunks and calls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import rules as R
+
+# bytes one im2col buffer may take; batches are cut into chunks below this
+COLS_BUDGET = 8 * 2**20
+
+_WORK = {}
+
+
+def scratch(slot, shape, dtype, xp=np):
+    """A reusable scratch buffer (im2col columns and GEMM inputs): fresh multi-MB arrays
+    for every chunk cost a page fault per 4 KiB page, which showed up as much as im2col
+    itself. Calls are serialized by backend.LOCK, so one buffer per slot is safe."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    key = (xp.__name__, slot)
+    buf = _WORK.get(key)
+    if buf is None or buf.nbytes < nbytes:
+        _WORK.pop(key, None)  # free the old one first (device memory)
+        buf = xp.empty(max(nbytes, 1), np.uint8)
+        _WORK[key] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def release_scratch():
+    """Drop the cached scratch buffers (e.g. before retrying a smaller batch after a device OOM)."""
+    _WORK.clear()
+
+
+def chunks(n, per_sample_bytes):
+    step = max(1, int(COLS_BUDGET // max(per_sample_bytes, 1)))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def forward(k, m, node, xin, act, store_z, dtype, want_plus=False):
+    """Dense/Conv2d forward with bias and the following activation fused in the epilogue.
+    Returns (z or None, a, W+ a or None) where z is kept only when ``store_z``."""
+    W, b = m.params(k, node)
+    xp = k.xp
+    n = xin.shape[0]
+    if node.layer.kind == "Dense":
+        z = xin @ W.T
+        a = xp.empty_like(z) if (store_z and act) else z
+        k.bias_act_rows(z, b, act, a, store_z)
+        return (z if (store_z or not act) else None), a, None
+    o, c, kh, kw = W.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    h, w = xin.shape[2:]
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    p = ho * wo
+    Wm = m.stacked_plus(k, node) if want_plus else W.reshape(o, -1)
+    a = xp.empty((n, o, ho, wo), dtype)
+    z = xp.empty_like(a) if (store_z and act) else a
+    pz = xp.empty_like(a) if want_plus else None
+    zero = xp.zeros(o, dtype)
+    for i0, i1 in chunks(n, c * kh * kw * p * a.itemsize):
+        cols = scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype, xp)
+        k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+        zg = xp.matmul(Wm, cols, out=scratch("gemm", (Wm.shape[0], (i1 - i0) * p), dtype, xp))
+        k.bias_act_from_gemm(zg[:o], b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
+                             store_z and act != 0)
+        if want_plus:
+            pc = pz[i0:i1].reshape(i1 - i0, o, p)
+            k.bias_act_from_gemm(zg[o:], zero, 0, pc, pc, False)
+    return (z if (store_z or not act) else None), a, pz
+
+
+def _pos_neg_state(k, m, node, dtype):
+    """The block matrix ``B = [[W+, W-], [W-, W+]]`` over the stacked input ``[d+; d-]``:
+    ``B @ [d+; d-]`` gives the positive and negative parts ``(W+ d+ + W- d-, W- d+ + W+ d-)``
+    of ``W d``. It is alpha-beta's matrix (no bias), compiled and cached by plan.rule_state."""
+    return m.rule(k, node, R.AlphaBeta(2.0, 1.0, epsilon=0.0, include_bias=False), False)[1]
+
+
+def pos_neg_forward(k, m, node, da, dtype):
+    """``(Delta x+, Delta x-)`` of a Dense/Conv2d layer for input differences ``da``
+    (Shrikumar et al. 2017, Sec. 3.5.3: the sums of the positive and of the negative terms ``w_ji Delta a_i``)."""
+    st = _pos_neg_state(k, m, node, dtype)
+    xp = k.xp
+    n = da.shape[0]
+    d2 = da.reshape(n, -1)
+    xs = xp.empty((n, 2 * d2.shape[1]), dtype)
+    k.stack_input_mods(d2, st.modes, d2, d2, xs)
+    o = node.layer.weight.shape[0]
+    if node.layer.kind == "Dense":
+        z = xs @ st.B.T
+        return z[:, :o], z[:, o:]
+    _, cin, kh, kw = node.layer.weight.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    h, w = da.shape[2:]
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    p = ho * wo
+    xs4 = xs.reshape(n, 2 * cin, h, w)
+    z = xp.empty((n, 2 * o, ho, wo), dtype)
+    for i0, i1 in chunks(n, 2 * cin * kh * kw * p * z.itemsize):
+        cols = scratch("cols", (2 * cin * kh * kw, (i1 - i0) * p), dtype, xp)
+        k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+        zg = xp.matmul(st.B, cols, out=scratch("gemm", (2 * o, (i1 - i0) * p), dtype, xp))
+        z[i0:i1] = zg.reshape(2 * o, i1 - i0, ho, wo).transpose(1, 0, 2, 3)
+    return z[:, :o], z[:, o:]
+
+
+def reveal_cancel(k, m, node, tape, g, n):
+    """Multipliers of a linear layer's inputs from the pair ``(m+, m-)`` at its output: input
+    ``i`` takes ``m+`` through the terms ``w_ji Delta a_i > 0`` and ``m-`` through the others::
+
+        m_i = [Da_i > 0] (W+^T m+ + W-^T m-) + [Da_i < 0] (W-^T m+ + W+^T m-)
+              + [Da_i = 0] W^T (m+ + m-) / 2
+
+    so that ``sum_i m_i Da_i = sum_j (m+_j Dx+_j + m-_j Dx-_j)``. ``B^T [m+; m-]`` gives both
+    brackets in one backward GEMM; a selector stacked like ``[Da+; Da-]`` picks per input."""
+    mp, mn = g
+    a2 = tape.out[node.inputs[0]]
+    da = a2[:n] - a2[n:]
+    dtype = mp.dtype
+    xp = k.xp
+    st = _pos_neg_state(k, m, node, dtype)
+    pos = (da > 0).astype(dtype) + dtype.type(0.5) * (da == 0)
+    s = xp.concatenate([mp, mn], axis=1)
+    sel = xp.concatenate([pos, 1 - pos], axis=1)  # (N, 2F) or (N, 2C, H, W): mode blocks are channel blocks
+    if node.layer.kind == "Dense":
+        out = xp.empty(da.shape, dtype)
+        k.stacked_mul_sum(sel, s @ st.B, 2, out)
+        return out
+    _, cin, kh, kw = node.layer.weight.shape
+    h, w = da.shape[2:]
+    go, p = s.shape[1], s.shape[2] * s.shape[3]
+    Bt = st.Bt if stride1(node.layer) else st.B
+    out = xp.empty(da.shape, dtype)
+    for i0, i1 in chunks(n, max(2 * cin * kh * kw * p, go * kh * kw * h * w) * s.itemsize):
+        transposed_conv(k, node.layer, xp.ascontiguousarray(s[i0:i1]), Bt, sel[i0:i1], 2, out[i0:i1])
+    return out
+
+
+def stride1(layer):
+    """Backward of a stride-1 conv runs as a forward conv with the flipped, transposed
+    weight (im2col + GEMM), much cheaper than the col2im scatter/gather."""
+    kh, kw = layer.weight.shape[2:]
+    return layer.stride == (1, 1) and layer.padding[0] <= kh - 1 and layer.padding[1] <= kw - 1
+
+
+def transposed_conv(k, layer, s, Bt, xs, mods, out):
+    """``out = combine(xs, conv^T(s))`` for NCHW ``s`` (N, Co, Ho, Wo) and ``out`` (N, C, H, W);
+    ``Bt`` is the flipped-transposed block weight (stride 1) or the plain block ``B`` (else)."""
+    kh, kw = layer.weight.shape[2:]
+    (sh, sw), (ph, pw) = layer.stride, layer.padding
+    n, co, ho, wo = s.shape
+    c, h, w = out.shape[1:]
+    xp = k.xp
+    ct = Bt.shape[0] if stride1(layer) else Bt.shape[1] // (kh * kw)
+    if stride1(layer) and co <= 4 * ct:  # else (few input channels, e.g. the RGB layer) the
+        # col2im route below unfolds ct*kh*kw rows instead of co*kh*kw: far less memory traffic
+        cols = scratch("cols", (co * kh * kw, n * h * w), s.dtype, xp)
+        k.im2col(s, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, cols)
+        cg = xp.matmul(Bt, cols, out=scratch("gemm", (Bt.shape[0], n * h * w), s.dtype, xp))
+        k.combine_from_gemm(cg, xs.reshape(n, -1, h * w), mods, out.reshape(n, c, h * w))
+        return
+    rows = scratch("rows", (co, n * ho * wo), s.dtype, xp)
+    s3 = s.reshape(n, co, ho * wo)
+    k.grad_to_rows(s3, s3, s3, 0, rows)
+    B = _unflip(xp, Bt, co, kh, kw) if stride1(layer) else Bt
+    ccols = xp.matmul(B.T, rows, out=scratch("cols", (B.shape[1], n * ho * wo), s.dtype, xp))
+    k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out, xs.reshape(out.shape[0], -1, h, w), mods)
+
+
+def _unflip(xp, Bt, rows, kh, kw):
+    """Inverse of plan.flipped_transpose: (cin, rows*kh*kw) -> (rows, cin*kh*kw)."""
+    cin = Bt.shape[0]
+    B4 = Bt.reshape(cin, rows, kh, kw)[:, :, ::-1, ::-1]
+    return xp.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(rows, cin * kh * kw))
+
+
+def grad(k, m, node, g, in_shape):
+    """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
+    W, _ = m.params(k, node)
+    if node.layer.kind == "Dense":
+        return g @ W
+    o, c, kh, kw = W.shape
+    n, _, ho, wo = g.shape
+    h, w = in_shape[2:]
+    if stride1(node.layer):
+        Bt = m.weight_t(k, node)
+    else:
+        Bt = W.reshape(o, -1)
+    gin = k.xp.empty((n, c, h, w), g.dtype)
+    for i0, i1 in chunks(n, o * kh * kw * h * w * g.itemsize):
+        transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1])
+    return gin
+
+
+def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
+    """One LRP rule step through Dense/Conv2d (see relprop.rules for the formula)."""
+    dtype = r.dtype
+    xp = k.xp
+    n = r.shape[0]
+    modes_needed = {t.mode for grp in rule.groups() for t in grp.terms}
+    if R.XNEG not in modes_needed:
+        nonneg = False
+    elif nonneg is None:  # not known from the forward pass
+        nonneg = bool(k.all_nonnegative(a.ravel()))
+    host, st = m.rule(k, node, rule, nonneg)
+    modes = host.modes  # read on the host for the decisions below
+    mm = len(modes)
+    a2 = a.reshape(n, -1)
+    if mm == 1 and (modes[0] == R.X or (nonneg and modes[0] == R.XPOS)):
+        xs = a2  # a >= 0: a+ is a itself
+    else:
+        low = high = a2
+        if R.LOW in modes:
+            low, high = (xp.ascontiguousarray(xp.broadcast_to(v, a.shape), dtype=dtype).reshape(n, -1)
+                         for v in _zbox_bounds(xp, rule, a, node, (n,) + x_shape))
+        xs = xp.empty((n, mm * a2.shape[1]), dtype)
+        k.stack_input_mods(a2, st.modes, low, high, xs)
+    go = st.B.shape[0]
+    if node.layer.kind == "Dense":
+        s = xp.empty((n, go), dtype)
+        zg = (a2 if st.zmode == 2 else xs) @ st.Wp.T if st.zmode else s
+        k.lrp_ratio_rows(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z if z is not None else r, r,
+                         st.coefs, st.masks, st.eps, s)
+        c = s @ st.B
+        out = xp.empty_like(a2)
+        k.stacked_mul_sum(xs, c, mm, out)
+        return out.reshape(a.shape)
+    o, cin, kh, kw = node.layer.weight.shape
+    (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
+    _, _, ho, wo = r.shape
+    p = ho * wo
+    h, w = a.shape[2:]
+    xs4 = xs.reshape(n, mm * cin, h, w)
+    out = xp.empty(a.shape, dtype)
+    zz = z if z is not None else r
+    Bt = st.Bt if stride1(node.layer) else st.B
+    per = max(mm * cin * kh * kw * p, go * kh * kw * h * w) * r.itemsize
+    for i0, i1 in chunks(n, per):
+        nc = i1 - i0
+        s = xp.empty((nc, go, ho, wo), dtype)
+        zmode = st.zmode
+        zp = zz[i0:i1].reshape(nc, o, p)  # typed placeholder unless zmode 3
+        if zmode == 2 and pz is not None:  # W+ a came with the forward GEMM
+            zmode, zp = 3, pz[i0:i1].reshape(nc, o, p)
+            zg = s.reshape(go, -1)
+        elif zmode == 1:
+            cols = scratch("cols", (mm * cin * kh * kw, nc * p), dtype, xp)
+            k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+            zg = xp.matmul(st.B, cols, out=scratch("gemm", (go, nc * p), dtype, xp))
+        elif zmode == 2:  # a >= 0: one GEMM with W+ gives every group's denominator
+            cols = scratch("cols", (cin * kh * kw, nc * p), dtype, xp)
+            k.im2col(a[i0:i1], kh, kw, sh, sw, ph, pw, cols)
+            zg = xp.matmul(st.Wp, cols, out=scratch("gemm", (o, nc * p), dtype, xp))
+        else:
+            zg = s.reshape(go, -1)  # typed placeholder, unread
+        k.lrp_ratio(zg, zp, zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
+                    r[i0:i1].reshape(nc, o, p), st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
+        del zg
+        transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1])
+    return out
+
+
+def _zbox_bounds(xp, rule, a, node, x_shape=None):
+    """Bounds broadcast to the layer input ``a``; bounds given in the shape of x are reshaped
+    when only reshapes separate x from the layer (an MLP starting with Flatten)."""
+    def fit(v):
+        v = xp.asarray(v, dtype=a.dtype)
+        try:
+            return xp.broadcast_to(v, a.shape)
+        except ValueError:
+            if x_shape is not None and int(np.prod(x_shape)) == a.size:
+                return xp.broadcast_to(v, x_shape).reshape(a.shape)
+            raise ValueError(f"ZBox on layer {node.name!r}: bounds of shape {np.shape(v)} do not broadcast to "
+                             f"its input {a.shape}") from None
+
+    low, high = fit(rule.low), fit(rule.high)
+    if bool((a < low).any()) or bool((a > high).any()):
+        raise ValueError(
+            f"ZBox on layer {node.name!r}: its input is not inside [low, high]; input range "
+            f"[{float(a.min()):.4g}, {float(a.max()):.4g}], bounds [{float(low.min()):.4g}, {float(high.max()):.4g}]"
+        )
+    return low, high
