@@ -210,8 +210,9 @@ class AlphaBeta(Rule):
 
 
 class ZPlus(Rule):
-    """LRP-z+ (Deep Taylor, seed 002): ``R_i = sum_j a_i w_ij+ / sum_i a_i w_ij+ R_j``
-    (on signed inputs also ``a- w-``, as Zennit's ``ZPlus``)."""
+    """LRP-z+ (Montavon et al. 2017, z+-rule): ``R_i = sum_j a_i w_ij+ / sum_i a_i w_ij+ R_j``
+    (on signed inputs also ``a- w-``, as Zennit's ``ZPlus``; ``b+`` in the denominator when
+    ``include_bias``, as Zennit; the paper's rule is ``include_bias=False``)."""
 
     name = "z_plus"
 
@@ -240,8 +241,9 @@ class Flat(Rule):
 
 
 class WSquare(Rule):
-    """w^2-rule (Deep Taylor, seed 002): ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``
-    (bias squared in the denominator when ``include_bias``, as Zennit)."""
+    """w^2-rule (Montavon et al. 2017): ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``
+    (bias squared in the denominator when ``include_bias``, as Zennit; the paper's rule is
+    ``include_bias=False``)."""
 
     name = "w_square"
 
@@ -250,7 +252,7 @@ class WSquare(Rule):
 
 
 class ZBox(Rule):
-    """z^B-rule (Deep Taylor, seed 002) for inputs bounded by ``low <= x <= high``:
+    """z^B-rule (Montavon et al. 2017) for inputs bounded by ``low <= x <= high``:
     ``R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) / sum_i (...) R_j``.
 
     ``low``/``high`` are scalars or arrays broadcastable to the layer input (x).
