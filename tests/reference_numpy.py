@@ -663,10 +663,12 @@ def composite_rules(spec, name, epsilon=1e-6, stabilizer=1e-6, gamma=0.25, low=N
 
 
 def deep_taylor_rules(spec, low=None, high=None, epsilon=1e-6):
-    """deep_taylor: ZPlus everywhere but the first Dense/Conv2d, which gets WSquare (no bounds) or ZBox."""
+    """deep_taylor: ZPlus everywhere but the first Dense/Conv2d, which gets WSquare (no bounds) or ZBox;
+    no bias in any denominator (Montavon et al. 2017; ZBox's bias terms cancel)."""
     n = len(linear_layer_kinds(spec))
-    first = rule("w_square", epsilon=epsilon) if low is None else rule("z_box", epsilon=epsilon, low=low, high=high)
-    return [first] + [rule("z_plus", epsilon=epsilon) for _ in range(n - 1)]
+    first = (rule("w_square", epsilon=epsilon, include_bias=False) if low is None
+             else rule("z_box", epsilon=epsilon, low=low, high=high))
+    return [first] + [rule("z_plus", epsilon=epsilon, include_bias=False) for _ in range(n - 1)]
 
 
 def min_abs_preactivation(spec, x, baseline=None):

@@ -167,21 +167,31 @@ def test_canonize_folds_and_keeps_output():
 
 
 def test_canonize_before_linear_and_unfoldable():
+    """fold="after_and_before" also folds a BN in front of a linear layer where exact; the
+    default (Zennit's merge) keeps it."""
     bn = _bn(4)
     dense_after = rp.Sequential(rp.Flatten(), bn_1d := rp.BatchNorm2d(bn.weight, bn.bias, bn.running_mean, bn.running_var),
                                 rp.Dense(RNG.normal(size=(3, 4)), RNG.normal(size=3)))
     x = RNG.normal(size=(5, 4))
-    c = rp.canonize(dense_after)
+    assert [n.layer.kind for n in rp.canonize(dense_after).nodes] == ["Flatten", "BatchNorm2d", "Dense"]
+    c = rp.canonize(dense_after, fold="after_and_before")
     assert [n.layer.kind for n in c.nodes] == ["Flatten", "Dense"] and bn_1d is not None
     np.testing.assert_allclose(c(x), dense_after(x), rtol=1e-12)
     padded = rp.Sequential(_bn(3), rp.Conv2d(_conv(2, 3), padding=1), rp.Flatten(), rp.Dense(RNG.normal(size=(2, 72))))
-    c = rp.canonize(padded)  # BN before a padded conv is not exactly foldable: it stays
+    c = rp.canonize(padded, fold="after_and_before")  # BN before a padded conv is not exactly foldable: it stays
     assert c.nodes[0].layer.kind == "BatchNorm2d"
     np.testing.assert_allclose(c(X), padded(X), rtol=1e-12)
     unpadded = rp.Sequential(_bn(3), rp.Conv2d(_conv(2, 3)), rp.Flatten(), rp.Dense(RNG.normal(size=(2, 32))))
-    c = rp.canonize(unpadded)
+    assert [n.layer.kind for n in rp.canonize(unpadded).nodes][0] == "BatchNorm2d"
+    c = rp.canonize(unpadded, fold="after_and_before")
     assert [n.layer.kind for n in c.nodes][0] == "Conv2d"
     np.testing.assert_allclose(c(X), unpadded(X), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("fold", ["before", None, True])
+def test_canonize_refuses_an_unknown_fold(fold):
+    with pytest.raises(ValueError, match="after_and_before"):
+        rp.canonize(residual_net(), fold=fold)
 
 
 def test_save_load_round_trip_is_bit_exact(tmp_path):

@@ -1,8 +1,11 @@
-"""Canonization: fold BatchNorm into the adjacent linear layer (Zennit's MergeBatchNorm).
+"""Canonization: fold BatchNorm into an adjacent linear layer.
 
-Done once when a model is loaded; the forward output is unchanged up to rounding. A
-BatchNorm that cannot be folded exactly stays in the graph as a node of its own (LRP passes
-relevance through it, as Zennit's composites do for BatchNorm).
+Done once when a model is loaded (the importers call it); the forward output is unchanged up
+to rounding, and so are gradients and DeepLIFT (a fold is exact linear algebra). LRP is not
+invariant: a rule sees other inputs and weights. The default folds what Zennit's
+``SequentialMergeBatchNorm`` merges, so LRP results compare with Zennit's canonized models; a
+BatchNorm that is not folded stays as a node of its own, and LRP passes relevance through it
+unchanged (Zennit's composites map BatchNorm to ``Pass``).
 """
 from __future__ import annotations
 
@@ -41,14 +44,49 @@ def _fold_before(bn, lin):
     return Conv2d(w.astype(dt), b.astype(dt), L.stride, L.padding)
 
 
-def canonize(graph):
-    """A new graph with every foldable BatchNorm2d merged into its neighbouring Dense/Conv2d.
+FOLDS = ("after", "after_and_before")
 
-    A BN right after a linear layer that feeds only it is folded into that layer; otherwise
-    a BN whose only consumer is a linear layer is folded into it when exact (Dense; Conv2d
-    without padding). A merged layer keeps the linear layer's name; references to a folded
-    BN are redirected to it.
+
+def importer_fold(canonize):
+    """The importers' ``canonize=`` argument as a ``fold`` (None: keep the BatchNorm nodes)."""
+    if isinstance(canonize, (bool, np.bool_)):
+        return "after" if canonize else None
+    if isinstance(canonize, str) and canonize in FOLDS:
+        return canonize
+    raise ValueError(f"canonize must be True, False or one of {FOLDS}, got {canonize!r}")
+
+
+def canonize(graph, fold="after"):
+    """A new graph with BatchNorm2d nodes merged into their neighbouring Dense/Conv2d.
+
+    Parameters
+    ----------
+    graph : relprop.Graph
+    fold : {"after", "after_and_before"}
+        ``"after"`` (default, Zennit's ``SequentialMergeBatchNorm``): a BN right after a linear
+        layer that feeds only it, ``BN(W a + b)``, becomes that layer with ``W' = s W`` and
+        ``b' = s b + t`` (``s``, ``t`` the BN's scale and shift). LRP then explains the BN's
+        output as the layer's output, exactly as Zennit does on a canonized model.
+
+        ``"after_and_before"`` also folds a BN whose only consumer is a linear layer,
+        ``W BN(a) + b`` -> ``W' = W diag(s)``, ``b' = b + W t``, where that is exact (Dense;
+        Conv2d without padding). The forward pass is the same, but LRP is not: the rule
+        now sees the BN's input ``a`` with weights ``w_ij s_i`` and the shift in the bias
+        (with ``include_bias`` the bias takes its share of relevance; z+ and alpha-beta split
+        ``w_ij s_i a_i`` by sign instead of ``w_ij (s_i a_i + t_i)``), while with ``"after"``
+        the BN node stays, the rule sees its output and relevance passes through it. Zennit
+        has no such merge, so results then differ from Zennit's.
+
+    A merged layer keeps the linear layer's name; references to a folded BN are redirected
+    to it. BatchNorms that cannot be folded stay as nodes.
+
+    Examples
+    --------
+    >>> net = rp.canonize(net)                                # doctest: +SKIP
+    >>> net = rp.canonize(net, fold="after_and_before")       # doctest: +SKIP
     """
+    if not isinstance(fold, str) or fold not in FOLDS:
+        raise ValueError(f"canonize: fold must be one of {FOLDS}, got {fold!r}")
     nodes = [Node(n.name, n.layer, tuple(n.inputs)) for n in graph.nodes]
     changed = True
     while changed:
@@ -68,7 +106,7 @@ def canonize(graph):
                 changed = True
                 break
             cons = g.consumers.get(node.name, [])
-            if len(cons) == 1 and g.by_name[cons[0]].layer.linear:
+            if fold == "after_and_before" and len(cons) == 1 and g.by_name[cons[0]].layer.linear:
                 nxt = g.by_name[cons[0]]
                 layer = _fold_before(node, nxt)
                 if layer is not None:

@@ -81,11 +81,11 @@ class RuleState:
     coefs: np.ndarray
     masks: np.ndarray
     eps: float
-    zmode: int  # 0: den = layer z + bias_g; 1: den = B a + bias_g; 2: den = cz (z - b) + cp (W+ a) + bias_g
+    zmode: int  # 0: den = layer z + bias_g; 1: den = B a + bias_g; 2: den = cz z + cp (W+ a) + bias_g
     Wp: np.ndarray  # the matrix of the extra forward GEMM: B (zmode 1) or W+ (zmode 2)
     cz: np.ndarray
     cp: np.ndarray
-    b: np.ndarray
+    b: np.ndarray  # zeros: the kernels' ``z - b``; zmode 2 folds ``-cz b`` into bias_g (float64) instead
     Bt: np.ndarray = None  # Conv2d: B as the weight of the transposed (flipped) convolution
 
 
@@ -117,14 +117,18 @@ def rule_state(node, rule, dtype, nonneg):
             B[gi * o:(gi + 1) * o, m * k:(m + 1) * k] += t.weight(Wm)
             bias_g[gi * o:(gi + 1) * o] += t.bias(b)
     zform = rule.z_form() if nonneg else None
+    cz, cp = (np.array([f[0] for f in zform]), np.array([f[1] for f in zform])) if zform else (np.zeros(G), np.zeros(G))
+    folded = bias_g - np.repeat(cz, o) * np.tile(b, G)  # den_g = cz z + cp (W+ a) + folded_g, z as stored
     if rule.uses_layer_z:
         bias_g -= b  # the stored z already holds the layer's bias
         zmode, Wp = 0, np.zeros((1, 1))
-    elif zform is not None:
+    elif zform is not None and all(_one_sign(g.mask, cz[gi], cp[gi], folded[gi * o:(gi + 1) * o])
+                                   for gi, g in enumerate(groups)):
+        bias_g = folded
         zmode, Wp = 2, np.maximum(Wm, 0)
-    else:
+    else:  # direct evaluation, B a
+        cz, cp = np.zeros(G), np.zeros(G)
         zmode, Wp = 1, B
-    cz, cp = (np.array([f[0] for f in zform]), np.array([f[1] for f in zform])) if zform else (np.zeros(G), np.zeros(G))
     st = RuleState(
         B=np.ascontiguousarray(B, dtype=dtype),
         modes=np.array(modes, dtype=np.int64),
@@ -136,11 +140,20 @@ def rule_state(node, rule, dtype, nonneg):
         Wp=np.ascontiguousarray(Wp, dtype=dtype),
         cz=cz.astype(dtype),
         cp=cp.astype(dtype),
-        b=b.astype(dtype),
+        b=np.zeros(o, dtype),
     )
     if layer.kind == "Conv2d":
         st.Bt = flipped_transpose(st.B, G * o, Mm * layer.weight.shape[1], *layer.weight.shape[2:])
     return st
+
+
+def _one_sign(mask, cz, cp, c):
+    """True when the terms of ``cz z + cp (W+ a) + c`` (a >= 0) have one sign wherever ``mask``
+    keeps the group, so the sum rounds like the direct evaluation (no cancellation)."""
+    if mask == R.NOMASK and cz != 0:
+        return False  # z of either sign
+    signs = np.concatenate([[np.sign(cz) * (-1.0 if mask == R.ZNEG else 1.0), np.sign(cp)], np.sign(c)])
+    return not (np.any(signs > 0) and np.any(signs < 0))
 
 
 def flipped_transpose(B, rows, cin, kh, kw):
@@ -197,6 +210,12 @@ class Compiled:
         key = ("rule", node.name, rule.key, bool(nonneg))
         build = lambda: rule_state(node, rule, self.dtype, nonneg)  # noqa: E731
         return self.host(key, build), self.on(k, key, build)
+
+    def wants_plus(self, node, rule):
+        """True when ``rule`` on ``node`` (a Conv2d) takes the ``W+ a`` shortcut on inputs >= 0, so
+        the forward GEMM should stack ``[W; W+]``."""
+        return (node.layer.kind == "Conv2d" and rule.z_form() is not None
+                and self.host(("rule", node.name, rule.key, True), lambda: rule_state(node, rule, self.dtype, True)).zmode == 2)
 
     def stacked_plus(self, k, node):
         """``[W; W+]`` (2O, K) of a Conv2d: one GEMM gives z and W+ a."""

@@ -10,7 +10,9 @@ For layer weights ``W``, inputs ``a`` and upper relevance ``R_j`` (seed 003's ru
 
 which is Zennit's rule semantics (input/param modifiers, gradient mapper, reducer). The engine
 stacks all terms of a rule into ONE block matrix, so any rule costs one forward GEMM and one
-backward GEMM per layer (the epsilon and z rules reuse the stored forward and skip the first).
+backward GEMM per layer (the epsilon and z rules with the bias reuse the stored forward and skip
+the first; on a >= 0 z+, alpha-beta with beta = 0 and gamma with the bias need only ``W+ a``,
+see ``Rule.z_form``).
 ``include_bias=False`` drops the bias from every denominator (the textbook's exactly
 conservative form, seed 000 Eq. 9.27).
 """
@@ -84,9 +86,16 @@ class Rule:
 
     def z_form(self):
         """``((cz, cp), ...)`` per group when, on inputs a >= 0, the group's denominator is
-        ``cz * (W a) + cp * (W+ a) + bias_g``: then the stored ``W a`` (the layer's z minus
-        its bias) and ONE extra GEMM ``W+ a`` give every group, instead of a GEMM with G*O
-        rows. None when the rule has no such form."""
+        ``cz * (W a) + cp * (W+ a) + bias_g``: then the layer's stored ``z = W a + b`` and ONE
+        extra GEMM ``W+ a`` give every group, instead of a GEMM with G*O rows.
+
+        Declared only where that is as accurate as the direct evaluation: written as
+        ``cz * z + cp * (W+ a) + (bias_g - cz * b)``, the three terms must have one sign
+        wherever the group's mask keeps it (``plan.rule_state`` checks this per layer), so
+        no large, nearly equal terms cancel. ``W- a = W a - W+ a`` (alpha-beta's negative
+        part) and ``W a = z - b`` (a bias-free denominator) are such cancellations: a float32
+        denominator of size 1e-4 next to terms of size 30 keeps no correct digit. None when
+        the rule has no exact enough form."""
         return None
 
     def groups(self):  # pragma: no cover - abstract
@@ -111,7 +120,11 @@ class Epsilon(Rule):
     """LRP-epsilon: ``R_i = sum_j a_i w_ij / (z_j + eps sign(z_j)) R_j`` (seed 000 Eq. 9.28)."""
 
     name = "epsilon"
-    uses_layer_z = True
+
+    @property
+    def uses_layer_z(self):
+        # without the bias, W a = z - b would cancel when |b| >> |W a|: evaluate it directly
+        return self.include_bias
 
     def groups(self):
         return (Group(1.0, NOMASK, (Term(X, _ident, self._b(_ident)),)),)
@@ -149,10 +162,12 @@ class Gamma(Rule):
         return (self.gamma,)
 
     def z_form(self):
-        """On a >= 0 each group's z is ``cz (W a) + cp (W+ a) + bias``: ``(W + g W+) a`` and
-        ``(W + g W-) a = (1 + g) W a - g W+ a``, so one GEMM (W+ a) serves both groups."""
+        """On a >= 0: ``(W + g W+) a = W a + g W+ a`` and ``(W + g W-) a = (1 + g) W a - g W+ a``,
+        so one GEMM (W+ a) serves both groups. With the bias the denominators are
+        ``z + g (W+ a + b+)`` (z > 0) and ``(1 + g) z - g (W+ a + b+)`` (z < 0), sums of
+        terms of one sign; without it ``z - b`` would cancel, so no form then."""
         g = self.gamma
-        return ((1.0, g), (1.0 + g, -g))
+        return ((1.0, g), (1.0 + g, -g)) if self.include_bias else None
 
     def _repr_items(self):
         return (("gamma", self.gamma),)
@@ -195,8 +210,10 @@ class AlphaBeta(Rule):
         return (self.alpha, self.beta)
 
     def z_form(self):
-        """On a >= 0: ``W+ a`` and ``W- a = W a - W+ a`` (see ``Rule.z_form``)."""
-        return ((0.0, 1.0), (1.0, -1.0))[: len(self.groups())]
+        """On a >= 0 the positive part is ``W+ a (+ b+)``; the negative part ``W- a`` would be
+        ``W a - W+ a``, a cancellation (see ``Rule.z_form``), so beta > 0 has no form and
+        its groups are evaluated directly (one GEMM with ``[W+; W-]``)."""
+        return ((0.0, 1.0),) if self.beta == 0.0 else None
 
     def _repr_items(self):
         return (("alpha", self.alpha), ("beta", self.beta))
@@ -210,8 +227,9 @@ class AlphaBeta(Rule):
 
 
 class ZPlus(Rule):
-    """LRP-z+ (Deep Taylor, seed 002): ``R_i = sum_j a_i w_ij+ / sum_i a_i w_ij+ R_j``
-    (on signed inputs also ``a- w-``, as Zennit's ``ZPlus``)."""
+    """LRP-z+ (Montavon et al. 2017, z+-rule): ``R_i = sum_j a_i w_ij+ / sum_i a_i w_ij+ R_j``
+    (on signed inputs also ``a- w-``, as Zennit's ``ZPlus``; ``b+`` in the denominator when
+    ``include_bias``, as Zennit; the paper's rule is ``include_bias=False``)."""
 
     name = "z_plus"
 
@@ -240,8 +258,9 @@ class Flat(Rule):
 
 
 class WSquare(Rule):
-    """w^2-rule (Deep Taylor, seed 002): ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``
-    (bias squared in the denominator when ``include_bias``, as Zennit)."""
+    """w^2-rule (Montavon et al. 2017): ``R_i = sum_j w_ij^2 / sum_i w_ij^2 R_j``
+    (bias squared in the denominator when ``include_bias``, as Zennit; the paper's rule is
+    ``include_bias=False``)."""
 
     name = "w_square"
 
@@ -250,7 +269,7 @@ class WSquare(Rule):
 
 
 class ZBox(Rule):
-    """z^B-rule (Deep Taylor, seed 002) for inputs bounded by ``low <= x <= high``:
+    """z^B-rule (Montavon et al. 2017) for inputs bounded by ``low <= x <= high``:
     ``R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) / sum_i (...) R_j``.
 
     ``low``/``high`` are scalars or arrays broadcastable to the layer input (x).

@@ -62,8 +62,11 @@ def from_onnx(path_or_model, check="raise", canonize=True):
         probe input (rtol 1e-4, atol 1e-5 of the output's scale). ``"raise"`` raises
         ``ValueError`` on a mismatch, ``"warn"`` warns. The check always runs: an import
         never silently yields a different model.
-    canonize : bool
-        Fold BatchNorm into adjacent Conv/Dense layers (``rp.canonize``) after importing.
+    canonize : bool or str
+        ``True`` (default) folds every BatchNorm that follows a Conv/Dense layer into it after
+        importing (``rp.canonize``, ``fold="after"``, Zennit's merge); ``"after_and_before"``
+        also folds a BatchNorm that comes before one (same forward pass, different LRP
+        relevance: see ``rp.canonize``); ``False`` keeps every BatchNorm node.
 
     Returns
     -------
@@ -82,16 +85,17 @@ def from_onnx(path_or_model, check="raise", canonize=True):
     """
     if check not in ("raise", "warn"):
         raise ValueError(f"check must be 'raise' or 'warn', got {check!r}")
+    from ..core.canonize import canonize as _canonize, importer_fold  # the package's function (rp.canonize)
+
+    fold = importer_fold(canonize)
     onnx = _import_onnx()
     model = _load(onnx, path_or_model)
     importer = _Importer(onnx, model)
     net = importer.build()
     raw = net
-    if canonize:
-        from ..core.canonize import canonize as _canonize  # the package's function (rp.canonize)
-
-        net = _canonize(net)
-    _verify(model, importer, net, raw if canonize else None, check)
+    if fold is not None:
+        net = _canonize(net, fold)
+    _verify(model, importer, net, raw if fold is not None else None, check)
     net.input_shape = tuple(int(s) for s in importer.in_shape)
     return net
 

@@ -45,7 +45,7 @@ import warnings
 import numpy as np
 
 from ..core import graph as G
-from ..core.canonize import canonize as _canonize
+from ..core.canonize import canonize as _canonize, importer_fold
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (groups=1, dilation=1, padding_mode='zeros'), nn.BatchNorm1d/2d (with running "
@@ -71,9 +71,12 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
     rtol, atol : float
         The outputs agree when ``|y_relprop - y_torch| <= atol + rtol * |y_torch|`` everywhere
         (compared in float64). ``atol=None`` means ``rtol * max|y_torch|``.
-    canonize : bool
-        Fold every BatchNorm into its adjacent Conv2d/Dense (:func:`relprop.canonize`), as
-        Zennit's canonizers do before LRP. ``False`` keeps BatchNorm2d nodes.
+    canonize : bool or str
+        ``True`` (default) folds every BatchNorm that follows a Conv2d/Dense into it
+        (:func:`relprop.canonize`, ``fold="after"``), as Zennit's ``SequentialMergeBatchNorm``
+        does before LRP; ``"after_and_before"`` also folds a BatchNorm that comes before one
+        (same forward pass, different LRP relevance: see :func:`relprop.canonize`); ``False``
+        keeps every BatchNorm2d node.
 
     Returns
     -------
@@ -95,6 +98,7 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
         raise TypeError(f"from_torch: expected a torch.nn.Module, got {type(module).__name__}")
     if not (rtol >= 0) or (atol is not None and not atol >= 0):
         raise ValueError(f"from_torch: rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
+    fold = importer_fold(canonize)
     x = _example_tensor(torch, module, example_input)
 
     modes = {m: m.training for m in module.modules()}
@@ -103,8 +107,8 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
         with torch.no_grad():
             gm, exported = _trace(torch, module, x)
             graph = _Converter(torch, gm, x, exported).run()
-            if canonize:
-                graph = _canonize(graph)
+            if fold is not None:
+                graph = _canonize(graph, fold)
             _check_forward(torch, module, graph, x, check, rtol, atol)
             graph.input_shape = tuple(int(s) for s in x.shape[1:])
     finally:

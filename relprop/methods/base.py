@@ -163,7 +163,7 @@ def traverse(ctx, x, targets, method, params):
         keep.update(nd.name for nd in graph.nodes if nd.layer.kind == "ReLU")
     plus = set()
     if mode == LRP:
-        plus = {nm for nm, r in by_node.items() if r.z_form() is not None and graph.by_name[nm].layer.kind == "Conv2d"}
+        plus = {nm for nm, r in by_node.items() if m.wants_plus(graph.by_name[nm], r)}
     xin, x0 = x, None
     if mode == DEEPLIFT:
         x0 = xp.broadcast_to(xp.asarray(params["baseline"], dtype=x.dtype), x.shape)

@@ -37,10 +37,10 @@ def rules_for(graph, method, params):
         if isinstance(rules, C.Composite):
             return rules.rules_for(graph)
         return list(rules)
-    if method == "deep_taylor":
+    if method == "deep_taylor":  # Montavon et al. 2017: the w^2, z^B and z+ rules have no bias term
         low, high = p["low"], p["high"]
-        first = R.WSquare(p["epsilon"]) if low is None else R.ZBox(low, high, p["epsilon"])
-        return [first] + [R.ZPlus(p["epsilon"]) for _ in range(nlin - 1)]
+        first = R.WSquare(p["epsilon"], include_bias=False) if low is None else R.ZBox(low, high, p["epsilon"])
+        return [first] + [R.ZPlus(p["epsilon"], include_bias=False) for _ in range(nlin - 1)]
     if method == "excitation_backprop":
         return [R.ZPlus(p["epsilon"], p["include_bias"])] * nlin
     rule = RULE_METHODS[method](**p)

@@ -226,7 +226,8 @@ def check_supported(graph, where):
     for node in graph.nodes:
         kind = node.layer.kind
         if kind not in SUPPORTED:
-            hint = " (fold it into the neighbouring layer first with rp.canonize(net))" if kind == "BatchNorm2d" else ""
+            hint = (" (fold it into the neighbouring layer first with rp.canonize(net); one in front of a Dense/Conv2d "
+                    "needs rp.canonize(net, fold='after_and_before'))") if kind == "BatchNorm2d" else ""
             raise ValueError(f"{where}: layer {node.name!r} ({kind}) is not supported{hint}; PatternNet and "
                              f"PatternAttribution are defined for networks of {', '.join(SUPPORTED[:4])} and "
                              f"reshapes ({', '.join(SUPPORTED[4:8])}), with an optional final Softmax")
