@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
-# activation codes shared with the kernels
-ACT_CODES = {"Identity": 0, "ReLU": 1, "Tanh": 2, "Sigmoid": 3}
+class Act(IntEnum):
+    """Activation codes shared with the kernels (``kernels/cpu/elementwise.py``)."""
+
+    IDENTITY = 0
+    RELU = 1
+    TANH = 2
+    SIGMOID = 3
+
+
+# layer kind -> activation code (plain ints: the kernels take int64 arguments)
+ACT_CODES = {"Identity": int(Act.IDENTITY), "ReLU": int(Act.RELU), "Tanh": int(Act.TANH), "Sigmoid": int(Act.SIGMOID)}
 
 
 def _pair(v, what, layer):

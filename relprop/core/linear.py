@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules as R
+from .plan import ZMode
 
 # bytes one im2col buffer may take; batches are cut into chunks below this
 COLS_BUDGET = 8 * 2**20
@@ -229,7 +230,7 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
     go = st.B.shape[0]
     if node.layer.kind == "Dense":
         s = xp.empty((n, go), dtype)
-        zg = (a2 if st.zmode == 2 else xs) @ st.Wp.T if st.zmode else s
+        zg = (a2 if st.zmode == ZMode.PLUS else xs) @ st.Wp.T if st.zmode != ZMode.LAYER_Z else s
         k.lrp_ratio_rows(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z if z is not None else r, r,
                          st.coefs, st.masks, st.eps, s)
         c = s @ st.B
@@ -251,14 +252,14 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
         s = xp.empty((nc, go, ho, wo), dtype)
         zmode = st.zmode
         zp = zz[i0:i1].reshape(nc, o, p)  # typed placeholder unless zmode 3
-        if zmode == 2 and pz is not None:  # W+ a came with the forward GEMM
-            zmode, zp = 3, pz[i0:i1].reshape(nc, o, p)
+        if zmode == ZMode.PLUS and pz is not None:  # W+ a came with the forward GEMM
+            zmode, zp = int(ZMode.PLUS_STORED), pz[i0:i1].reshape(nc, o, p)
             zg = s.reshape(go, -1)
-        elif zmode == 1:
+        elif zmode == ZMode.DIRECT:
             cols = scratch("cols", (mm * cin * kh * kw, nc * p), dtype, xp)
             k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
             zg = xp.matmul(st.B, cols, out=scratch("gemm", (go, nc * p), dtype, xp))
-        elif zmode == 2:  # a >= 0: one GEMM with W+ gives every group's denominator
+        elif zmode == ZMode.PLUS:  # a >= 0: one GEMM with W+ gives every group's denominator
             cols = scratch("cols", (cin * kh * kw, nc * p), dtype, xp)
             k.im2col(a[i0:i1], kh, kw, sh, sw, ph, pw, cols)
             zg = xp.matmul(st.Wp, cols, out=scratch("gemm", (o, nc * p), dtype, xp))

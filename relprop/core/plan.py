@@ -15,6 +15,7 @@ import json
 import threading
 import weakref
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
@@ -22,6 +23,15 @@ from . import backend
 from . import rules as R
 
 GRAD, LRP, DEEPLIFT = "grad", "lrp", "deeplift"
+
+
+class ZMode(IntEnum):
+    """How a compiled rule forms its denominators (``RuleState.zmode``, read by the kernels)."""
+
+    LAYER_Z = 0  # the layer's stored z + bias_g (epsilon, z)
+    DIRECT = 1  # B a + bias_g: one forward GEMM with the block matrix
+    PLUS = 2  # cz z + cp (W+ a) + bias_g on a >= 0: one GEMM with W+
+    PLUS_STORED = 3  # the same with W+ a from the forward pass (Conv2d, kernels only)
 
 
 def needs(graph, mode, rules=None, reveal=()):
@@ -121,14 +131,14 @@ def rule_state(node, rule, dtype, nonneg):
     folded = bias_g - np.repeat(cz, o) * np.tile(b, G)  # den_g = cz z + cp (W+ a) + folded_g, z as stored
     if rule.uses_layer_z:
         bias_g -= b  # the stored z already holds the layer's bias
-        zmode, Wp = 0, np.zeros((1, 1))
+        zmode, Wp = ZMode.LAYER_Z, np.zeros((1, 1))
     elif zform is not None and all(_one_sign(g.mask, cz[gi], cp[gi], folded[gi * o:(gi + 1) * o])
                                    for gi, g in enumerate(groups)):
         bias_g = folded
-        zmode, Wp = 2, np.maximum(Wm, 0)
+        zmode, Wp = ZMode.PLUS, np.maximum(Wm, 0)
     else:  # direct evaluation, B a
         cz, cp = np.zeros(G), np.zeros(G)
-        zmode, Wp = 1, B
+        zmode, Wp = ZMode.DIRECT, B
     st = RuleState(
         B=np.ascontiguousarray(B, dtype=dtype),
         modes=np.array(modes, dtype=np.int64),
@@ -136,7 +146,7 @@ def rule_state(node, rule, dtype, nonneg):
         coefs=np.array([g.coef for g in groups], dtype=dtype),
         masks=np.array([g.mask for g in groups], dtype=np.int64),
         eps=float(rule.epsilon),
-        zmode=zmode,
+        zmode=int(zmode),
         Wp=np.ascontiguousarray(Wp, dtype=dtype),
         cz=cz.astype(dtype),
         cp=cp.astype(dtype),
@@ -215,7 +225,7 @@ class Compiled:
         """True when ``rule`` on ``node`` (a Conv2d) takes the ``W+ a`` shortcut on inputs >= 0, so
         the forward GEMM should stack ``[W; W+]``."""
         return (node.layer.kind == "Conv2d" and rule.z_form() is not None
-                and self.host(("rule", node.name, rule.key, True), lambda: rule_state(node, rule, self.dtype, True)).zmode == 2)
+                and self.host(("rule", node.name, rule.key, True), lambda: rule_state(node, rule, self.dtype, True)).zmode == ZMode.PLUS)
 
     def stacked_plus(self, k, node):
         """``[W; W+]`` (2O, K) of a Conv2d: one GEMM gives z and W+ a."""

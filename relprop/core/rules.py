@@ -19,13 +19,33 @@ conservative form, seed 000 Eq. 9.27).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
 # input-modifier codes (kernels/cpu/elementwise.py)
-X, XPOS, XNEG, ONES, LOW, HIGH = 0, 1, 2, 3, 4, 5
+class Mod(IntEnum):
+    """Input modifier of a term: ``a``, ``a+``, ``a-``, ones (flat), the lower / upper bound (z^B)."""
+
+    X = 0
+    XPOS = 1
+    XNEG = 2
+    ONES = 3
+    LOW = 4
+    HIGH = 5
+
+
+class Mask(IntEnum):
+    """Which outputs a group keeps, by the sign of the layer's own pre-activation z."""
+
+    NONE = 0
+    ZPOS = 1
+    ZNEG = 2
+
+
+X, XPOS, XNEG, ONES, LOW, HIGH = Mod
 # group masks on the sign of the layer's own z
-NOMASK, ZPOS, ZNEG = 0, 1, 2
+NOMASK, ZPOS, ZNEG = Mask
 
 
 def _pos(w):
