@@ -22,7 +22,8 @@ import numpy as np
 from .core import backend as B
 from .core import engine
 from .core.checks import _check_model, _check_target, _check_x
-from .core.execute import BUDGET, check_batch_size, row_bytes, run_batches, to_backend
+from .core import execute
+from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
 from .methods import METHODS
 from .methods import smoothgrad as SG
@@ -194,8 +195,8 @@ class Explainer:
         if m is None or m.version != self.net.version:
             m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
         per = row_bytes(shapes, x.itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
-        step = self.batch_size or BUDGET.rows(per, B.is_device(k))
-        expand = BUDGET.expand_rows(per)
+        step = self.batch_size or execute.BUDGET.rows(per, B.is_device(k))
+        expand = execute.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
 
         def batch(sl, st):
@@ -203,7 +204,8 @@ class Explainer:
             tb = None if T is None else T[sl]
             return self._run(ctx, x[sl], tb, _slice(p, per_sample, x, sl))
 
-        with B.tf32(k, self.allow_tf32), B.LOCK:
+        # overflow shows up as a non-finite result, which raises below, naming where: no numpy warnings
+        with B.tf32(k, self.allow_tf32), B.LOCK, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             out = run_batches(m, x, step, (self.runs.name, "multi" if not single else "one"), batch)
             if not bool(k.xp.isfinite(out).all()):
                 self._nonfinite(m, x, shapes)

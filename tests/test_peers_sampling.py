@@ -232,7 +232,7 @@ def test_seeded_reproducible(method, kw):
 def test_independent_of_internal_batching(method, kw, monkeypatch):
     """rp.attribute may split x into internal batches; every row keeps its own draws, and the
     method's own chunking of the evaluation points does not change the result."""
-    import relprop.explainer as explainer
+    import relprop.core.execute as execute
     from relprop.core.execute import Budget
 
     net = make_net("mlp")
@@ -241,7 +241,7 @@ def test_independent_of_internal_batching(method, kw, monkeypatch):
     whole = rp().attribute(model, x, method, baselines=b, **kw)
     split = rp().attribute(model, x, method, baselines=b, batch_size=2, **kw)  # internal batches of 2 rows
     np.testing.assert_allclose(split, whole, rtol=1e-12, atol=1e-15)
-    monkeypatch.setattr(explainer, "BUDGET", Budget(expand=1))  # one evaluation point per pass
+    monkeypatch.setattr(execute, "BUDGET", Budget(expand=1))  # one evaluation point per pass
     np.testing.assert_allclose(rp().attribute(model, x, method, baselines=b, **kw), whole, rtol=1e-12, atol=1e-15)
     # draws follow the sample's global index: a row explained alone (with its row_offset) is the same
     np.testing.assert_allclose(rp().attribute(model, x[3:4], method, baselines=b, row_offset=3, **kw), whole[3:4],

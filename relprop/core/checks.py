@@ -80,6 +80,7 @@ def _check_baseline(b, x, name="baseline"):
     if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
         if not np.isfinite(b):
             raise ValueError(f"{name} must be finite, got {b!r}")
+        _check_fits(b, x.dtype, name)
         return float(b)
     if not isinstance(b, np.ndarray) and backend.is_device(backend.kernels_for(x)):
         try:
@@ -100,7 +101,18 @@ def _check_baseline(b, x, name="baseline"):
         raise ValueError(f"{name} of shape {b.shape} does not broadcast to x of shape {x.shape}") from None
     if not np.all(np.isfinite(b)):
         raise ValueError(f"{name} contains NaN or Inf")
+    _check_fits(b, x.dtype, name)
     return b
+
+
+def _check_fits(v, dtype, name):
+    """A finite value that overflows ``dtype`` (e.g. 1e39 with float32 inputs) is refused."""
+    with np.errstate(over="ignore"):
+        cast = np.asarray(v, dtype=np.float64).astype(dtype)
+    if not np.all(np.isfinite(cast)):
+        big = float(np.max(np.abs(np.asarray(v, dtype=np.float64))))
+        raise ValueError(f"{name} holds values (|v| up to {big:.3g}) that overflow the input's dtype {np.dtype(dtype)} "
+                         f"(largest {float(np.finfo(dtype).max):.3g}); cast x to float64 or rescale")
 
 
 def _check_bounds(low, high, x, where):
@@ -112,6 +124,10 @@ def _check_bounds(low, high, x, where):
             raise ValueError(f"{where}: {nm} of shape {np.shape(v)} does not broadcast to x of shape {x.shape}") from None
     x = backend.to_host(x)  # validation on the host (one copy on the GPU)
     lo, hi = (np.broadcast_to(np.asarray(backend.to_host(v), np.float64), x.shape) for v in (low, high))
+    for nm, v in (("low", lo), ("high", hi)):
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{where}: {nm} contains NaN or Inf")
+        _check_fits(v, x.dtype, f"{where}: {nm}")
     if np.any(x < lo) or np.any(x > hi):
         raise ValueError(
             f"{where}: x is not inside the bounds [low, high] (x range [{x.min():.4g}, {x.max():.4g}], "

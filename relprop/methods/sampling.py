@@ -28,6 +28,7 @@ import numbers
 
 import numpy as np
 
+from ..core.checks import _check_fits
 from .base import METHODS, Method, gradient, register, resolve_target, row_rng, traverse
 
 
@@ -148,6 +149,7 @@ def _check_baselines(name, b, x):
     if not np.all(np.isfinite(b)):
         bad = np.argwhere(~np.isfinite(b))[0]
         raise ValueError(f"{name}: baselines contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
+    _check_fits(b, x.dtype, f"{name}: baselines")
     return np.ascontiguousarray(b, dtype=x.dtype)
 
 

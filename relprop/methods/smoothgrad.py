@@ -6,15 +6,16 @@ copies and their attributions are averaged (``mean``), averaged squared (``squar
 variance taken (``var``). ``target=None`` takes the argmax at the clean input for every copy.
 
 Noise is drawn per sample (``relprop.methods.base.row_rng``, stream 1), in float64 and cast to
-the input dtype, for a bounded number of samples at a time: memory stays at about
-``ctx.expand_rows`` noisy copies whatever the batch, and a sample's noise depends only on
-``seed`` and its index. A base method that draws its own random numbers sees copy ``j`` of
+the input dtype, for as many samples at a time as keep their noisy copies' activations and
+noise within ``relprop.core.execute.Budget.expand`` (256 MiB): memory stays bounded whatever the
+batch and ``samples``, and a sample's noise depends only on ``seed`` and its index. A base method that draws its own random numbers sees copy ``j`` of
 sample ``r`` as row ``r * samples + j``.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..core import execute
 from ..core.checks import _number
 from .base import Method, register, resolve_target, row_rng, run_targets, xp_of
 
@@ -36,7 +37,9 @@ def smoothgrad(ctx, x, targets, base, base_params, samples, sigma, kind, seed):
     targets = xp.asarray(targets)
     kk = targets.shape[1]
     out = xp.empty((n, kk) + x.shape[1:], x.dtype)
-    per = max(1, ctx.expand_rows // s)
+    feat = int(np.prod(x.shape[1:]))
+    per_copy = execute.row_bytes(ctx.shapes, x.itemsize) + 8 * feat  # activations + float64 noise
+    per = max(1, execute.BUDGET.expand // (s * per_copy))
     flat = x.reshape(n, -1)
     scale = sigma * (flat.max(axis=1) - flat.min(axis=1))
     for i0 in range(0, n, per):
