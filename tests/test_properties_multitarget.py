@@ -52,7 +52,7 @@ def test_all_targets_in_small_target_chunks(monkeypatch):
     monkeypatch.setattr(api, "CACHE_BUDGET", 1)  # one row per internal batch: targets chunked one by one
     chunked = rp.attribute(NET, X, "lrp.epsilon", targets="all")
     assert full.shape == (3, 6, 3, 8, 8)
-    np.testing.assert_array_equal(full, chunked)
+    assert_blas_close(chunked, full)  # other GEMM shapes: equal up to BLAS rounding, not bit for bit
 
 
 @pytest.mark.parametrize("kw,err,match", [
