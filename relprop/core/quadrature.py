@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-MAX_N = 100_000  # O(n^2): about a minute at the limit; IG converges long before it
+MAX_N = 100_000  # O(n^2) time: a few seconds at the limit; IG converges long before it
 
 
 def gauss_legendre(n):
