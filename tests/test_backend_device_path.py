@@ -226,6 +226,7 @@ def test_torch_tensors_in_and_out():
     t = torch.from_numpy(x.copy()).requires_grad_(True)
     out = rp.attribute(net, t, "lrp.epsilon", target=1)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    # exact: the tensor is converted to the same numpy array, then the same computation
     np.testing.assert_array_equal(out.numpy(), rp.attribute(net, x, "lrp.epsilon", target=1))
     y = rp.forward(net, t)
     assert isinstance(y, torch.Tensor)

@@ -30,7 +30,7 @@ def test_save_load_with_any_file_name(tmp_path):
     p = tmp_path / "model.rp"
     rp.save(net, p)
     assert p.exists()
-    assert np.array_equal(rp.load(p)(X), net(X))
+    assert np.array_equal(rp.load(p)(X), net(X))  # exact: the same weights, the same computation
 
 
 def test_composite_must_cover_every_layer_type_with_rule_objects():
@@ -47,7 +47,7 @@ def test_non_native_and_odd_float_dtypes():
     net = _mlp()
     R_be = rp.attribute(net, X.astype(">f8"), "lrp.epsilon")
     assert R_be.dtype == np.float64
-    np.testing.assert_array_equal(R_be, rp.attribute(net, X, "lrp.epsilon"))
+    np.testing.assert_array_equal(R_be, rp.attribute(net, X, "lrp.epsilon"))  # exact: converted to native order first
     for dt in (np.float16, np.longdouble):
         with pytest.raises(TypeError, match="float32 or float64"):
             rp.attribute(net, X.astype(dt), "gradient")

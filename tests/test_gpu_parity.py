@@ -160,7 +160,7 @@ def test_backend_switches(cp):
     _close(on_gpu, host, np.float64)
     on_cpu = rp.attribute(net, cp.asarray(x), "lrp.epsilon", target=1, backend="cpu")
     assert isinstance(on_cpu, cp.ndarray)
-    np.testing.assert_array_equal(cp.asnumpy(on_cpu), host)
+    np.testing.assert_array_equal(cp.asnumpy(on_cpu), host)  # exact: the same CPU computation on a host copy
 
 
 @pytest.mark.parametrize("method,params", [("gradient", {}), ("lrp.epsilon", {}),

@@ -165,6 +165,7 @@ def test_accepts_model_proto_and_bytes(tmp_path):
     x = tm.make_input("mlp", n=4)
     ref = rp.from_onnx(path)(x)
     proto = onnx.load(str(path))
+    # exact: the same model whichever way it is passed, the same computation
     np.testing.assert_array_equal(rp.from_onnx(proto)(x), ref)
     np.testing.assert_array_equal(rp.from_onnx(proto.SerializeToString())(x), ref)
 

@@ -254,7 +254,7 @@ def test_shapes_dtypes_channels():
             assert r.shape == x.shape and r.dtype == x.dtype and r.flags.c_contiguous
             assert np.all(np.isfinite(r))
             if m != "guided_gradcam":
-                assert np.array_equal(r[:, 0], r[:, 1]) and np.array_equal(r[:, 0], r[:, 2])
+                assert np.array_equal(r[:, 0], r[:, 1]) and np.array_equal(r[:, 0], r[:, 2])  # copies of one map
                 assert np.all(r >= 0) and np.any(r > 0)
 
 
@@ -331,4 +331,4 @@ def test_errors_specific(vgg):
     # numpy integer index and negative index accepted
     a = rp().attribute(g, x, "gradcam", layer=np.int64(-5))
     b = rp().attribute(g, x, "gradcam", layer="7")
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # exact: the same layer

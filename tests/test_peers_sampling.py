@@ -19,6 +19,7 @@ import captum.attr._core.deep_lift as deep_lift_mod
 from captum.attr import DeepLiftShap, GradientShap
 
 from peer_models import assert_agree, make_net, relprop_target, resolved_targets, rp, to_torch
+from tolerance import assert_blas_close
 from test_peers_captum import _maxpool2d_accumulating
 
 import relprop.methods.sampling  # noqa: F401  (registers the methods until relprop/__init__ imports it)
@@ -183,7 +184,7 @@ def test_expected_gradients_matches_explicit_draws_and_gradient_shap():
     np.testing.assert_allclose(r, ref, rtol=1e-10, atol=1e-14)
     # gradient_shap with stdevs=0 draws the same (idx, alpha) stream: the same attribution
     g = rp().attribute(model, x, "gradient_shap", baselines=b, samples=7, seed=4, stdevs=0.0)
-    np.testing.assert_array_equal(r, g)
+    np.testing.assert_array_equal(r, g)  # exact: stdevs=0 runs expected_gradients' code on the same points
 
 
 def test_expected_gradients_completeness_in_expectation():
@@ -222,7 +223,7 @@ def test_seeded_reproducible(method, kw):
     b = _baselines(net, np.float32)
     a = rp().attribute(model, x, method, baselines=b, seed=5, **kw)
     assert a.dtype == np.float32 and a.shape == x.shape
-    np.testing.assert_array_equal(a, rp().attribute(model, x, method, baselines=b, seed=5, **kw))
+    np.testing.assert_array_equal(a, rp().attribute(model, x, method, baselines=b, seed=5, **kw))  # same call
     assert not np.array_equal(a, rp().attribute(model, x, method, baselines=b, seed=6, **kw))
 
 
@@ -240,12 +241,11 @@ def test_independent_of_internal_batching(method, kw, monkeypatch):
     b = _baselines(net, np.float64, n=3)
     whole = rp().attribute(model, x, method, baselines=b, **kw)
     split = rp().attribute(model, x, method, baselines=b, batch_size=2, **kw)  # internal batches of 2 rows
-    np.testing.assert_allclose(split, whole, rtol=1e-12, atol=1e-15)
+    assert_blas_close(split, whole)  # other batch shapes: equal up to BLAS rounding
     monkeypatch.setattr(execute, "BUDGET", Budget(expand=1))  # one evaluation point per pass
-    np.testing.assert_allclose(rp().attribute(model, x, method, baselines=b, **kw), whole, rtol=1e-12, atol=1e-15)
+    assert_blas_close(rp().attribute(model, x, method, baselines=b, **kw), whole)
     # draws follow the sample's global index: a row explained alone (with its row_offset) is the same
-    np.testing.assert_allclose(rp().attribute(model, x[3:4], method, baselines=b, row_offset=3, **kw), whole[3:4],
-                               rtol=1e-12, atol=1e-15)
+    assert_blas_close(rp().attribute(model, x[3:4], method, baselines=b, row_offset=3, **kw), whole[3:4])
 
 
 def test_noise_draws_follow_documented_stream():

@@ -60,7 +60,7 @@ def test_seeded_and_batched_as_one_batch():
     x = net.inputs(dtype=np.float64)
     kw = dict(base="lrp.epsilon", epsilon=1e-3, samples=5, sigma=0.2, seed=3, target=0)
     a = rp().attribute(model, x, "smoothgrad", kind="var", **kw)
-    np.testing.assert_array_equal(a, rp().attribute(model, x, "smoothgrad", kind="var", **kw))
+    np.testing.assert_array_equal(a, rp().attribute(model, x, "smoothgrad", kind="var", **kw))  # the same call
     # reference: the base method on the explicit noisy copies, reduced in numpy
     copies = np.repeat(x, 5, axis=0) + relprop_noise(x, 5, 0.2, 3)
     base = rp().attribute(model, copies, "lrp.epsilon", epsilon=1e-3, target=0).reshape((x.shape[0], 5) + x.shape[1:])

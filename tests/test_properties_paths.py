@@ -140,7 +140,7 @@ def test_ig_default_scheme_is_gauss_legendre_with_50_steps(rp):
     x = rng.normal(size=(2, 4))
     R_default = _attr(rp, spec, x, "integrated_gradients")
     R_explicit = _attr(rp, spec, x, "integrated_gradients", baseline=0.0, steps=50, scheme="gauss_legendre")
-    np.testing.assert_array_equal(R_default, R_explicit)
+    np.testing.assert_array_equal(R_default, R_explicit)  # exact: the same parameters, the same computation
 
 
 def test_ig_equals_zero_when_x_is_baseline(rp):
@@ -211,7 +211,7 @@ def test_deeplift_zero_when_x_is_baseline(rp):
 def test_saliency_is_abs_gradient_and_gxi_is_x_times_gradient(rp, net, target):
     spec, x = net
     G = _attr(rp, spec, x, "gradient", target=target)
-    np.testing.assert_array_equal(_attr(rp, spec, x, "saliency", target=target), np.abs(G))
+    np.testing.assert_array_equal(_attr(rp, spec, x, "saliency", target=target), np.abs(G))  # exact: |same gradient|
     np.testing.assert_allclose(_attr(rp, spec, x, "gradient_x_input", target=target), x * G, rtol=1e-15, atol=0)
     # and the gradient is the reference gradient
     np.testing.assert_allclose(G, ref.gradient(spec, x, target), rtol=0, atol=1e-10 * (np.abs(G).max() + 1e-12))

@@ -338,7 +338,7 @@ def test_api_batch_target_none_dtypes(name, dtype):
     R = rp.attribute(net, xd, "rap")
     assert R.shape == x.shape and R.dtype == dtype
     t = rp.forward(net, xd).argmax(axis=1)
-    np.testing.assert_array_equal(R, rp.attribute(net, xd, "rap", target=t))
+    np.testing.assert_array_equal(R, rp.attribute(net, xd, "rap", target=t))  # exact: the same computation
     one = np.concatenate([rp.attribute(net, xd[i:i + 1], "rap") for i in range(len(x))])
     np.testing.assert_allclose(R, one, rtol=0, atol=(1e-12 if dtype == np.float64 else 1e-5) * np.abs(R).max())
     assert "rap" in rp.METHODS and rp.METHODS["rap"].params == {"low": None, "high": None}

@@ -116,7 +116,7 @@ def test_conv_only_net_with_rescale_conv_rule_is_rescale():
     x = rng.normal(size=(3,) + shape)
     a = rp.attribute(net, x, "deeplift.reveal_cancel", target=2)
     b = rp.attribute(net, x, "deeplift.rescale", target=2)
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # exact: no RevealCancel node, so Rescale's code path
 
 
 @pytest.mark.parametrize("conv_rule", ["rescale", "reveal_cancel"])

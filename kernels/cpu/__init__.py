@@ -1,5 +1,8 @@
 """Numba CPU kernels. Plain functions over arrays, ``cache=True``, batched.
 
+Each kernel is a serial ``nogil`` Numba function whose outer loop ``threads.threaded`` splits
+over relprop's own worker threads (no Numba threading layer, see ``threads``).
+
 Layout conventions shared by all kernels:
 
 * activations are NCHW (``(N, C, H, W)``) or ``(N, F)``; a dense layer is treated as a

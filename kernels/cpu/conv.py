@@ -7,6 +7,7 @@ A convolution ``z[n, o, p] = sum_k W[o, k] x_col[k, n*P + p]`` runs as one BLAS 
 """
 import numba as nb
 
+from .threads import threaded
 
 
 def conv_out_shape(h, w, kh, kw, sh, sw, ph, pw):
@@ -14,8 +15,9 @@ def conv_out_shape(h, w, kh, kw, sh, sw, ph, pw):
     return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-@nb.njit(cache=True, parallel=True)
-def im2col(x, kh, kw, sh, sw, ph, pw, cols):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def im2col(x, kh, kw, sh, sw, ph, pw, cols, part, parts):
     """Unfold ``x`` (N, C, H, W) into ``cols`` (C*kh*kw, N*Ho*Wo).
 
     ``cols[(c*kh + i)*kw + j, n*P + ho*Wo + wo] = x[n, c, ho*sh - ph + i, wo*sw - pw + j]``
@@ -26,7 +28,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols):
     wo_ = (w_ + 2 * pw - kw) // sw + 1
     p_ = ho_ * wo_
     rows = c_ * kh * kw
-    for r in nb.prange(rows):
+    for r in range(rows * part // parts, rows * (part + 1) // parts):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
@@ -57,8 +59,9 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols):
                     cols[r, off + wo] = 0.0
 
 
-@nb.njit(cache=True, parallel=True)
-def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods, part, parts):
     """Fold ``cols`` (Ct*kh*kw, N*Ho*Wo) back onto the input grid (the transpose of im2col).
 
     Written as a gather (each input pixel sums the window positions that read it), so the
@@ -77,7 +80,7 @@ def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods):
     wo_ = (w_ + 2 * pw - kw) // sw + 1
     p_ = ho_ * wo_
     c_out = ct if mods == 0 else ct // mods
-    for t in nb.prange(n_ * c_out):
+    for t in range(n_ * c_out * part // parts, n_ * c_out * (part + 1) // parts):
         n = t // c_out
         c = t % c_out
         nm = 1 if mods == 0 else mods

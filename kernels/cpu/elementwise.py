@@ -8,6 +8,8 @@ import math
 
 import numba as nb
 
+from .threads import threaded
+
 
 @nb.njit(cache=True, inline="always")
 def _act(z, act):
@@ -32,15 +34,16 @@ def _dact(z, a, act):
     return 1.0
 
 
-@nb.njit(cache=True, parallel=True)
-def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z, part, parts):
     """Conv epilogue: ``z[n, o, p] = zg[o, n*P + p] + b[o]``, ``a = f(z)``.
 
     ``zg`` (O, N*P) is the GEMM output, ``a_out``/``z_out`` (N, O, P); ``z_out`` is written
     only when ``store_z`` (the method needs the pre-activation).
     """
     n_, o_, p_ = a_out.shape
-    for t in nb.prange(n_ * o_):
+    for t in range(n_ * o_ * part // parts, n_ * o_ * (part + 1) // parts):
         n = t // o_
         o = t % o_
         b = bias[o]
@@ -51,14 +54,15 @@ def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z):
             a_out[n, o, p] = _act(z, act)
 
 
-@nb.njit(cache=True, parallel=True)
-def bias_act_rows(z, bias, act, a_out, store_z):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def bias_act_rows(z, bias, act, a_out, store_z, part, parts):
     """Dense epilogue, in place on ``z`` (N, O): ``z += b``; ``a_out = f(z)``.
 
     With ``store_z`` false and an activation, ``a_out`` may be ``z`` itself.
     """
     n_, o_ = z.shape
-    for n in nb.prange(n_):
+    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
         for o in range(o_):
             v = z[n, o] + bias[o]
             if store_z:
@@ -66,21 +70,23 @@ def bias_act_rows(z, bias, act, a_out, store_z):
             a_out[n, o] = _act(v, act)
 
 
-@nb.njit(cache=True, parallel=True)
-def act_backward(g, z, a, act, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def act_backward(g, z, a, act, out, part, parts):
     """Chain rule through an activation: ``out = g * f'(z)`` (flat arrays)."""
-    for i in nb.prange(g.size):
+    for i in range(g.size * part // parts, g.size * (part + 1) // parts):
         out[i] = g[i] * _dact(z[i], a[i], act)
 
 
-@nb.njit(cache=True, parallel=True)
-def act_rescale_backward(g, z, z0, a, a0, act, eps, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def act_rescale_backward(g, z, z0, a, a0, act, eps, out, part, parts):
     """DeepLIFT Rescale multiplier (seed 000 Eq. 9.45-9.47, seed 004 Prop. 2).
 
     ``out = g * (f(z) - f(z0)) / (z - z0)``, and ``g * f'(z)`` where ``|z - z0| < eps``
     (Captum's convention, eps = 1e-10).
     """
-    for i in nb.prange(g.size):
+    for i in range(g.size * part // parts, g.size * (part + 1) // parts):
         dz = z[i] - z0[i]
         if abs(dz) < eps:
             out[i] = g[i] * _dact(z[i], a[i], act)
@@ -99,8 +105,9 @@ def _stab_div(r, den, eps):
     return r / (den + eps if den >= 0 else den - eps)
 
 
-@nb.njit(cache=True, parallel=True)
-def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s, part, parts):
     """The ratio step of an LRP rule with G output groups (seed 003 rule table).
 
     For group g and output unit (n, o, p), with ``m = n*P + p``, ``k = g*O + o``::
@@ -117,7 +124,7 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
     """
     n_, o_, p_ = r.shape
     g_ = coefs.shape[0]
-    for n in nb.prange(n_):
+    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
         for g in range(g_):
             mk = masks[g]
             cf = coefs[g]
@@ -142,14 +149,15 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
                     s[n, k, p] = cf * _stab_div(r[n, o, p], den, eps)
 
 
-@nb.njit(cache=True, parallel=True)
-def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s, part, parts):
     """``lrp_ratio`` for Dense layers, rows layout: ``zg`` (N, G*O) or (N, O) (zmode 2),
     ``zorig``/``r`` (N, O), ``s`` (N, G*O). The unit loop is innermost and branch-free per
     zmode so it vectorizes (the NCHW kernel's spatial loop has length 1 here)."""
     n_, o_ = r.shape
     g_ = coefs.shape[0]
-    for n in nb.prange(n_):
+    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
         for g in range(g_):
             mk = masks[g]
             cf = coefs[g]
@@ -174,8 +182,9 @@ def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps,
                 s[n, base + o] = v if keep else 0.0 * v
 
 
-@nb.njit(cache=True, parallel=True)
-def combine_from_gemm(cg, xs, mods, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def combine_from_gemm(cg, xs, mods, out, part, parts):
     """Epilogue of a transposed contraction ``cg`` (Ct, N*P) back to NCHW ``out`` (N, C, P).
 
     ``mods == 0``: ``out[n, c, p] = cg[c, n*P + p]`` (gradient).
@@ -183,7 +192,7 @@ def combine_from_gemm(cg, xs, mods, out):
     ``a'_i (W'^T s)_i`` reduction of an LRP rule over its stacked input modifiers.
     """
     n_, c_, p_ = out.shape
-    for t in nb.prange(n_ * c_):
+    for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         for p in range(p_):
@@ -197,13 +206,14 @@ def combine_from_gemm(cg, xs, mods, out):
                 out[n, c, p] = acc
 
 
-@nb.njit(cache=True, parallel=True)
-def grad_to_rows(g, z, a, act, s):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def grad_to_rows(g, z, a, act, s, part, parts):
     """Layout move for the backward GEMM of gradient-type methods, fused with the
     derivative of the activation that follows the layer: ``s[o, n*P + p] = g[n, o, p] * f'(z)``.
     ``act == 0`` is a plain transpose."""
     n_, o_, p_ = g.shape
-    for t in nb.prange(n_ * o_):
+    for t in range(n_ * o_ * part // parts, n_ * o_ * (part + 1) // parts):
         n = t // o_
         o = t % o_
         for p in range(p_):
@@ -213,16 +223,17 @@ def grad_to_rows(g, z, a, act, s):
                 s[o, n * p_ + p] = g[n, o, p] * _dact(z[n, o, p], a[n, o, p], act)
 
 
-@nb.njit(cache=True, parallel=True)
-def stacked_mul_sum(xs, c, mods, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def stacked_mul_sum(xs, c, mods, out, part, parts):
     """``out[n, f] = sum_m xs[n, m*F + f] * c[n, m*F + f]`` for (N, mods*F) inputs."""
     n_, f_ = out.shape
     if mods == 1:
-        for n in nb.prange(n_):
+        for n in range(n_ * part // parts, n_ * (part + 1) // parts):
             for f in range(f_):
                 out[n, f] = xs[n, f] * c[n, f]
         return
-    for n in nb.prange(n_):
+    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
         for f in range(f_):
             acc = 0.0
             for m in range(mods):
@@ -230,15 +241,16 @@ def stacked_mul_sum(xs, c, mods, out):
             out[n, f] = acc
 
 
-@nb.njit(cache=True, parallel=True)
-def stack_input_mods(x, modes, low, high, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def stack_input_mods(x, modes, low, high, out, part, parts):
     """Stack the rule's modified inputs along the feature axis.
 
     ``x`` (N, F); ``out`` (N, len(modes)*F); ``low``/``high`` (N, F) are read only for
     modes 4 and 5 (the z^B rule's bounds).
     """
     n_, f_ = x.shape
-    for n in nb.prange(n_):
+    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
         for mi in range(modes.shape[0]):
             md = modes[mi]
             base = mi * f_

@@ -1,14 +1,17 @@
 """2-D max and average pooling, forward and backward (NCHW)."""
 import numba as nb
 
+from .threads import threaded
 
-@nb.njit(cache=True, parallel=True)
-def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx):
+
+@threaded
+@nb.njit(cache=True, nogil=True)
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
     """``out[n, c, ho, wo] = max`` over the window (padding never wins), ``idx`` the flat
     ``h*W + w`` position of the first maximum in row-major window order (torch's choice)."""
     n_, c_, h_, w_ = x.shape
     ho_, wo_ = out.shape[2], out.shape[3]
-    for t in nb.prange(n_ * c_):
+    for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         for ho in range(ho_):
@@ -31,13 +34,14 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx):
                 idx[n, c, ho, wo] = best
 
 
-@nb.njit(cache=True, parallel=True)
-def maxpool_backward(g, idx, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def maxpool_backward(g, idx, out, part, parts):
     """Route ``g`` (N, C, Ho, Wo) to the window winners: ``out`` (N, C, H, W) = sum of the
     ``g`` of every window a pixel won (the gradient of max pooling)."""
     n_, c_, h_, w_ = out.shape
     ho_, wo_ = g.shape[2], g.shape[3]
-    for t in nb.prange(n_ * c_):
+    for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         for h in range(h_):
@@ -49,8 +53,9 @@ def maxpool_backward(g, idx, out):
                 out[n, c, k // w_, k % w_] += g[n, c, ho, wo]
 
 
-@nb.njit(cache=True, parallel=True)
-def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out, part, parts):
     """DeepLIFT multiplier through max pooling, Captum's convention.
 
     The change of each window's max, ``y - y0``, is split as ``(max(y, y0) - y0)`` routed to
@@ -60,7 +65,7 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out):
     """
     n_, c_, h_, w_ = out.shape
     ho_, wo_ = g.shape[2], g.shape[3]
-    for t in nb.prange(n_ * c_):
+    for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         # out collects the routed deltas; a scratch plane would double memory, so the
@@ -94,13 +99,14 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out):
                     out[n, c, hh, ww] += g[n, c, ho, wo]
 
 
-@nb.njit(cache=True, parallel=True)
-def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out, part, parts):
     """Window mean with zero padding counted (torch's ``count_include_pad=True``)."""
     n_, c_, h_, w_ = x.shape
     ho_, wo_ = out.shape[2], out.shape[3]
     inv = 1.0 / (kh * kw)
-    for t in nb.prange(n_ * c_):
+    for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         for ho in range(ho_):
@@ -117,8 +123,9 @@ def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out):
                 out[n, c, ho, wo] = acc * inv
 
 
-@nb.njit(cache=True, parallel=True)
-def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out):
+@threaded
+@nb.njit(cache=True, nogil=True)
+def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out, part, parts):
     """Transpose of average pooling: ``out[n, c, h, w] = sum_windows g / (kh*kw)``.
 
     With ``mul_x`` the result is multiplied by ``x`` (N, C, H, W): the z-rule (Zennit's
@@ -127,7 +134,7 @@ def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out):
     n_, c_, h_, w_ = out.shape
     ho_, wo_ = g.shape[2], g.shape[3]
     inv = 1.0 / (kh * kw)
-    for t in nb.prange(n_ * c_):
+    for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         for h in range(h_):

@@ -7,25 +7,24 @@ signatures and name their array module ``xp`` (numpy / cupy), so the engine is w
 ``k = kernels_for(x)`` then ``k.xp.empty(...)``, ``k.im2col(...)``. Model weights and compiled
 rule matrices are copied to the device once by the compiled plan (``relprop.core.plan.Compiled.on``).
 
-Threading: Numba's ``omp`` layer spins its workers after every parallel kernel and steals the
-cores OpenBLAS needs for the GEMMs in between (on 2 cores the VGG bench ran slower with it).
-relprop therefore selects the ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` is set;
-workqueue must not be entered from two Python threads at once, so kernel calls are serialized
-by a lock (dataset jobs parallelize over processes, e.g. Dask workers, not threads).
+Threading: importing relprop leaves Numba's process-wide configuration alone (a library
+embedded in other libraries must not change global state on import). The CPU kernels do not
+use ``parallel=True``/``prange``, so they never start or enter a Numba threading layer: they
+are serial ``nogil`` functions split over relprop's own worker threads
+(``relprop.kernels.cpu.threads``; ``RELPROP_NUM_THREADS`` sets how many). Those threads block
+between kernels instead of spinning, so OpenBLAS keeps the cores for the GEMMs in between --
+the benefit once bought by forcing Numba's ``workqueue`` layer (3x on the 2-core VGG bench
+against ``omp``, whose workers spin). Other Numba code in the process keeps the layer it
+chooses, in any thread. Kernel calls are serialized by ``LOCK`` because the engine reuses one
+scratch buffer per slot (dataset jobs parallelize over processes, e.g. Dask workers).
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    import numba
-
-    numba.config.THREADING_LAYER = "workqueue"
-
-from ..kernels import cpu as _cpu  # noqa: E402
+from ..kernels import cpu as _cpu
 
 LOCK = threading.RLock()
 

@@ -11,6 +11,7 @@ import difflib
 
 import numpy as np
 
+from ..core import quadrature
 from ..core.checks import _check_baseline, _number
 from .base import Method, gradient, register, resolve_target, xp_of
 
@@ -35,7 +36,7 @@ def ig_points(scheme, steps):
         w[0] = w[-1] = 1 / (2 * (n - 1))
         return np.linspace(0, 1, n), w
     if scheme == "gauss_legendre":
-        xg, wg = np.polynomial.legendre.leggauss(n)
+        xg, wg = quadrature.gauss_legendre(n)  # O(n^2); numpy's leggauss is O(n^3)
         return 0.5 * (xg + 1), 0.5 * wg
     if scheme == "uniform":
         return np.arange(n) / (n - 1), np.full(n, 1 / n)
@@ -70,6 +71,8 @@ def _check(graph, x, p):
         close = difflib.get_close_matches(str(p["scheme"]), IG_SCHEMES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown integrated_gradients scheme {p['scheme']!r}{hint} (one of {', '.join(IG_SCHEMES)})")
+    if p["steps"] > quadrature.MAX_N:
+        raise ValueError(f"integrated_gradients: steps must be at most {quadrature.MAX_N}, got {p['steps']}")
     if p["scheme"] in ("uniform", "riemann_trapezoid") and p["steps"] < 2:
         raise ValueError(f"scheme {p['scheme']!r} needs steps >= 2, got {p['steps']}")
     return out
