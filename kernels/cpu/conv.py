@@ -4,11 +4,14 @@ A convolution ``z[n, o, p] = sum_k W[o, k] x_col[k, n*P + p]`` runs as one BLAS 
 ``Z = Wmat @ cols`` with ``cols = im2col(x)`` of shape ``(C*kh*kw, N*P)``; its transpose
 (the backward pass of every method) is ``cols_grad = Wmat.T @ S`` followed by
 ``col2im_gather``.
+
+Every kernel checks, once per call, that the window geometry is valid (kernel and stride >= 1,
+padding >= 0) and that the buffers have the shapes it implies, and raises ``ValueError``
+otherwise: no argument can make a kernel index outside its arrays.
 """
 import numba as nb
 
 from .threads import threaded
-
 
 def conv_out_shape(h, w, kh, kw, sh, sw, ph, pw):
     """Output height and width of a convolution/pooling window sweep."""
@@ -24,16 +27,20 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols, part, parts):
     (zero outside the image). Parallel over the rows of ``cols``.
     """
     n_, c_, h_, w_ = x.shape
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError("im2col: kernel and stride must be >= 1, padding >= 0")
     ho_ = (h_ + 2 * ph - kh) // sh + 1
     wo_ = (w_ + 2 * pw - kw) // sw + 1
     p_ = ho_ * wo_
     rows = c_ * kh * kw
+    if ho_ < 1 or wo_ < 1 or cols.shape[0] != rows or cols.shape[1] != n_ * p_:
+        raise ValueError("im2col: cols must have shape (C*kh*kw, N*Ho*Wo) for x and a window that fits")
     for r in range(rows * part // parts, rows * (part + 1) // parts):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
         # output columns whose input column wo*sw - pw + j lies inside the image
-        lo = max(0, (pw - j + sw - 1) // sw)
+        lo = min(max(0, (pw - j + sw - 1) // sw), wo_)
         hi = min(wo_, (w_ - 1 + pw - j) // sw + 1)
         if hi < lo:
             hi = lo
@@ -75,11 +82,18 @@ def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods, part, parts):
     n_ = out.shape[0]
     h_ = out.shape[2]
     w_ = out.shape[3]
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0 or mods < 0:
+        raise ValueError("col2im_gather: kernel and stride must be >= 1, padding and mods >= 0")
     ct = cols.shape[0] // (kh * kw)
     ho_ = (h_ + 2 * ph - kh) // sh + 1
     wo_ = (w_ + 2 * pw - kw) // sw + 1
     p_ = ho_ * wo_
     c_out = ct if mods == 0 else ct // mods
+    if ho_ < 1 or wo_ < 1 or out.shape[1] != c_out or cols.shape[1] < n_ * p_:
+        raise ValueError("col2im_gather: out must have Ct (mods == 0) or Ct/mods channels and cols at least "
+                         "N*Ho*Wo columns for out and a window that fits")
+    if mods > 0 and (xs.shape[0] < n_ or xs.shape[1] < ct or xs.shape[2] != h_ or xs.shape[3] != w_):
+        raise ValueError("col2im_gather: xs must have shape (N, Ct, H, W) of out")
     for t in range(n_ * c_out * part // parts, n_ * c_out * (part + 1) // parts):
         n = t // c_out
         c = t % c_out
@@ -110,5 +124,3 @@ def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods, part, parts):
                     else:
                         acc += xs[n, cc, h, w] * v
                 out[n, c, h, w] = acc
-
-

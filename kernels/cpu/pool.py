@@ -1,7 +1,23 @@
-"""2-D max and average pooling, forward and backward (NCHW)."""
+"""2-D max and average pooling, forward and backward (NCHW).
+
+Every kernel checks, once per call, the window geometry and that its buffers have matching
+shapes, and raises ``ValueError`` otherwise: no argument can make it index outside its arrays.
+The max-pool backward kernels route to the winners ``idx`` that :func:`maxpool_forward` wrote
+for an input of ``out``'s shape (they lie in ``[0, H*W)``, guaranteed by its checks).
+"""
 import numba as nb
 
 from .threads import threaded
+
+@nb.njit(cache=True, nogil=True)
+def _check_window(x, kh, kw, sh, sw, ph, pw, out):
+    """``out`` (N, C, Ho, Wo) is the window sweep of ``x`` (N, C, H, W) with this geometry."""
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError("pooling: kernel and stride must be >= 1, padding >= 0")
+    n_, c_, h_, w_ = x.shape
+    if (out.shape[0] != n_ or out.shape[1] != c_ or out.shape[2] != (h_ + 2 * ph - kh) // sh + 1
+            or out.shape[3] != (w_ + 2 * pw - kw) // sw + 1):
+        raise ValueError("pooling: out must have shape (N, C, Ho, Wo) of the window sweep over x")
 
 
 @threaded
@@ -9,8 +25,12 @@ from .threads import threaded
 def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
     """``out[n, c, ho, wo] = max`` over the window (padding never wins), ``idx`` the flat
     ``h*W + w`` position of the first maximum in row-major window order (torch's choice)."""
+    _check_window(x, kh, kw, sh, sw, ph, pw, out)
     n_, c_, h_, w_ = x.shape
     ho_, wo_ = out.shape[2], out.shape[3]
+    # padding < kernel: every window of the sweep holds a pixel of x, so idx is a valid position
+    if ph >= kh or pw >= kw or idx.shape != out.shape or (out.size > 0 and (h_ < 1 or w_ < 1)):
+        raise ValueError("maxpool_forward: padding must be < kernel and idx must have out's shape")
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
@@ -41,6 +61,8 @@ def maxpool_backward(g, idx, out, part, parts):
     ``g`` of every window a pixel won (the gradient of max pooling)."""
     n_, c_, h_, w_ = out.shape
     ho_, wo_ = g.shape[2], g.shape[3]
+    if g.shape[0] != n_ or g.shape[1] != c_ or idx.shape != g.shape:
+        raise ValueError("maxpool_backward: g and idx must have one shape (N, C, Ho, Wo) with out's N and C")
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
@@ -65,6 +87,10 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out, part, parts):
     """
     n_, c_, h_, w_ = out.shape
     ho_, wo_ = g.shape[2], g.shape[3]
+    if (g.shape[0] != n_ or g.shape[1] != c_ or idx.shape != g.shape or idx0.shape != g.shape
+            or y.shape != g.shape or y0.shape != g.shape or x.shape != out.shape or x0.shape != out.shape):
+        raise ValueError("maxpool_rescale_backward: g, y, y0, idx, idx0 must have one shape (N, C, Ho, Wo) and "
+                         "x, x0 out's shape (N, C, H, W)")
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
@@ -103,6 +129,7 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out, part, parts):
 @nb.njit(cache=True, nogil=True)
 def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out, part, parts):
     """Window mean with zero padding counted (torch's ``count_include_pad=True``)."""
+    _check_window(x, kh, kw, sh, sw, ph, pw, out)
     n_, c_, h_, w_ = x.shape
     ho_, wo_ = out.shape[2], out.shape[3]
     inv = 1.0 / (kh * kw)
@@ -131,6 +158,9 @@ def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out, part, parts):
     With ``mul_x`` the result is multiplied by ``x`` (N, C, H, W): the z-rule (Zennit's
     ``Norm``) redistribution ``R_in = x * pool^T(R / stab(z))``, fused.
     """
+    _check_window(out, kh, kw, sh, sw, ph, pw, g)
+    if mul_x and x.shape != out.shape:
+        raise ValueError("avgpool_backward: x must have out's shape")
     n_, c_, h_, w_ = out.shape
     ho_, wo_ = g.shape[2], g.shape[3]
     inv = 1.0 / (kh * kw)

@@ -72,6 +72,12 @@ def check(cond, msg):
         raise ValueError(f"relprop.kernels.gpu: {msg}")
 
 
+def check_window(name, kh, kw, sh, sw, ph, pw):
+    """A window geometry the kernels can index with: kernel and stride >= 1, padding >= 0."""
+    check(min(kh, kw, sh, sw) >= 1 and min(ph, pw) >= 0,
+          f"{name}: kernel {kh}x{kw} and stride {sh}x{sw} must be >= 1, padding {ph}x{pw} >= 0")
+
+
 def launch(family, name, dtype, big, total, args):
     """Run ``name<T, I>`` from ``family`` over ``total`` work items on the current stream."""
     if total <= 0:

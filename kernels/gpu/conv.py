@@ -6,8 +6,8 @@ A convolution ``z[n, o, p] = sum_k W[o, k] x_col[k, n*P + p]`` runs as one cuBLA
 ``col2im_gather``. The CUDA code is ``conv.cu``; arguments and results as in
 ``relprop.kernels.cpu.conv``.
 """
-from ._launch import (check, float_dtype, index_scalars, launch, needs_int64, operand, out_buffer,
-                      write_back, code)
+from ._launch import (check, check_window, float_dtype, index_scalars, launch, needs_int64, operand,
+                      out_buffer, write_back, code)
 
 
 def conv_out_shape(h, w, kh, kw, sh, sw, ph, pw):
@@ -22,8 +22,10 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols):
     (zero outside the image). One thread per element of ``cols``.
     """
     dt = float_dtype(cols, "cols")
+    check_window("im2col", kh, kw, sh, sw, ph, pw)
     n, c, h, w = x.shape
     ho, wo = conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    check(ho >= 1 and wo >= 1, f"im2col: window {kh}x{kw} does not fit x {tuple(x.shape)}")
     check(tuple(cols.shape) == (c * kh * kw, n * ho * wo),
           f"im2col: cols has shape {tuple(cols.shape)}, expected {(c * kh * kw, n * ho * wo)}")
     xb, cb = operand(x, dt), out_buffer(cols, dt)
@@ -45,9 +47,12 @@ def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods):
     the ``a'_i * (W'^T s)_i`` product of an LRP rule, fused here.
     """
     dt = float_dtype(out, "out")
+    check_window("col2im_gather", kh, kw, sh, sw, ph, pw)
+    check(mods >= 0, f"col2im_gather: mods must be >= 0, got {mods}")
     n, c_out, h, w = out.shape
     ct = cols.shape[0] // (kh * kw)
     ho, wo = conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    check(ho >= 1 and wo >= 1, f"col2im_gather: window {kh}x{kw} does not fit out {tuple(out.shape)}")
     check(c_out == (ct if mods == 0 else ct // mods),
           f"col2im_gather: out has {c_out} channels, cols fold to {ct} (mods={mods})")
     check(cols.shape[1] >= n * ho * wo, f"col2im_gather: cols has {cols.shape[1]} columns, needs {n * ho * wo}")

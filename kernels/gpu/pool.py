@@ -7,8 +7,18 @@ not overlap, equal up to the order of rounding where a pixel wins several window
 """
 import numpy as np
 
-from ._launch import (check, code, float_dtype, index_scalars, launch, needs_int64, operand, out_buffer,
-                      write_back)
+from ._launch import (check, check_window, code, float_dtype, index_scalars, launch, needs_int64, operand,
+                      out_buffer, write_back)
+from .conv import conv_out_shape
+
+
+def _sweep_shapes(x, kh, kw, sh, sw, ph, pw, out, name):
+    """``out`` (N, C, Ho, Wo) is the window sweep of ``x`` (N, C, H, W) with this geometry."""
+    check_window(name, kh, kw, sh, sw, ph, pw)
+    n, c, h, w = x.shape
+    check(tuple(out.shape) == (n, c, *conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)),
+          f"{name}: x {tuple(x.shape)} and out {tuple(out.shape)} are not a {kh}x{kw} window sweep "
+          f"(stride {sh}x{sw}, padding {ph}x{pw})")
 
 
 def _winner_shapes(g, idx, out, name):
@@ -20,10 +30,13 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx):
     """``out[n, c, ho, wo] = max`` over the window (padding never wins), ``idx`` the flat
     ``h*W + w`` position of the first maximum in row-major window order (torch's choice)."""
     dt = float_dtype(out, "out")
+    _sweep_shapes(x, kh, kw, sh, sw, ph, pw, out, "maxpool_forward")
     n, c, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    check(tuple(out.shape[:2]) == (n, c) and tuple(idx.shape) == tuple(out.shape),
-          f"maxpool_forward: x {tuple(x.shape)}, out {tuple(out.shape)}, idx {tuple(idx.shape)}")
+    # padding < kernel: every window holds a pixel of x, so the winners are valid positions
+    check(ph < kh and pw < kw and tuple(idx.shape) == tuple(out.shape) and (out.size == 0 or h * w > 0),
+          f"maxpool_forward: padding {ph}x{pw} must be < kernel {kh}x{kw}; x {tuple(x.shape)}, "
+          f"out {tuple(out.shape)}, idx {tuple(idx.shape)}")
     xb, ob, ib = operand(x, dt), out_buffer(out, dt), out_buffer(idx, np.int64)
     big = needs_int64(xb.size, ob.size)
     launch("pool", "maxpool_forward", dt, big, ob.size,
@@ -61,7 +74,8 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out):
     gb, yb, y0b = (operand(v, dt) for v in (g, y, y0))
     xb, x0b = operand(x, dt), operand(x0, dt)
     ib, i0b = operand(idx, np.int64), operand(idx0, np.int64)
-    check(xb.size == x0b.size == out.size and yb.size == y0b.size == i0b.size == gb.size,
+    check(tuple(x.shape) == tuple(x0.shape) == tuple(out.shape)
+          and tuple(y.shape) == tuple(y0.shape) == tuple(idx0.shape) == tuple(g.shape),
           "maxpool_rescale_backward: x/x0 must match out, y/y0/idx0 must match g")
     ob = out_buffer(out, dt)
     ob.fill(0)
@@ -77,9 +91,9 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out):
 def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out):
     """Window mean with zero padding counted (torch's ``count_include_pad=True``)."""
     dt = float_dtype(out, "out")
+    _sweep_shapes(x, kh, kw, sh, sw, ph, pw, out, "avgpool_forward")
     n, c, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    check(tuple(out.shape[:2]) == (n, c), f"avgpool_forward: x {tuple(x.shape)}, out {tuple(out.shape)}")
     xb, ob = operand(x, dt), out_buffer(out, dt)
     big = needs_int64(xb.size, ob.size)
     launch("pool", "avgpool_forward", dt, big, ob.size,
@@ -94,13 +108,13 @@ def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out):
     ``Norm``) redistribution ``R_in = x * pool^T(R / stab(z))``, fused.
     """
     dt = float_dtype(out, "out")
+    _sweep_shapes(out, kh, kw, sh, sw, ph, pw, g, "avgpool_backward")
     n, c, h, w = out.shape
     ho, wo = g.shape[2], g.shape[3]
-    check(tuple(g.shape[:2]) == (n, c), f"avgpool_backward: g {tuple(g.shape)}, out {tuple(out.shape)}")
     gb, ob = operand(g, dt), out_buffer(out, dt)
     if mul_x:
         xb = ob if x is out else operand(x, dt)
-        check(xb.size == ob.size, f"avgpool_backward: x {tuple(x.shape)}, out {tuple(out.shape)}")
+        check(tuple(xb.shape) == tuple(ob.shape), f"avgpool_backward: x {tuple(x.shape)}, out {tuple(out.shape)}")
     else:
         xb = gb  # unread
     big = needs_int64(gb.size, ob.size)

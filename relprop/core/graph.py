@@ -13,6 +13,7 @@ that they are stale and derive the weights again.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -32,14 +33,42 @@ class Act(IntEnum):
 ACT_CODES = {"Identity": int(Act.IDENTITY), "ReLU": int(Act.RELU), "Tanh": int(Act.TANH), "Sigmoid": int(Act.SIGMOID)}
 
 
+#: largest size, stride, padding or axis a layer accepts: kernel index arithmetic stays far from
+#: overflow (the CUDA kernels index small arrays with 32-bit ints)
+MAX_INDEX = 2**31 - 1
+
+
+def _int(v, what, layer):
+    """``v`` as a Python int (numpy ints accepted; bools, floats and strings refused)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{layer}: {what} must be an int, got {v!r} ({type(v).__name__})")
+    v = int(v)  # a Python int: shapes computed from it cannot wrap around
+    if abs(v) > MAX_INDEX:
+        raise ValueError(f"{layer}: {what} must be at most {MAX_INDEX} in magnitude, got {v}")
+    return v
+
+
 def _pair(v, what, layer):
-    if isinstance(v, (int, np.integer)):
-        v = (int(v), int(v))
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        v = (v, v)
     try:
-        a, b = (int(u) for u in v)
+        a, b = v
     except (TypeError, ValueError):
         raise TypeError(f"{layer}: {what} must be an int or a pair of ints, got {v!r}") from None
-    return a, b
+    return _int(a, what, layer), _int(b, what, layer)
+
+
+def _number(v, what, layer, err=ValueError):
+    """``v`` as a finite Python float (ints and numpy numbers accepted; bools refused, as ``err``)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise err(f"{layer}: {what} must be a finite number, got {v!r} ({type(v).__name__})")
+    try:
+        f = float(v)
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise err(f"{layer}: {what} must be a finite number, got {v!r}")
+    return f
 
 
 def _weight(arr, name, layer, ndim):
@@ -52,7 +81,7 @@ def _weight(arr, name, layer, ndim):
         raise ValueError(f"{layer}: {name} must have {ndim} dimensions, got shape {a.shape}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{layer}: {name} contains NaN or Inf")
-    dtype = np.float64 if a.dtype == np.float64 else np.float32
+    dtype = np.float64 if a.dtype.kind == "f" and a.dtype.itemsize == 8 else np.float32
     own = np.array(a, dtype=dtype, copy=True)
     own.setflags(write=False)
     out = own.view()  # a read-only view of a read-only array cannot be made writable again
@@ -201,7 +230,7 @@ class Flatten(Layer):
     kind = "Flatten"
 
     def out_shape(self, in_shape):
-        return (int(np.prod(in_shape)),)
+        return (math.prod(in_shape),)
 
 
 class ReLU(Layer):
@@ -238,9 +267,7 @@ class LeakyReLU(Layer):
     hyper = ("negative_slope",)
 
     def __init__(self, negative_slope=0.01):
-        if not isinstance(negative_slope, (int, float, np.floating)) or not np.isfinite(negative_slope):
-            raise TypeError(f"LeakyReLU: negative_slope must be a finite number, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = _number(negative_slope, "negative_slope", "LeakyReLU", TypeError)
 
     def __repr__(self):
         return f"LeakyReLU({self.negative_slope})"
@@ -253,11 +280,9 @@ class Softplus(Layer):
     hyper = ("beta", "threshold")
 
     def __init__(self, beta=1.0, threshold=20.0):
-        if not (isinstance(beta, (int, float, np.floating)) and beta > 0 and np.isfinite(beta)):
+        self.beta, self.threshold = _number(beta, "beta", "Softplus"), _number(threshold, "threshold", "Softplus")
+        if self.beta <= 0:
             raise ValueError(f"Softplus: beta must be a finite number > 0, got {beta!r}")
-        if not (isinstance(threshold, (int, float, np.floating)) and np.isfinite(threshold)):
-            raise ValueError(f"Softplus: threshold must be a finite number, got {threshold!r}")
-        self.beta, self.threshold = float(beta), float(threshold)
 
     def __repr__(self):
         return f"Softplus(beta={self.beta}, threshold={self.threshold})"
@@ -270,9 +295,9 @@ class Dropout(Layer):
     hyper = ("p",)
 
     def __init__(self, p=0.5):
-        if not isinstance(p, (int, float, np.floating)) or not 0 <= p < 1:
+        self.p = _number(p, "p", "Dropout")
+        if not 0 <= self.p < 1:
             raise ValueError(f"Dropout: p must be a number in [0, 1), got {p!r}")
-        self.p = float(p)
 
 
 class BatchNorm2d(Layer):
@@ -294,9 +319,9 @@ class BatchNorm2d(Layer):
                 raise ValueError(f"BatchNorm2d: {nm} must have shape ({c},), got {getattr(self, nm).shape}")
         if np.any(self.running_var < 0):
             raise ValueError("BatchNorm2d: running_var must be >= 0")
-        if not isinstance(eps, (int, float, np.floating)) or isinstance(eps, bool) or not (eps >= 0 and np.isfinite(eps)):
+        self.eps = _number(eps, "eps", "BatchNorm2d")
+        if self.eps < 0:
             raise ValueError(f"BatchNorm2d: eps must be a finite number >= 0, got {eps!r}")
-        self.eps = float(eps)
         if np.any(self.running_var + self.eps <= 0):
             raise ValueError("BatchNorm2d: running_var + eps must be > 0")
 
@@ -334,10 +359,9 @@ class Reshape(Layer):
     hyper = ("shape",)
 
     def __init__(self, shape):
-        try:
-            self.shape = tuple(int(s) for s in shape)
-        except (TypeError, ValueError):
-            raise TypeError(f"Reshape: shape must be a tuple of ints, got {shape!r}") from None
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise TypeError(f"Reshape: shape must be a tuple of ints, got {shape!r}")
+        self.shape = tuple(_int(s, "shape", "Reshape") for s in shape)
         if sum(1 for s in self.shape if s == -1) > 1 or any(s < -1 or s == 0 for s in self.shape):
             raise ValueError(f"Reshape: shape may hold positive sizes and at most one -1, got {self.shape}")
 
@@ -345,8 +369,8 @@ class Reshape(Layer):
         return f"Reshape({self.shape})"
 
     def out_shape(self, in_shape):
-        size = int(np.prod(in_shape))
-        known = int(np.prod([s for s in self.shape if s != -1]))
+        size = math.prod(in_shape)
+        known = math.prod(s for s in self.shape if s != -1)
         if -1 in self.shape:
             if size % known:
                 raise ValueError(f"cannot reshape per-sample shape {tuple(in_shape)} to {self.shape}")
@@ -376,7 +400,8 @@ class Concat(Layer):
     hyper = ("axis",)
 
     def __init__(self, axis=1):
-        if not isinstance(axis, (int, np.integer)) or axis == 0:
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or axis == 0 \
+                or abs(axis) > 64:
             raise ValueError(f"Concat: axis must be a non-zero int (0 is the batch axis), got {axis!r}")
         self.axis = int(axis)
 

@@ -10,9 +10,18 @@ fixed one) and a ``Reshape`` must keep the batch axis for both.
 
 Only the ``onnx`` package is needed at run time. Every import is verified: the relprop forward
 pass is compared with ``ReferenceEvaluator`` on a probe input.
+
+A model file is data, never trusted to be small: only the ops in :data:`FOLDABLE` are evaluated
+on constant inputs (control flow such as ``Loop``, ``If`` or ``Scan`` never is), each folded
+tensor's size is predicted from its inputs and checked before it is computed, and the probe
+input and every imported activation (at the probe's batch size) are checked too, all against
+``max_elements`` and ``max_bytes`` (defaults :data:`MAX_ELEMENTS`, :data:`MAX_BYTES`). The
+verification runs only the nodes the output depends on. A model given as bytes or a
+``ModelProto`` may not reference external data: there is no directory to resolve it against.
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -38,6 +47,22 @@ SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
 _FLOAT_TYPES = {1: np.float32, 11: np.float64}  # TensorProto.FLOAT, TensorProto.DOUBLE
 
+#: default limits (``from_onnx(max_elements=, max_bytes=)``) on each folded constant tensor,
+#: the verification probe input and each imported activation at the probe's batch size
+MAX_ELEMENTS = 2**28
+MAX_BYTES = 2**30
+
+# ops evaluated on constant inputs, by how their output size follows from the inputs
+_SAME_SIZE = {"Identity", "Cast", "CastLike", "Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Floor", "Ceil",
+              "Round", "Sign", "Not", "Relu", "Sigmoid", "Tanh", "Clip", "Reshape", "Flatten", "Transpose",
+              "Squeeze", "Unsqueeze", "Slice", "Split", "Concat", "ReduceSum", "ReduceMean", "ReduceProd",
+              "ReduceMax", "ReduceMin", "ArgMax", "ArgMin"}  # at most the inputs' total
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater",
+              "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where"}
+_GROWING = {"Constant", "ConstantOfShape", "Expand", "Tile", "Range", "Gather", "MatMul", "Gemm"}  # sized below
+#: op types folded on constant inputs (shape arithmetic and weight preprocessing)
+FOLDABLE = tuple(sorted(_SAME_SIZE | _BROADCAST | _GROWING))
+
 
 def _import_onnx():
     try:
@@ -49,7 +74,7 @@ def _import_onnx():
     return onnx
 
 
-def from_onnx(path_or_model, check="raise", canonize=True):
+def from_onnx(path_or_model, check="raise", canonize=True, max_elements=MAX_ELEMENTS, max_bytes=MAX_BYTES):
     """Build a relprop model from an ONNX model.
 
     Parameters
@@ -67,6 +92,11 @@ def from_onnx(path_or_model, check="raise", canonize=True):
         importing (``rp.canonize``, ``fold="after"``, Zennit's merge); ``"after_and_before"``
         also folds a BatchNorm that comes before one (same forward pass, different LRP
         relevance: see ``rp.canonize``); ``False`` keeps every BatchNorm node.
+    max_elements, max_bytes : int
+        Limits on every constant tensor the import computes (only the ops in ``FOLDABLE`` are
+        folded, with their size checked before they run), on the probe input and on every
+        activation at the probe's batch size. Defaults ``MAX_ELEMENTS`` (2**28) and
+        ``MAX_BYTES`` (1 GiB); raise them for larger models.
 
     Returns
     -------
@@ -76,7 +106,9 @@ def from_onnx(path_or_model, check="raise", canonize=True):
     ------
     ValueError
         Unreadable or invalid model, an op or attribute relprop cannot represent (the message
-        names the op type, the node and what is supported), or a failed forward check.
+        names the op type, the node and what is supported), a tensor over the size limits (the
+        message names the node and the size), external data in a model given as bytes or a
+        ``ModelProto``, or a failed forward check.
 
     Examples
     --------
@@ -85,12 +117,16 @@ def from_onnx(path_or_model, check="raise", canonize=True):
     """
     if check not in ("raise", "warn"):
         raise ValueError(f"check must be 'raise' or 'warn', got {check!r}")
+    for name, v in (("max_elements", max_elements), ("max_bytes", max_bytes)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise TypeError(f"from_onnx: {name} must be an int >= 1, got {v!r}")
+
     from ..core.canonize import canonize as _canonize, importer_fold  # the package's function (rp.canonize)
 
     fold = importer_fold(canonize)
     onnx = _import_onnx()
     model = _load(onnx, path_or_model)
-    importer = _Importer(onnx, model)
+    importer = _Importer(onnx, model, int(max_elements), int(max_bytes))
     net = importer.build()
     raw = net
     if fold is not None:
@@ -121,11 +157,128 @@ def _load(onnx, src):
             raise ValueError(f"could not read an ONNX model from {where}: {type(e).__name__}: {e}") from None
     else:
         raise TypeError(f"from_onnx expects a file path, bytes or an onnx.ModelProto, got {type(src).__name__}")
+    if not isinstance(src, (str, os.PathLike)):
+        external = _external_tensors(onnx, model)
+        if external:
+            raise ValueError(f"{where} references external data (tensor {external[0]!r}"
+                             f"{f' and {len(external) - 1} more' if len(external) > 1 else ''}); relprop does not "
+                             "resolve it against the current directory: pass the model's file path (its external "
+                             "data is read next to it) or load the data into the proto first "
+                             "(onnx.load_external_data_for_model)")
     try:
         onnx.checker.check_model(model)
     except Exception as e:
         raise ValueError(f"{where} is not a valid ONNX model (onnx.checker): {e}") from None
     return model
+
+
+def _external_tensors(onnx, model):
+    """Names of the tensors anywhere in ``model`` (initializers, attributes, subgraphs,
+    functions) whose data lives in an external file."""
+    found = []
+
+    def tensor(t):
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            found.append(t.name or "<unnamed>")
+
+    def nodes(ns):
+        for n in ns:
+            for a in n.attribute:
+                for t in [a.t] * a.HasField("t") + list(a.tensors):
+                    tensor(t)
+                for st in [a.sparse_tensor] * a.HasField("sparse_tensor") + list(a.sparse_tensors):
+                    tensor(st.values)
+                    tensor(st.indices)
+                for g in [a.g] * a.HasField("g") + list(a.graphs):
+                    graph(g)
+
+    def graph(g):
+        for t in g.initializer:
+            tensor(t)
+        for st in g.sparse_initializer:
+            tensor(st.values)
+            tensor(st.indices)
+        nodes(g.node)
+
+    graph(model.graph)
+    for f in model.functions:
+        nodes(f.node)
+    return found
+
+
+def _elements(shape):
+    return math.prod(int(d) for d in shape)
+
+
+def _broadcast(*shapes):
+    """numpy's broadcast of ``shapes`` in Python ints (no array is made, any size works)."""
+    nd = max((len(s) for s in shapes), default=0)
+    out = []
+    for ax in range(nd):
+        sizes = {s[ax - nd + len(s)] for s in shapes if ax - nd + len(s) >= 0} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+def _fold_size(node, ins, attrs):
+    """(elements, bytes per element) of the largest output of ``node`` on constant inputs
+    ``ins`` (arrays), computed before the op runs; shapes in Python ints."""
+    op = node.op_type
+    shapes = [tuple(int(d) for d in a.shape) for a in ins]
+    item = ins[0].dtype.itemsize if ins else 8  # the data input; shapes, indices and axes come after it
+    if op in _SAME_SIZE:
+        n = sum(_elements(sh) for sh in shapes) if op == "Concat" else _elements(shapes[0])
+        if op in ("Cast", "CastLike"):
+            to = attrs.get("to")
+            item = ins[1].dtype.itemsize if op == "CastLike" else 8 if to is None else \
+                np.dtype(_onnx_np_dtype(to)).itemsize
+        return n, item
+    if op in _BROADCAST:
+        return _elements(_broadcast(*shapes)), max(a.dtype.itemsize for a in ins)
+    if op == "Constant":  # a dense or sparse tensor (its dims), or a list or scalar attribute
+        value = next(iter(attrs.values()), None)
+        if hasattr(value, "dims"):
+            return _elements(value.dims), 8
+        return (len(value) if isinstance(value, (list, tuple)) else 1), 8
+    if op == "ConstantOfShape":
+        value = attrs.get("value")
+        item = 4 if value is None else np.dtype(_onnx_np_dtype(value.data_type)).itemsize
+        return _elements(ins[0].reshape(-1)), item
+    if op == "Expand":
+        return _elements(_broadcast(shapes[0], tuple(int(d) for d in ins[1].reshape(-1)))), item
+    if op == "Tile":
+        reps = [int(r) for r in ins[1].reshape(-1)]
+        return _elements(shapes[0]) * math.prod(max(r, 0) for r in reps), item
+    if op == "Range":
+        start, limit, delta = (float(a) for a in ins)
+        return max(math.ceil((limit - start) / delta), 0) if delta else 0, item
+    if op == "Gather":
+        axis = int(attrs.get("axis", 0)) % max(len(shapes[0]), 1)
+        return _elements(shapes[0][:axis] + shapes[1] + shapes[0][axis + 1:]), item
+    if op in ("MatMul", "Gemm"):
+        a, b = shapes[0], shapes[1]
+        if op == "Gemm":
+            m = a[1] if attrs.get("transA", 0) else a[0]
+            n = b[0] if attrs.get("transB", 0) else b[1]
+            return m * n, item
+        a, b = (a if len(a) > 1 else (1,) + a), (b if len(b) > 1 else b + (1,))
+        return _elements(_broadcast(a[:-2], b[:-2])) * a[-2] * b[-1], item
+    raise AssertionError(op)  # pragma: no cover - FOLDABLE is the union of the sets above
+
+
+def _onnx_np_dtype(elem_type):
+    import onnx.helper
+
+    return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+
+
+def _size(n):
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1024
 
 
 # -- the importer ------------------------------------------------------------------------------
@@ -151,14 +304,20 @@ class _Static(dict):
 
 
 class _Importer:
-    def __init__(self, onnx, model):
+    def __init__(self, onnx, model, max_elements=MAX_ELEMENTS, max_bytes=MAX_BYTES):
         self.onnx = onnx
+        self.max_elements, self.max_bytes = max_elements, max_bytes
         g = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if self.opset is None or self.opset < MIN_OPSET:
             raise ValueError(f"ONNX model uses default-domain opset {self.opset}; relprop imports opset "
                              f"{MIN_OPSET} or newer (re-export, e.g. torch.onnx.export(..., opset_version=17))")
-        inits = {t.name: onnx.numpy_helper.to_array(t) for t in g.initializer}
+        inits = {}
+        for t in g.initializer:
+            try:
+                inits[t.name] = onnx.numpy_helper.to_array(t)
+            except Exception as e:  # malformed tensor data (sizes, types)
+                raise ValueError(f"initializer {t.name!r} is not readable: {type(e).__name__}: {e}") from None
         inputs = [v for v in g.input if v.name not in inits]
         if len(inputs) != 1:
             raise ValueError(f"relprop imports models with exactly one data input, this one has {len(inputs)}: "
@@ -169,6 +328,9 @@ class _Importer:
         self.input_name = inputs[0].name
         self.output_name = g.output[0].name
         self.dtype, self.in_shape, self.batch = self._input_signature(inputs[0])
+        self.probe_batch = self.batch or 2
+        self._check_size(f"model input {self.input_name!r}: the verification probe",
+                         (self.probe_batch,) + self.in_shape, np.dtype(self.dtype).itemsize)
         # static values are evaluated for these batch sizes; a fixed batch gives one
         self.batches = (self.batch,) if self.batch is not None else (2, 3)
         self.static = {name: _Static({b: a for b in self.batches}) for name, a in inits.items()}
@@ -198,9 +360,21 @@ class _Importer:
             if not d.HasField("dim_value"):
                 raise ValueError(f"model input {vi.name!r}: dimension {i} is symbolic ({d.dim_param!r}); relprop needs "
                                  "fixed per-sample dimensions (only the batch axis may be dynamic)")
-            shape.append(d.dim_value)
+            if d.dim_value < 1:
+                raise ValueError(f"model input {vi.name!r}: dimension {i} is {d.dim_value}; sizes must be >= 1")
+            shape.append(int(d.dim_value))
         batch = dims[0].dim_value if dims[0].HasField("dim_value") else None
+        if batch is not None and batch < 1:
+            raise ValueError(f"model input {vi.name!r}: the batch dimension is {batch}; it must be >= 1 or symbolic")
         return _FLOAT_TYPES[t.elem_type], tuple(shape), batch
+
+    def _check_size(self, what, shape, itemsize):
+        """Raise ValueError unless a tensor of ``shape`` is within the element and byte limits."""
+        n = _elements(shape)
+        if n > self.max_elements or n * itemsize > self.max_bytes:
+            raise ValueError(f"{what} of shape {tuple(shape)} would hold {n} elements ({_size(n * itemsize)}), more "
+                             f"than the limits max_elements={self.max_elements}, max_bytes={self.max_bytes} "
+                             f"({_size(self.max_bytes)}); pass larger limits to from_onnx for a model this large")
 
     # -- walking ------------------------------------------------------------------------------
     def build(self):
@@ -305,6 +479,11 @@ class _Importer:
                 shape = layer.out_shape(*(self.data[i].shape for i in inputs))
             except ValueError as e:
                 raise self._error(node, str(e)) from None
+        try:
+            self._check_size(f"its output at the probe's batch size", (self.probe_batch,) + tuple(shape),
+                             np.dtype(self.dtype).itemsize)
+        except ValueError as e:
+            raise self._error(node, str(e)) from None
         new = G.Node(name, layer, tuple(self.data[i].node for i in inputs))
         self.nodes.append(new)
         self.by_name[name] = new
@@ -328,18 +507,41 @@ class _Importer:
                 raise self._error(node, f"its output {o!r} ({what}) is used; relprop only imports the first output")
 
     def _fold(self, node):
-        """Evaluate an op on static inputs once per batch size."""
+        """Evaluate an op on static inputs once per batch size: only the ops in FOLDABLE, each
+        after checking the size of its result."""
         from onnx.reference import ReferenceEvaluator
 
+        if node.op_type not in FOLDABLE or node.domain not in ("", "ai.onnx"):
+            raise self._error(node, f"op {node.op_type!r} on constant inputs is not evaluated at import (relprop "
+                                    f"folds only {', '.join(FOLDABLE)}; control flow such as Loop, If or Scan never "
+                                    "runs)")
         ins = [i for i in node.input if i]
-        try:
-            ev = ReferenceEvaluator(node, opsets={"": self.opset})
-            outs = {b: ev.run(None, {i: self.static[i][b] for i in ins}) for b in self.batches}
-        except Exception as e:
-            raise self._error(node, f"could not fold this op on constant inputs: {type(e).__name__}: {e}") from None
+        attrs = self._attrs(node)
+        outs = {}
+        for b in self.batches:
+            args = [np.asarray(self.static[i][b]) for i in ins]
+            try:
+                n, item = _fold_size(node, args, attrs)
+            except Exception as e:  # inputs that do not fit the op (shapes, types)
+                raise self._error(node, f"could not fold this op on constant inputs: {type(e).__name__}: {e}") from None
+            self._check_fold(node, n, item)
+            try:
+                ev = ReferenceEvaluator(node, opsets={"": self.opset})
+                outs[b] = [np.asarray(v) for v in ev.run(None, dict(zip(ins, args)))]
+            except Exception as e:
+                raise self._error(node, f"could not fold this op on constant inputs: {type(e).__name__}: {e}") from None
+            for v in outs[b]:
+                self._check_fold(node, v.size, v.dtype.itemsize)
         for k, o in enumerate(node.output):
             if o:
-                self.static[o] = _Static({b: np.asarray(outs[b][k]) for b in self.batches})
+                self.static[o] = _Static({b: outs[b][k] for b in self.batches})
+
+    def _check_fold(self, node, n, itemsize):
+        if n > self.max_elements or n * itemsize > self.max_bytes:
+            raise self._error(node, f"folding this {node.op_type} on constant inputs would make a tensor of {n} "
+                                    f"elements ({_size(n * itemsize)}), more than the limits max_elements="
+                                    f"{self.max_elements}, max_bytes={self.max_bytes} ({_size(self.max_bytes)}) "
+                                    "(from_onnx keywords)")
 
     # -- pads ---------------------------------------------------------------------------------
     def _padding(self, node, attrs, in_hw, kernel, strides, ceil_mode=0):
@@ -506,7 +708,7 @@ class _Importer:
             raise self._error(node, f"Flatten with axis={axis} would merge the batch axis; only axis=1 is supported")
         if len(x.shape) == 1:
             return self._alias(node, node.input[0])
-        self._add_layer(node, G.Flatten(), [node.input[0]], (int(np.prod(x.shape)),))
+        self._add_layer(node, G.Flatten(), [node.input[0]], (math.prod(x.shape),))
 
     def _reshape_to(self, node, targets):
         """Add a layer for a per-sample reshape given the full target shape per batch size."""
@@ -537,9 +739,9 @@ class _Importer:
                 raise self._error(node, f"allowzero=1 with a 0 in the target shape {t} is not supported")
             t = [full[i] if v == 0 and i < len(full) else v for i, v in enumerate(t)]
             if t.count(-1) == 1:
-                rest = int(np.prod([v for v in t if v != -1]))
-                t[t.index(-1)] = int(np.prod(full)) // rest if rest else 0
-            if int(np.prod(t)) != int(np.prod(full)) or t[0] != b:
+                rest = math.prod(v for v in t if v != -1)
+                t[t.index(-1)] = math.prod(full) // rest if rest else 0
+            if math.prod(t) != math.prod(full) or t[0] != b:
                 raise self._error(node, f"reshaping {full} to {t} does not keep the batch axis; relprop supports "
                                         "per-sample reshapes (N, ...) -> (N, ...)")
             targets[b] = t[1:]
@@ -792,11 +994,12 @@ def _fuse_softplus(onnx, nodes, inits):
 def _verify(model, importer, net, raw, check):
     """Compare the relprop forward with ReferenceEvaluator on a probe input (and the scores
     before a final Softmax, which hides shifts of the scores)."""
-    b = importer.batch or 2
+    b = importer.probe_batch
     x = np.random.default_rng(0).standard_normal((b,) + importer.in_shape).astype(importer.dtype)
     names = [importer.output_name] + ([importer.score_tensor] if importer.score_tensor else [])
     try:
-        refs = [np.asarray(r) for r in _reference(model, importer.opset).run(names, {importer.input_name: x})]
+        ref_model = _pruned(model, names)
+        refs = [np.asarray(r) for r in _reference(ref_model, importer.opset).run(names, {importer.input_name: x})]
     except Exception as e:
         _report(check, f"could not run onnx.reference.ReferenceEvaluator to verify the import: "
                        f"{type(e).__name__}: {e}")
@@ -810,6 +1013,29 @@ def _verify(model, importer, net, raw, check):
             _report(check, f"imported model disagrees with the ONNX reference evaluator on a probe input "
                            f"({what}): {problem}")
             return
+
+
+def _pruned(model, names):
+    """``model`` with only the nodes ``names`` depend on (ReferenceEvaluator runs every node,
+    and the import checked only these)."""
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output if o}
+    needed, stack = set(), list(names)
+    while stack:
+        n = producer.get(stack.pop())
+        if n is None or id(n) in needed:
+            continue
+        needed.add(id(n))
+        stack.extend(i for i in n.input if i)
+    if len(needed) == len(nodes):
+        return model
+    import onnx
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    del pruned.graph.node[:]
+    pruned.graph.node.extend(n for n in nodes if id(n) in needed)
+    return pruned
 
 
 def _reference(model, opset):

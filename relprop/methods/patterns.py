@@ -53,7 +53,7 @@ import numpy as np
 from ..core import backend, engine
 from ..core.checks import _check_model, _check_x
 from ..core.graph import Conv2d, Dense, Graph, Node
-from ..io.native import check_archive, write_archive
+from ..io.native import Archive, check_archive, write_archive
 from .base import Method, register
 from ..core.plan import GRAD, compiled, fingerprint
 
@@ -184,7 +184,7 @@ class Patterns:
         """Read patterns written by :meth:`save`; a damaged or foreign file raises ``ValueError``."""
         check_archive(path, "load_patterns", "relprop patterns file")
         try:
-            with np.load(path, allow_pickle=False) as f:
+            with Archive(path, "__patterns__") as f:  # bounded reads, like rp.load (no pickle)
                 if "__patterns__" not in f.files:
                     raise ValueError("no __patterns__ header (a relprop model file? use rp.load)"
                                      if "__graph__" in f.files else "no __patterns__ header")
