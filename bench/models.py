@@ -1,6 +1,6 @@
 """Benchmark workloads, built with identical float32 weights for relprop and for PyTorch.
 
-W1  VGG-16 variant of seed 001, Table 7.1 ("Modified" column, Tiny ImageNet):
+W1  VGG-16 variant for 64x64 Tiny-ImageNet inputs (the "modified" VGG-16 of sanity-check studies):
     input 3x64x64;
     conv3-64, conv3-64, maxpool, conv3-128, conv3-128, maxpool,
     conv3-256 x3, maxpool, conv3-512 x3, maxpool,          (10 conv layers, 3x3, stride 1, pad 1)

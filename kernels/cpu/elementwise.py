@@ -81,7 +81,7 @@ def act_backward(g, z, a, act, out, part, parts):
 @threaded
 @nb.njit(cache=True, nogil=True)
 def act_rescale_backward(g, z, z0, a, a0, act, eps, out, part, parts):
-    """DeepLIFT Rescale multiplier (seed 000 Eq. 9.45-9.47, seed 004 Prop. 2).
+    """DeepLIFT Rescale multiplier (Shrikumar et al. 2017; Ancona et al. 2018, Prop. 2).
 
     ``out = g * (f(z) - f(z0)) / (z - z0)``, and ``g * f'(z)`` where ``|z - z0| < eps``
     (Captum's convention, eps = 1e-10).
@@ -108,7 +108,7 @@ def _stab_div(r, den, eps):
 @threaded
 @nb.njit(cache=True, nogil=True)
 def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s, part, parts):
-    """The ratio step of an LRP rule with G output groups (seed 003 rule table).
+    """The ratio step of an LRP rule with G output groups (the rules of Montavon et al. 2019).
 
     For group g and output unit (n, o, p), with ``m = n*P + p``, ``k = g*O + o``::
 

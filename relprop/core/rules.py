@@ -2,7 +2,7 @@
 
 Every rule is a list of output *groups*; a group has a coefficient, an optional mask on the
 sign of the layer's own pre-activation z, and *terms* ``(input modifier, weight map, bias map)``.
-For layer weights ``W``, inputs ``a`` and upper relevance ``R_j`` (seed 003's rule table)::
+For layer weights ``W``, inputs ``a`` and upper relevance ``R_j`` (the rules of Montavon et al. 2019, "Layer-wise relevance propagation: an overview")::
 
     z_g   = sum_{t in g} W_t a_t + b_t                  (one modified forward)
     s_g   = coef_g * mask_g(z) * R / stab(z_g)          stab(z) = z + eps * sign(z), sign(0) = +1
@@ -14,7 +14,7 @@ backward GEMM per layer (the epsilon and z rules with the bias reuse the stored 
 the first; on a >= 0 z+, alpha-beta with beta = 0 and gamma with the bias need only ``W+ a``,
 see ``Rule.z_form``).
 ``include_bias=False`` drops the bias from every denominator (the textbook's exactly
-conservative form, seed 000 Eq. 9.27).
+conservative form, LRP-0 of Bach et al. 2015).
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ class Rule:
 
 
 class Epsilon(Rule):
-    """LRP-epsilon: ``R_i = sum_j a_i w_ij / (z_j + eps sign(z_j)) R_j`` (seed 000 Eq. 9.28)."""
+    """LRP-epsilon: ``R_i = sum_j a_i w_ij / (z_j + eps sign(z_j)) R_j`` (Bach et al. 2015; Montavon et al. 2019)."""
 
     name = "epsilon"
 
@@ -151,7 +151,7 @@ class Epsilon(Rule):
 
 
 class Z(Epsilon):
-    """LRP-0 (seed 000 Eq. 9.27): epsilon = 0; a zero denominator passes zero relevance."""
+    """LRP-0 (Bach et al. 2015; Montavon et al. 2019): epsilon = 0; a zero denominator passes zero relevance."""
 
     name = "z"
 
