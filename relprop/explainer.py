@@ -22,7 +22,7 @@ import numpy as np
 from .core import backend as B
 from .core import engine
 from .core.checks import _check_model, _check_target, _check_x
-from .core import execute
+from .core import budget
 from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
 from .methods import METHODS
@@ -195,8 +195,8 @@ class Explainer:
         if m is None or m.version != self.net.version:
             m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
         per = row_bytes(shapes, x.itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
-        step = self.batch_size or execute.BUDGET.rows(per, B.is_device(k))
-        expand = execute.BUDGET.expand_rows(per)
+        step = self.batch_size or budget.BUDGET.rows(per, B.is_device(k))
+        expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
 
         def batch(sl, st):

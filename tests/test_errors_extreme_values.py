@@ -74,11 +74,11 @@ def test_smoothgrad_memory_is_bounded_whatever_samples(monkeypatch):
     peak memory follows Budget.expand, not N x samples x the input size."""
     import tracemalloc
 
-    import relprop.core.execute as execute
+    import relprop.core.budget as budget
 
     net = rp.Sequential(rp.GlobalAvgPool2d(), rp.Flatten(), rp.Dense(RNG.normal(size=(3, 3))))
     x = RNG.normal(size=(16, 3, 64, 64)).astype(np.float32)  # 0.8 MB
-    monkeypatch.setattr(execute, "BUDGET", execute.Budget(expand=4 * 2**20))
+    monkeypatch.setattr(budget, "BUDGET", budget.Budget(expand=4 * 2**20))
     kw = dict(base="gradient", samples=64, sigma=0.1, seed=1, target=0)
     rp.attribute(net, x[:1], "smoothgrad", **kw)  # compile first
     tracemalloc.start()

@@ -233,8 +233,8 @@ def test_seeded_reproducible(method, kw):
 def test_independent_of_internal_batching(method, kw, monkeypatch):
     """rp.attribute may split x into internal batches; every row keeps its own draws, and the
     method's own chunking of the evaluation points does not change the result."""
-    import relprop.core.execute as execute
-    from relprop.core.execute import Budget
+    import relprop.core.budget as budget
+    from relprop.core.budget import Budget
 
     net = make_net("mlp")
     model, x = net.relprop(np.float64), net.inputs(dtype=np.float64, n=7)
@@ -242,7 +242,7 @@ def test_independent_of_internal_batching(method, kw, monkeypatch):
     whole = rp().attribute(model, x, method, baselines=b, **kw)
     split = rp().attribute(model, x, method, baselines=b, batch_size=2, **kw)  # internal batches of 2 rows
     assert_blas_close(split, whole)  # other batch shapes: equal up to BLAS rounding
-    monkeypatch.setattr(execute, "BUDGET", Budget(expand=1))  # one evaluation point per pass
+    monkeypatch.setattr(budget, "BUDGET", Budget(expand=1))  # one evaluation point per pass
     assert_blas_close(rp().attribute(model, x, method, baselines=b, **kw), whole)
     # draws follow the sample's global index: a row explained alone (with its row_offset) is the same
     assert_blas_close(rp().attribute(model, x[3:4], method, baselines=b, row_offset=3, **kw), whole[3:4])

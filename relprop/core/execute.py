@@ -8,42 +8,12 @@ the size that fitted is remembered in the compiled model state.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from . import backend, engine
 from .checks import _check_model, _check_x
+from .budget import BUDGET, Budget  # noqa: F401  (the one memory policy)
 from .plan import compiled
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The one memory policy of an internal batch, in bytes of stored activations.
-
-    CPU: as many rows as keep the activations near ``cache`` (cache-resident elementwise
-    passes; measured on a 100k-row MLP, EpsilonPlusFlat: 63 ms at 4 MiB, 99 ms at 16 MiB, 87 ms
-    at 1 MiB), but at least ``min_rows`` (GEMMs stay large on conv nets) and at most ``cpu``.
-    GPU: ``gpu`` (large batches fill the device). Expanded batches (integrated-gradients path
-    points, perturbed copies, coalitions, noisy copies) take ``expand`` per chunk."""
-
-    cache: int = 4 * 2**20
-    min_rows: int = 32
-    cpu: int = 768 * 2**20
-    gpu: int = 4 * 2**30
-    expand: int = 256 * 2**20
-
-    def rows(self, per_row, device):
-        per_row = max(1, int(per_row))
-        if device:
-            return max(1, self.gpu // per_row)
-        return max(1, min(max(self.cache // per_row, self.min_rows), self.cpu // per_row))
-
-    def expand_rows(self, per_row):
-        return max(1, self.expand // max(1, int(per_row)))
-
-
-BUDGET = Budget()
 
 
 def row_bytes(shapes, itemsize):

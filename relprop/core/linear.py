@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import budget
 from . import rules as R
 from .plan import ZMode
 
-# bytes one im2col buffer may take; batches are cut into chunks below this
-COLS_BUDGET = 8 * 2**20
 
 _WORK = {}
 
@@ -44,7 +43,7 @@ def release_scratch():
 
 
 def chunks(n, per_sample_bytes):
-    step = max(1, int(COLS_BUDGET // max(per_sample_bytes, 1)))
+    step = max(1, int(budget.BUDGET.cols // max(per_sample_bytes, 1)))  # one im2col buffer at most
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 

@@ -480,7 +480,7 @@ class _Importer:
             except ValueError as e:
                 raise self._error(node, str(e)) from None
         try:
-            self._check_size(f"its output at the probe's batch size", (self.probe_batch,) + tuple(shape),
+            self._check_size("its output at the probe's batch size", (self.probe_batch,) + tuple(shape),
                              np.dtype(self.dtype).itemsize)
         except ValueError as e:
             raise self._error(node, str(e)) from None

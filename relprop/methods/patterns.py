@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import backend, engine
+from ..core import backend, budget, engine
 from ..core.checks import _check_model, _check_x
 from ..core.graph import Conv2d, Dense, Graph, Node
 from ..io.native import Archive, check_archive, write_archive
@@ -61,8 +61,6 @@ FORMAT, VERSION = "relprop-patterns", 1
 ESTIMATORS = ("relu", "linear")
 # layer kinds PatternNet is defined for (iNNvestigate: conv/dense, max pooling, reshapes)
 SUPPORTED = ("Dense", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Reshape", "Identity", "Dropout", "Softmax")
-# bytes of float64 im2col patches per statistics chunk of a Conv2d layer
-PATCH_BUDGET = 16 * 2**20
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +272,7 @@ class _Stats:
         (sh, sw), (ph, pw) = self.node.layer.stride, self.node.layer.padding
         n, _, ho, wo = z.shape
         p = ho * wo
-        step = max(1, PATCH_BUDGET // (c * kh * kw * p * 8))
+        step = max(1, budget.BUDGET.patch // (c * kh * kw * p * 8))  # float64 patches per chunk
         for i0 in range(0, n, step):
             i1 = min(n, i0 + step)
             cols = np.empty((c * kh * kw, (i1 - i0) * p))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core import execute
+from ..core import budget, execute
 from ..core.checks import _number
 from .base import Method, register, resolve_target, row_rng, run_targets, xp_of
 
@@ -39,7 +39,7 @@ def smoothgrad(ctx, x, targets, base, base_params, samples, sigma, kind, seed):
     out = xp.empty((n, kk) + x.shape[1:], x.dtype)
     feat = int(np.prod(x.shape[1:]))
     per_copy = execute.row_bytes(ctx.shapes, x.itemsize) + 8 * feat  # activations + float64 noise
-    per = max(1, execute.BUDGET.expand // (s * per_copy))
+    per = max(1, budget.BUDGET.expand // (s * per_copy))
     flat = x.reshape(n, -1)
     scale = sigma * (flat.max(axis=1) - flat.min(axis=1))
     for i0 in range(0, n, per):
