@@ -19,7 +19,7 @@ def conv_out_shape(h, w, kh, kw, sh, sw, ph, pw):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def im2col(x, kh, kw, sh, sw, ph, pw, cols, part, parts):
     """Unfold ``x`` (N, C, H, W) into ``cols`` (C*kh*kw, N*Ho*Wo).
 
@@ -67,7 +67,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, cols, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def col2im_gather(cols, kh, kw, sh, sw, ph, pw, out, xs, mods, part, parts):
     """Fold ``cols`` (Ct*kh*kw, N*Ho*Wo) back onto the input grid (the transpose of im2col).
 

@@ -35,7 +35,7 @@ def _dact(z, a, act):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z, part, parts):
     """Conv epilogue: ``z[n, o, p] = zg[o, n*P + p] + b[o]``, ``a = f(z)``.
 
@@ -55,14 +55,16 @@ def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def bias_act_rows(z, bias, act, a_out, store_z, part, parts):
     """Dense epilogue, in place on ``z`` (N, O): ``z += b``; ``a_out = f(z)``.
 
     With ``store_z`` false and an activation, ``a_out`` may be ``z`` itself.
     """
     n_, o_ = z.shape
-    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
+    lo, hi = n_ * part // parts, n_ * (part + 1) // parts
+    z, a_out = z[lo:hi], a_out[lo:hi]  # this part's rows: loops from 0 vectorize
+    for n in range(hi - lo):
         for o in range(o_):
             v = z[n, o] + bias[o]
             if store_z:
@@ -71,22 +73,26 @@ def bias_act_rows(z, bias, act, a_out, store_z, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def act_backward(g, z, a, act, out, part, parts):
     """Chain rule through an activation: ``out = g * f'(z)`` (flat arrays)."""
-    for i in range(g.size * part // parts, g.size * (part + 1) // parts):
+    lo, hi = g.size * part // parts, g.size * (part + 1) // parts
+    g, z, a, out = g[lo:hi], z[lo:hi], a[lo:hi], out[lo:hi]  # loops from 0 vectorize (no wrap-around checks)
+    for i in range(g.size):
         out[i] = g[i] * _dact(z[i], a[i], act)
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def act_rescale_backward(g, z, z0, a, a0, act, eps, out, part, parts):
     """DeepLIFT Rescale multiplier (Shrikumar et al. 2017; Ancona et al. 2018, Prop. 2).
 
     ``out = g * (f(z) - f(z0)) / (z - z0)``, and ``g * f'(z)`` where ``|z - z0| < eps``
     (Captum's convention, eps = 1e-10).
     """
-    for i in range(g.size * part // parts, g.size * (part + 1) // parts):
+    lo, hi = g.size * part // parts, g.size * (part + 1) // parts
+    g, z, z0, a, a0, out = g[lo:hi], z[lo:hi], z0[lo:hi], a[lo:hi], a0[lo:hi], out[lo:hi]
+    for i in range(g.size):
         dz = z[i] - z0[i]
         if abs(dz) < eps:
             out[i] = g[i] * _dact(z[i], a[i], act)
@@ -106,7 +112,7 @@ def _stab_div(r, den, eps):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s, part, parts):
     """The ratio step of an LRP rule with G output groups (the rules of Montavon et al. 2019).
 
@@ -150,14 +156,16 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, s, part, parts):
     """``lrp_ratio`` for Dense layers, rows layout: ``zg`` (N, G*O) or (N, O) (zmode 2),
     ``zorig``/``r`` (N, O), ``s`` (N, G*O). The unit loop is innermost and branch-free per
     zmode so it vectorizes (the NCHW kernel's spatial loop has length 1 here)."""
     n_, o_ = r.shape
     g_ = coefs.shape[0]
-    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
+    lo, hi = n_ * part // parts, n_ * (part + 1) // parts
+    zg, zorig, r, s = zg[lo:hi], zorig[lo:hi], r[lo:hi], s[lo:hi]  # this part's rows
+    for n in range(hi - lo):
         for g in range(g_):
             mk = masks[g]
             cf = coefs[g]
@@ -183,7 +191,7 @@ def lrp_ratio_rows(zg, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps,
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def combine_from_gemm(cg, xs, mods, out, part, parts):
     """Epilogue of a transposed contraction ``cg`` (Ct, N*P) back to NCHW ``out`` (N, C, P).
 
@@ -207,7 +215,7 @@ def combine_from_gemm(cg, xs, mods, out, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def grad_to_rows(g, z, a, act, s, part, parts):
     """Layout move for the backward GEMM of gradient-type methods, fused with the
     derivative of the activation that follows the layer: ``s[o, n*P + p] = g[n, o, p] * f'(z)``.
@@ -224,16 +232,18 @@ def grad_to_rows(g, z, a, act, s, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def stacked_mul_sum(xs, c, mods, out, part, parts):
     """``out[n, f] = sum_m xs[n, m*F + f] * c[n, m*F + f]`` for (N, mods*F) inputs."""
     n_, f_ = out.shape
+    lo, hi = n_ * part // parts, n_ * (part + 1) // parts
+    xs, c, out = xs[lo:hi], c[lo:hi], out[lo:hi]  # this part's rows
     if mods == 1:
-        for n in range(n_ * part // parts, n_ * (part + 1) // parts):
+        for n in range(hi - lo):
             for f in range(f_):
                 out[n, f] = xs[n, f] * c[n, f]
         return
-    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
+    for n in range(hi - lo):
         for f in range(f_):
             acc = 0.0
             for m in range(mods):
@@ -242,7 +252,7 @@ def stacked_mul_sum(xs, c, mods, out, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def stack_input_mods(x, modes, low, high, out, part, parts):
     """Stack the rule's modified inputs along the feature axis.
 
@@ -250,7 +260,9 @@ def stack_input_mods(x, modes, low, high, out, part, parts):
     modes 4 and 5 (the z^B rule's bounds).
     """
     n_, f_ = x.shape
-    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
+    lo, hi = n_ * part // parts, n_ * (part + 1) // parts
+    x, low, high, out = x[lo:hi], low[lo:hi], high[lo:hi], out[lo:hi]  # this part's rows
+    for n in range(hi - lo):
         for mi in range(modes.shape[0]):
             md = modes[mi]
             base = mi * f_

@@ -9,7 +9,7 @@ import numba as nb
 
 from .threads import threaded
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def _check_window(x, kh, kw, sh, sw, ph, pw, out):
     """``out`` (N, C, Ho, Wo) is the window sweep of ``x`` (N, C, H, W) with this geometry."""
     if kh < 1 or kw < 1 or sh < 1 or sw < 1 or ph < 0 or pw < 0:
@@ -21,7 +21,7 @@ def _check_window(x, kh, kw, sh, sw, ph, pw, out):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
     """``out[n, c, ho, wo] = max`` over the window (padding never wins), ``idx`` the flat
     ``h*W + w`` position of the first maximum in row-major window order (torch's choice)."""
@@ -55,7 +55,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def maxpool_backward(g, idx, out, part, parts):
     """Route ``g`` (N, C, Ho, Wo) to the window winners: ``out`` (N, C, H, W) = sum of the
     ``g`` of every window a pixel won (the gradient of max pooling)."""
@@ -76,7 +76,7 @@ def maxpool_backward(g, idx, out, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out, part, parts):
     """DeepLIFT multiplier through max pooling, Captum's convention.
 
@@ -126,7 +126,7 @@ def maxpool_rescale_backward(g, x, x0, y, y0, idx, idx0, eps, out, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out, part, parts):
     """Window mean with zero padding counted (torch's ``count_include_pad=True``)."""
     _check_window(x, kh, kw, sh, sw, ph, pw, out)
@@ -151,7 +151,7 @@ def avgpool_forward(x, kh, kw, sh, sw, ph, pw, out, part, parts):
 
 
 @threaded
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def avgpool_backward(g, kh, kw, sh, sw, ph, pw, x, mul_x, out, part, parts):
     """Transpose of average pooling: ``out[n, c, h, w] = sum_windows g / (kh*kw)``.
 

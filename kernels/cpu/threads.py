@@ -1,6 +1,8 @@
 """relprop's own worker threads for the CPU kernels (no Numba threading layer).
 
-Each kernel is a serial Numba function compiled with ``nogil=True`` that takes two extra
+Each kernel is a serial Numba function compiled with ``nogil=True`` and ``error_model="numpy"``
+(the model ``parallel=True`` code uses: a division by zero gives inf/nan instead of a Python check
+per element, which keeps the loops vectorized; 7x on the LRP ratio) that takes two extra
 trailing arguments ``part, parts`` and runs only its share ``[T*part//parts, T*(part+1)//parts)``
 of its outer loop of ``T`` iterations. ``threaded(kernel)`` returns the public function (the
 kernel's signature without ``part, parts``): it runs part 0 in the calling thread and parts
