@@ -313,7 +313,7 @@ def build_report(datas, json_paths, command_override=None):
                "(W2 IG: on the 10,000 rows Captum attributed).\n")
     out.append("R18-64 / R18-224 = full-width ResNet-18 (zennit Sum residuals, BatchNorm folded), batch 8, "
                "imported with rp.from_torch (bench/test_bench_resnet.py).\n")
-    out.append("W1 = seed-001 VGG-16 variant (Table 7.1: 64x64x3, 10 conv3 layers, FC 2048-2048-200, "
+    out.append("W1 = VGG-16 variant for Tiny-ImageNet inputs (64x64x3, 10 conv3 layers, FC 2048-2048-200, "
                "He init, float32), batch 16. W2 = MLP 14-64-64-2 over 100,000 rows (float32).\n")
     out.append(summary_table(cases) + "\n")
     out.append("### All cases\n")

@@ -1,4 +1,4 @@
-"""W1 benchmark: seed-001 VGG-16 variant (Table 7.1, 64x64x3, 10 conv + FC 2048-2048-200), batch 16.
+"""W1 benchmark: VGG-16 variant for Tiny-ImageNet inputs (64x64x3, 10 conv + FC 2048-2048-200), batch 16.
 
 relprop and its peer run side by side in one process; each workload/method is one
 pytest-benchmark group ("W1 <method>") with the peer case first, then relprop.
