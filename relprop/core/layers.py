@@ -30,7 +30,7 @@ import numpy as np
 
 from . import linear
 from .graph import ACT_CODES
-from .plan import DEEPLIFT, GRAD, LRP
+from .modes import DEEPLIFT, GRAD, LRP
 
 DEEPLIFT_EPS = 1e-10
 POOL_STABILIZER = 1e-6

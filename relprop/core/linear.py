@@ -16,7 +16,7 @@ import numpy as np
 
 from . import budget
 from . import rules as R
-from .plan import ZMode
+from .modes import ZMode
 
 
 _WORK = {}

@@ -15,23 +15,13 @@ import json
 import threading
 import weakref
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
 from . import backend
 from . import rules as R
 
-GRAD, LRP, DEEPLIFT = "grad", "lrp", "deeplift"
-
-
-class ZMode(IntEnum):
-    """How a compiled rule forms its denominators (``RuleState.zmode``, read by the kernels)."""
-
-    LAYER_Z = 0  # the layer's stored z + bias_g (epsilon, z)
-    DIRECT = 1  # B a + bias_g: one forward GEMM with the block matrix
-    PLUS = 2  # cz z + cp (W+ a) + bias_g on a >= 0: one GEMM with W+
-    PLUS_STORED = 3  # the same with W+ a from the forward pass (Conv2d, kernels only)
+from .modes import DEEPLIFT, GRAD, LRP, ZMode  # noqa: E402,F401  (re-exported)
 
 
 def needs(graph, mode, rules=None, reveal=()):

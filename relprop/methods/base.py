@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core import backend, engine
-from ..core.plan import DEEPLIFT, LRP, needs
+from ..core.modes import DEEPLIFT, LRP
+from ..core.plan import needs
 
 METHODS = {}
 

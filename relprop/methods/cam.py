@@ -38,7 +38,8 @@ import numpy as np
 
 from ..core import engine
 from .base import Method, onehot, register
-from ..core.plan import GRAD, needs
+from ..core.modes import GRAD
+from ..core.plan import needs
 
 INTERPOLATE_MODES = ("bilinear", "nearest")
 

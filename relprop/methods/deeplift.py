@@ -12,7 +12,8 @@ convolutions): positive and negative contributions pass each nonlinearity separa
 from __future__ import annotations
 
 from ..core.checks import _check_baseline
-from ..core.plan import DEEPLIFT, reveal_cancel_nodes
+from ..core.modes import DEEPLIFT
+from ..core.plan import reveal_cancel_nodes
 from .base import Method, register
 
 GPU = frozenset({"cpu", "gpu"})

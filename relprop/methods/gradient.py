@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from ..core.checks import _number
-from ..core.plan import GRAD
+from ..core.modes import GRAD
 from .base import Method, register
 
 GPU = frozenset({"cpu", "gpu"})

@@ -19,7 +19,7 @@ from ..core import composites as C
 from ..core import engine
 from ..core import rules as R
 from ..core.checks import _check_bounds, _reads_input_directly
-from ..core.plan import LRP
+from ..core.modes import LRP
 from .base import Method, register
 
 GPU = frozenset({"cpu", "gpu"})

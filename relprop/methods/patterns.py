@@ -55,7 +55,8 @@ from ..core.checks import _check_model, _check_x
 from ..core.graph import Conv2d, Dense, Graph, Node
 from ..io.native import Archive, check_archive, write_archive
 from .base import Method, register
-from ..core.plan import GRAD, compiled, fingerprint
+from ..core.modes import GRAD
+from ..core.plan import compiled, fingerprint
 
 FORMAT, VERSION = "relprop-patterns", 1
 ESTIMATORS = ("relu", "linear")
