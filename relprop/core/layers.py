@@ -295,6 +295,14 @@ def _window(layer):
     return kh, kw, sh, sw, ph, pw
 
 
+def _pool_output(fw, node, xin):
+    """(window, empty (N, C, Ho, Wo) output) of a pooling node on ``xin``."""
+    n, c, h, w = xin.shape
+    win = _window(node.layer)
+    ho, wo = fw.k.conv_out_shape(h, w, *win)
+    return win, fw.k.xp.empty((n, c, ho, wo), xin.dtype)
+
+
 class MaxPool(Op):
     """Max pooling: every mode routes the signal to the window's winner (DeepLIFT: Captum's
     rule, the difference of the maxima split over the winners at x and at the baseline)."""
@@ -305,13 +313,9 @@ class MaxPool(Op):
         return ((node.inputs[0], node.name) if mode == DEEPLIFT else ()), True
 
     def forward(self, fw, node, xs):
-        k, xin = fw.k, xs[0]
-        n, c, h, w = xin.shape
-        win = _window(node.layer)
-        ho, wo = k.conv_out_shape(h, w, *win)
-        out = k.xp.empty((n, c, ho, wo), xin.dtype)
-        idx = k.xp.empty((n, c, ho, wo), np.int64)
-        k.maxpool_forward(xin, *win, out, idx)
+        win, out = _pool_output(fw, node, xs[0])
+        idx = fw.k.xp.empty(out.shape, np.int64)
+        fw.k.maxpool_forward(xs[0], *win, out, idx)
         if node.name in fw.idx_nodes:
             fw.tape.idx[node.name] = idx
         return out
@@ -341,12 +345,8 @@ class AvgPool(Op):
         return ((node.inputs[0], node.name) if mode == LRP else ()), False
 
     def forward(self, fw, node, xs):
-        k, xin = fw.k, xs[0]
-        n, c, h, w = xin.shape
-        win = _window(node.layer)
-        ho, wo = k.conv_out_shape(h, w, *win)
-        out = k.xp.empty((n, c, ho, wo), xin.dtype)
-        k.avgpool_forward(xin, *win, out)
+        win, out = _pool_output(fw, node, xs[0])
+        fw.k.avgpool_forward(xs[0], *win, out)
         return out
 
     def grad(self, bw, node, g):

@@ -410,15 +410,7 @@ class _Importer:
 
     def _needed(self):
         """ids of the ONNX nodes the graph output depends on (dead branches are skipped)."""
-        producer = {o: n for n in self.onnx_nodes for o in n.output if o}
-        needed, stack = set(), [self.output_name]
-        while stack:
-            n = producer.get(stack.pop())
-            if n is None or id(n) in needed:
-                continue
-            needed.add(id(n))
-            stack.extend(i for i in n.input if i)
-        return needed
+        return _needed_ids(self.onnx_nodes, [self.output_name])
 
     def _prune(self, out):
         """The relprop nodes ``out`` depends on, in order (drops e.g. layers read only by Shape)."""
@@ -1015,18 +1007,24 @@ def _verify(model, importer, net, raw, check):
             return
 
 
-def _pruned(model, names):
-    """``model`` with only the nodes ``names`` depend on (ReferenceEvaluator runs every node,
-    and the import checked only these)."""
-    nodes = list(model.graph.node)
+def _needed_ids(nodes, outputs):
+    """ids of the ONNX ``nodes`` that the tensors ``outputs`` depend on."""
     producer = {o: n for n in nodes for o in n.output if o}
-    needed, stack = set(), list(names)
+    needed, stack = set(), list(outputs)
     while stack:
         n = producer.get(stack.pop())
         if n is None or id(n) in needed:
             continue
         needed.add(id(n))
         stack.extend(i for i in n.input if i)
+    return needed
+
+
+def _pruned(model, names):
+    """``model`` with only the nodes ``names`` depend on (ReferenceEvaluator runs every node,
+    and the import checked only these)."""
+    nodes = list(model.graph.node)
+    needed = _needed_ids(nodes, names)
     if len(needed) == len(nodes):
         return model
     import onnx
