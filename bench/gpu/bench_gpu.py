@@ -5,7 +5,7 @@
 
 Workloads (weights built once in numpy by bench/models.py and copied into both models):
 
-    W1     seed-001 VGG-16 variant, 3x64x64, batch 256: gradient, EpsilonPlusFlat, EpsilonGammaBox(-3, 3),
+    W1     VGG-16 variant for Tiny-ImageNet, 3x64x64, batch 256: gradient, EpsilonPlusFlat, EpsilonGammaBox(-3, 3),
            EpsilonAlpha2Beta1 (Zennit), IG(64) (Captum IntegratedGradients, gausslegendre)
     VGG16  VGG-16 (configuration D, FC 4096-4096-1000), He init, 3x224x224, batch 64: the three composites
     R18    ResNet-18 (tests/torch_models.py, zennit Sum residuals) imported with rp.from_torch, 3x224x224,
@@ -70,7 +70,7 @@ import torch  # noqa: E402
 
 import models as M  # noqa: E402  (bench/models.py)
 import relprop as rp  # noqa: E402
-from relprop.methods._legacy import rules_for  # noqa: E402
+from relprop.methods.lrp import rules_for  # noqa: E402
 
 FULL = dict(w1_batch=256, ig_steps=64, captum_batch=1024, vgg_size=224, vgg_batch=64, r18_size=224,
             r18_batch=64, w2_rows=1_000_000, gemm_n=8192, reps=5, min_reps=3)
@@ -260,13 +260,13 @@ def build(name, cfg, dev):
     if name == "W1":
         params = M.w1_params()
         x = M.w1_input(batch=cfg["w1_batch"])
-        return Workload("W1", f"seed-001 VGG-16 variant, 3x64x64, batch {len(x)}", M.w1_relprop(params),
+        return Workload("W1", f"VGG-16 variant for Tiny-ImageNet, 3x64x64, batch {len(x)}", M.w1_relprop(params),
                         M.w1_torch(params).to(dev.tdev), x, M.W1_CLASSES,
                         methods=("gradient", "EpsilonPlusFlat", "EpsilonGammaBox", "EpsilonAlpha2Beta1"))
     if name == "W1-IG":
         params = M.w1_params()
         x = M.w1_input(batch=cfg["w1_batch"])
-        return Workload("W1", f"seed-001 VGG-16 variant, 3x64x64, batch {len(x)}", M.w1_relprop(params),
+        return Workload("W1", f"VGG-16 variant for Tiny-ImageNet, 3x64x64, batch {len(x)}", M.w1_relprop(params),
                         M.w1_torch(params).to(dev.tdev), x, M.W1_CLASSES, methods=(f"IG{cfg['ig_steps']}",))
     if name == "VGG16":
         net, model, x = _vgg16(cfg)

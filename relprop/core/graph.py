@@ -14,7 +14,6 @@ that they are stale and derive the weights again.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -82,15 +81,10 @@ def _weight(arr, name, layer, ndim):
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{layer}: {name} contains NaN or Inf")
     dtype = np.float64 if a.dtype.kind == "f" and a.dtype.itemsize == 8 else np.float32
-    own = np.array(a, dtype=dtype, copy=True)
-    own.setflags(write=False)
-    out = own.view()  # a read-only view of a read-only array cannot be made writable again
-    out.setflags(write=False)
-    _FROZEN[id(out)] = out
-    return out
+    # a private copy in an immutable bytes buffer: no flag of any view can make it writable again
+    return np.frombuffer(np.ascontiguousarray(a, dtype=dtype).tobytes(), dtype).reshape(a.shape)
 
 
-_FROZEN = weakref.WeakValueDictionary()  # id -> weight array validated and frozen by _weight
 
 
 class Layer:
@@ -105,16 +99,30 @@ class Layer:
     arrays = ()
     version = 0
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            def built(self, *a, _init=init, **k):
+                _init(self, *a, **k)
+                object.__setattr__(self, "_built", True)
+
+            built.__doc__, built.__wrapped__ = init.__doc__, init
+            cls.__init__ = built
+
     def __setattr__(self, name, value):
-        if name in self.arrays or name in self.hyper:
-            old = self.__dict__.get(name)
-            if name in self.arrays and value is not None and _FROZEN.get(id(value)) is not value:
-                value = _weight(value, name, self.kind, np.ndim(value) if old is None else old.ndim)
-                if old is not None and value.shape != old.shape:
-                    raise ValueError(f"{self.kind}: a new {name} must keep the shape {old.shape}, got {value.shape} "
-                                     f"(build a new layer for another shape)")
-            if old is not None:  # a change after construction: derived state is stale
-                object.__setattr__(self, "version", self.version + 1)
+        if self.__dict__.get("_built") and (name in self.arrays or name in self.hyper):
+            # after construction: the constructor checks the new value with the others
+            args = {k: self.__dict__[k] for k in self.arrays + self.hyper}
+            args[name] = value
+            probe = type(self)(**args)
+            new, old = probe.__dict__[name], self.__dict__[name]
+            if name in self.arrays and new is not None and old is not None and new.shape != old.shape:
+                raise ValueError(f"{self.kind}: a new {name} must keep the shape {old.shape}, got {new.shape} "
+                                 f"(build a new layer for another shape)")
+            object.__setattr__(self, name, new)
+            object.__setattr__(self, "version", self.version + 1)  # derived state is stale
+            return
         object.__setattr__(self, name, value)
 
     def __repr__(self):
@@ -520,8 +528,8 @@ class Graph:
 
     @property
     def version(self):
-        """Changes whenever a layer's weights or hyper-parameters are reassigned."""
-        return tuple(n.layer.version for n in self.nodes)
+        """Changes whenever a layer, its weights or its hyper-parameters are replaced."""
+        return tuple((id(n.layer), n.layer.version) for n in self.nodes)
 
     def __hash__(self):  # identity: a model is one object (plans are kept per model)
         return id(self)

@@ -168,19 +168,25 @@ class Compiled:
 
     ``host(key, build)`` returns ``build()`` computed once; ``on(k, key, build)`` the same
     copied once to kernel module ``k``'s device (the value itself on the CPU). Values are
-    arrays, tuples of arrays or dataclasses with array fields. Device copies are not pickled
-    (a plan sent to a Dask worker copies them again there)."""
+    arrays, tuples of arrays or dataclasses with array fields. It refers to its model weakly (the
+    registry of ``compiled`` must not keep models alive); whoever uses it holds the model.
+    Pickled, it is its model and dtype: the receiving process (a Dask worker) derives the
+    weights again."""
 
     def __init__(self, graph, dtype):
-        self.graph = graph
+        self._graph = weakref.ref(graph)
         self.dtype = np.dtype(dtype)
         self.version = graph.version
         self._host = {}
         self._dev = {}
         self.fit_step = {}  # (backend, sample shape, key) -> rows that fitted in device memory
 
-    def __getstate__(self):
-        return {**self.__dict__, "_dev": {}}
+    @property
+    def graph(self):
+        return self._graph()
+
+    def __reduce__(self):
+        return compiled, (self.graph, self.dtype)
 
     def host(self, key, build):
         got = self._host.get(key)
