@@ -251,7 +251,7 @@ def rel_err(a, b):
 
 
 def conv_param_count(spec=W1_SPEC):
-    """(number of conv layers, number of dense layers) -- sanity check against Table 7.1."""
+    """(number of conv layers, number of dense layers) -- sanity check of the W1 layout (10 conv, 3 dense)."""
     return (sum(1 for s in spec if s[0] == "conv"), sum(1 for s in spec if s[0] == "dense"))
 
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from .core import backend as B
 from .core import engine
-from .core.checks import _check_model, _check_target, _check_x
+from .core import rules as R
+from .core.checks import _check_model, _check_target, _check_x, _reads_input_directly
 from .core import budget
 from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
@@ -123,6 +124,16 @@ class Explainer:
         if self.method.wrapper:
             own = {k: params.pop(k) for k in list(params) if k in self.method.params}
             self.own = {**self.method.params, **own}
+            extra = self.own.pop("base_params")
+            if extra is None:
+                extra = {}
+            if not isinstance(extra, dict):
+                raise TypeError(f"smoothgrad: base_params must be a dict of the base method's parameters, got "
+                                f"{type(extra).__name__}")
+            both = sorted(set(extra) & set(params))
+            if both:
+                raise TypeError(f"smoothgrad: {both[0]!r} given both as a keyword and in base_params")
+            params = {**params, **extra}
             base = self.own["base"]
             names = [n for n, mm in METHODS.items() if not mm.wrapper]
             if base in METHODS and METHODS[base].averages_noise:
@@ -180,8 +191,10 @@ class Explainer:
     def _call(self, x, target, targets, row_offset, explain):
         if targets is not None and target is not None:
             raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
-        if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, numbers.Integral) or row_offset < 0:
+        if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, numbers.Integral):
             raise TypeError(f"row_offset must be an int >= 0 (the global index of x's first row), got {row_offset!r}")
+        if row_offset < 0:
+            raise ValueError(f"row_offset must be >= 0 (the global index of x's first row), got {row_offset}")
         x, back = to_backend(x, self.backend)
         k = B.kernels_for(x)
         self._check_backend(k)
@@ -208,10 +221,10 @@ class Explainer:
         with B.tf32(k, self.allow_tf32), B.LOCK, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             out = run_batches(m, x, step, (self.runs.name, "multi" if not single else "one"), batch)
             if not bool(k.xp.isfinite(out).all()):
-                self._nonfinite(m, x, shapes)
+                self._nonfinite(m, x, shapes, out)
             if not explain:
                 return back(out[:, 0] if single else out)
-            return self._explanation(m, x, shapes, out, T, single, p, seed, back)
+            return self._explanation(m, x, shapes, out, T, single, p, seed, back, step)
 
     def _run(self, ctx, x, T, p):
         if self.base is not None:
@@ -259,6 +272,13 @@ class Explainer:
             p = mm.validate(self.net, x, p)
         if mm.random:
             _check_seed(mm.name, p.get("seed"))
+        if self.base is not None:
+            for node, rule in zip(self.net.linear_nodes(), p.get("rules") or ()):
+                if isinstance(rule, R.ZBox) and _reads_input_directly(self.net, node):
+                    raise ValueError(f"smoothgrad: the base method's z^B rule on layer {node.name!r} needs its input "
+                                     f"inside [low, high], but the noisy copies x + noise leave any box that holds x; "
+                                     f"use a composite without a z^B input layer (e.g. EpsilonPlusFlat) under "
+                                     f"smoothgrad")
         return p
 
     def _seed(self):
@@ -268,26 +288,32 @@ class Explainer:
             return None
         return int(np.random.SeedSequence().entropy) if seed is None else int(seed)
 
-    def _nonfinite(self, m, x, shapes):
-        """Raise, naming the first layer whose forward output is not finite (or the backward pass)."""
+    def _nonfinite(self, m, x, shapes, out):
+        """Raise, naming the first layer whose forward output is not finite (or the backward pass),
+        from one forward pass of the first sample whose attribution is not finite."""
         xp = B.kernels_for(x).xp
+        bad = int(B.to_host(xp.argwhere(~(xp.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)))[0, 0]))
         keep = {nd.name for nd in self.net.nodes}
-        _, _, tape = engine.forward(m, x, keep, (), shapes)
+        _, _, tape = engine.forward(m, x[bad:bad + 1], keep, (), shapes)
         where = "in the backward pass (the relevance or multipliers overflowed the dtype)"
         for nd in self.net.nodes:
             a = tape.out.get(nd.name)
             if a is not None and not bool(xp.isfinite(a).all()):
                 where = f"at layer {nd.name!r} ({nd.layer.kind}) in the forward pass"
                 break
-        raise ValueError(f"method {self.method.name!r}: the attribution is not finite; it became Inf/NaN {where} "
-                         f"(x range [{float(x.min()):.3g}, {float(x.max()):.3g}] in {x.dtype}); rescale x or use "
-                         f"float64")
+        raise ValueError(f"method {self.method.name!r}: the attribution of sample {bad} is not finite; it became "
+                         f"Inf/NaN {where} (x range [{float(x.min()):.3g}, {float(x.max()):.3g}] in {x.dtype}); "
+                         f"rescale x or use float64")
 
-    def _explanation(self, m, x, shapes, out, T, single, p, seed, back):
+    def _scores(self, m, x, shapes, step):
+        """Score rows (N, classes) of ``x`` in internal batches (the execution layer's)."""
+        return run_batches(m, x, step, ("scores",),
+                           lambda sl, st: engine.forward(m, x[sl], (self.net.score_node,), (), shapes)[0])
+
+    def _explanation(self, m, x, shapes, out, T, single, p, seed, back, step):
         xp = B.kernels_for(x).xp
-        ctx = Context(m, shapes)
-        score = xp.concatenate([engine.forward(m, x[i:i + 4096], (self.net.score_node,), (), shapes)[0]
-                                for i in range(0, x.shape[0], 4096)])
+        ctx = Context(m, shapes, rows=step)
+        score = self._scores(m, x, shapes, step)
         if T is None:
             T = score.argmax(axis=1)[:, None]
         T = xp.asarray(T)
@@ -302,9 +328,12 @@ class Explainer:
                 ref = s - self._baseline_scores(ctx, x, p, mm)[rows, T]
             total = out.reshape(out.shape[:2] + (-1,)).astype(np.float64).sum(axis=2)
             error = B.to_host(total - ref)
-        params = dict(self.params if self.base is None else {**self.own, **self.params})
-        if "seed" in params and seed is not None:
-            params["seed"] = seed
+        if self.base is None:
+            params = dict(self.params)
+            if "seed" in params and seed is not None:
+                params["seed"] = seed
+        else:  # smoothgrad's own parameters, the base's beside them
+            params = {**self.own, "seed": seed, "base_params": dict(self.params)}
         pick = (lambda a: a[:, 0]) if single else (lambda a: a)
         return Explanation(back(pick(out)), B.to_host(pick(T)), B.to_host(pick(s)), self.method.name, params, sums_to,
                            None if error is None else pick(error))
@@ -315,12 +344,10 @@ class Explainer:
         xp = B.kernels_for(x).xp
         b = p[mm.baseline_param]
         if mm.baseline_param == "baselines":
-            bs = xp.asarray(b, dtype=x.dtype)
-            sc = xp.concatenate([engine.forward(ctx.m, bs[i:i + 4096], (self.net.score_node,), (), ctx.shapes)[0]
-                                 for i in range(0, bs.shape[0], 4096)])
+            sc = self._scores(ctx.m, xp.ascontiguousarray(xp.asarray(b, dtype=x.dtype)), ctx.shapes, ctx.rows)
             return xp.broadcast_to(sc.astype(np.float64).mean(axis=0), (x.shape[0], sc.shape[1]))
         x0 = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(b, dtype=x.dtype), x.shape))
-        return engine.forward(ctx.m, x0, (self.net.score_node,), (), ctx.shapes)[0]
+        return self._scores(ctx.m, x0, ctx.shapes, ctx.rows)
 
 
 def _slice(p, names, x, sl):

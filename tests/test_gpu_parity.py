@@ -1,6 +1,6 @@
 """The GPU backend (CuPy) on a real CUDA device gives the CPU backend's attributions.
 
-Every method in ``relprop.api.GPU_METHODS`` runs with the parameter matrix of
+Every method whose declaration lists the GPU (``rp.METHODS[m].backends``) runs with the parameter matrix of
 ``test_backend_device_path.CASES`` (the host-emulated twin of this file, which proves the
 matrix covers every GPU method) on five nets, and the GPU result must match the CPU result on
 the same numpy input to ``1e-4 x max|R_cpu|`` in float32 and ``1e-10 x max|R_cpu|`` in float64.

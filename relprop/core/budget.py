@@ -35,6 +35,3 @@ class Budget:
 
 
 BUDGET = Budget()
-
-
-BUDGET = Budget()

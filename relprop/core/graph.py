@@ -434,9 +434,6 @@ class Concat(Layer):
         return tuple(out)
 
 
-ACTIVATIONS = ("ReLU", "Tanh", "Sigmoid", "Identity")
-
-
 @dataclass
 class Node:
     """A layer placed in the graph: ``name``, the ``layer``, and the names of its inputs."""

@@ -67,11 +67,6 @@ class Method:
     family: str = ""
     wrapper: bool = False  # wraps another method (smoothgrad)
 
-    @property
-    def batched_targets(self):
-        """True when K targets run in one pass (otherwise one pass per target)."""
-        return self.mode is not None or self.run_multi is not None
-
 
 def register(method):
     """Add a method to the registry (each family module calls this at import)."""
@@ -97,7 +92,6 @@ class Context:
     seed: int = None
     rows: int = 256
     expand_rows: int = 256
-    scores: object = None  # filled by traversals with the score rows they computed (N, classes)
 
     @property
     def graph(self):
@@ -171,7 +165,6 @@ def traverse(ctx, x, targets, method, params):
         xin = xp.concatenate([x, x0])
     score, _, tape = engine.forward(m, xin, keep, idx, ctx.shapes, plus)
     score = score[:n]
-    ctx.scores = score
     if targets is None:
         targets = score.argmax(axis=1)[:, None]
     targets = xp.asarray(targets)

@@ -9,9 +9,9 @@ forward pass (storing ``A`` and what the gradient traversal reads) and one backw
 that stops at the layer (``engine.backward(..., collect={layer: None})``); Guided Grad-CAM
 adds one guided-backprop traversal to the input from the same forward pass.
 
-* ``"gradcam"`` = Captum ``LayerGradCam`` (Selvaraju et al.; Eq. 4.11-4.12):
+* ``"gradcam"`` = Captum ``LayerGradCam`` (Selvaraju et al. 2017, Eq. 1-2):
   ``w_k = mean_ij g_kij``, ``L = relu(sum_k w_k A_k)`` (relu only if ``relu_attributions``).
-* ``"gradcam_pp"`` (Chattopadhyay et al. 2018; Eq. 4.13-4.14 generalized) with the
+* ``"gradcam_pp"`` (Chattopadhay et al. 2018, Eq. 10, generalized) with the
   exponential-score closed form of the paper (Eq. 19 there): for ``Y = exp(s_c)`` and a
   piecewise-linear net the higher derivatives are powers of ``g``, so
   ``alpha_kij = g_kij^2 / (2 g_kij^2 + (sum_ab A_kab) g_kij^3)`` (0 where the denominator is

@@ -18,14 +18,14 @@ from __future__ import annotations
 from ..core import composites as C
 from ..core import engine
 from ..core import rules as R
-from ..core.checks import _check_bounds, _reads_input_directly
+from ..core.checks import _check_bounds, _check_fits, _reads_input_directly
 from ..core.modes import LRP
 from .base import Method, register
 
 GPU = frozenset({"cpu", "gpu"})
 
-RULE_METHODS = {"lrp.z": R.Z, "lrp.epsilon": R.Epsilon, "lrp.gamma": R.Gamma, "lrp.alpha_beta": R.AlphaBeta,
-                "lrp.z_plus": R.ZPlus, "lrp.flat": R.Flat, "lrp.w_square": R.WSquare}
+# "lrp.<rule>": one rule of relprop.core.rules on every layer (z^B needs bounds: only in rule lists)
+RULE_METHODS = {f"lrp.{name}": cls for name, cls in R.RULES.items() if cls is not R.ZBox}
 
 
 def rules_for(graph, method, params):
@@ -75,6 +75,8 @@ def _validator(name):
             if not isinstance(rule, R.Rule):
                 raise TypeError(f"the rule for layer {node.name!r} ({node.layer.kind}) must be a rule instance from "
                                 f"rp.rules (e.g. rp.rules.Epsilon()), got {rule!r}")
+            if x is not None:
+                _check_fits(rule.epsilon, x.dtype, f"the epsilon of the rule on layer {node.name!r}")
             if isinstance(rule, R.ZBox) and x is not None and _reads_input_directly(graph, node):
                 _check_bounds(rule.low, rule.high, x, f"ZBox rule on layer {node.name!r}")
         out = {"rules": rules}

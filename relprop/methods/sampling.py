@@ -69,7 +69,8 @@ def _path_samples(ctx, x, target, baselines, samples, stdevs, seed):
     idx, alpha, noise = sample_draws(ctx.seed, n, s, base.shape[0], feat, stdevs, ctx.row0)
     idx, alpha = idx.reshape(-1), alpha.reshape(-1).astype(x.dtype)
     if noise is not None:
-        noise = noise.reshape((n * s,) + feat).astype(x.dtype)
+        with np.errstate(over="ignore"):
+            noise = noise.reshape((n * s,) + feat).astype(x.dtype)
     t = np.repeat(resolve_target(ctx, x, target), s)
     acc = np.zeros(x.shape, np.float64)
     rows = n * s
@@ -81,6 +82,9 @@ def _path_samples(ctx, x, target, baselines, samples, stdevs, seed):
         xr = x[i]
         if noise is not None:
             xr = xr + noise[r0:r1]
+            if not np.all(np.isfinite(xr)):
+                raise ValueError(f"gradient_shap: the noisy inputs x + N(0, stdevs^2) are not finite in {x.dtype} "
+                                 f"(stdevs={stdevs!r} overflows); use a smaller stdevs")
         b = base[idx[r0:r1]]
         diff = xr - b
         pts = np.ascontiguousarray(b + alpha[r0:r1].reshape(bshape) * diff)

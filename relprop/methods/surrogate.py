@@ -127,7 +127,7 @@ def lime_similarity(graph_x, mask, z, baseline, kernel_width):
     return np.exp(-(dist ** 2) / (2.0 * kernel_width ** 2))
 
 
-def weighted_fit(z, y, w, ridge=0.0):
+def weighted_fit(z, y, w, ridge=0.0, name="surrogate"):
     """Weighted least squares ``y ~ a + z . phi`` per sample: z (N, S, F), y, w (N, S);
     returns phi (N, F). ``ridge`` (relative to the total weight) penalizes phi, not a."""
     n, s, nfeat = z.shape
@@ -142,6 +142,9 @@ def weighted_fit(z, y, w, ridge=0.0):
             reg[:, 1:] = lam * np.eye(nfeat)
             aw = np.concatenate([aw, reg])
             yw = np.concatenate([yw, np.zeros(nfeat)])
+        if not (np.all(np.isfinite(aw)) and np.all(np.isfinite(yw))):
+            raise ValueError(f"method {name!r}: the surrogate's least-squares system is not finite: the coalition "
+                             f"scores overflowed in the forward pass (rescale x or use float64)")
         coef = np.linalg.lstsq(aw, yw, rcond=None)[0]
         phi[i] = coef[1:]
     return phi
@@ -166,7 +169,7 @@ def kernel_shap(ctx, x, target, feature_mask, samples, baseline, seed, patch=Non
     w = np.ones(z.shape[:2])
     full = z.all(axis=2) | ~z.any(axis=2)
     w[full] = INF_WEIGHT
-    phi = weighted_fit(z, y, w)
+    phi = weighted_fit(z, y, w, name="kernel_shap")
     return _expand(phi, mask, x)
 
 
@@ -180,7 +183,7 @@ def lime(ctx, x, target, feature_mask, samples, baseline, kernel_width, seed, pa
     z = _coalitions(ctx, lime_coalitions, x.shape[0], nfeat, samples)
     y = coalition_scores(ctx, x, t, mask, z, baseline)
     w = lime_similarity(x, mask, z, baseline, kernel_width)
-    phi = weighted_fit(z, y, w, ridge=LIME_RIDGE)
+    phi = weighted_fit(z, y, w, ridge=LIME_RIDGE, name="lime")
     return _expand(phi, mask, x)
 
 
@@ -273,8 +276,9 @@ def _validate_lime(graph, x, params):
     kw = params["kernel_width"]
     if not isinstance(kw, numbers.Real) or isinstance(kw, (bool, np.bool_)):
         raise TypeError(f"lime: kernel_width must be a positive number, got {kw!r}")
-    if not (np.isfinite(kw) and kw > 0):
-        raise ValueError(f"lime: kernel_width must be finite and > 0, got {kw!r}")
+    if not (np.isfinite(kw) and kw >= 1e-6):
+        raise ValueError(f"lime: kernel_width must be finite and >= 1e-6 (the cosine distance is at most 2, so "
+                         f"smaller widths give every perturbed sample a weight of 0), got {kw!r}")
     out["kernel_width"] = float(kw)
     return out
 
@@ -282,8 +286,7 @@ def _validate_lime(graph, x, params):
 register(Method("kernel_shap", "KernelSHAP: Shapley-kernel weighted linear surrogate over feature coalitions "
                 "(Captum KernelShap)", {"feature_mask": None, "samples": 256, "baseline": 0.0, "seed": None,
                                         "patch": None},
-                validate=_validate_shap, run=kernel_shap, random=True, per_sample=("baseline",), sums_to="delta",
-                baseline_param="baseline", family="surrogate"))
+                validate=_validate_shap, run=kernel_shap, random=True, per_sample=("baseline",), family="surrogate"))
 register(Method("lime", "LIME: cosine-kernel weighted linear surrogate over feature coalitions (Captum Lime, "
                 "least squares instead of Lasso)", {"feature_mask": None, "samples": 256, "baseline": 0.0,
                                                     "kernel_width": 0.75, "seed": None, "patch": None},
