@@ -231,3 +231,40 @@ def test_changed_weights_are_seen_by_every_method():
 def _scaled(net, f):
     net.nodes[-1].layer.weight = net.nodes[-1].layer.weight * f
     return net
+
+
+def _bias_free(linear):
+    """A bias-free model: conservation (LRP family, RAP) is exact on it with ReLUs, and on the
+    purely linear variant every completeness method is exact (the gradient is constant)."""
+    r = np.random.default_rng(11)
+    layers = [rp.Conv2d(np.abs(r.normal(0, 0.4, (4, 2, 3, 3))), np.zeros(4), padding=1)]
+    layers += [] if linear else [rp.ReLU()]
+    layers += [rp.Flatten(), rp.Dense(r.normal(0, 0.4, (5, 144)), np.zeros(5))]
+    return rp.Sequential(*layers)
+
+
+@pytest.mark.parametrize("method", [m for m in NAMES if rp.METHODS[m].sums_to is not None])
+def test_declared_sums_to_holds_where_it_is_exact(method):
+    """What a method declares it sums to is checked against an independent forward pass, on a
+    model where the property is exact (not against the executor's own subtraction)."""
+    kw = dict(CASES[method])
+    if "baselines" in kw:
+        kw["baselines"] = BASES[:1]  # one reference input: every draw uses it
+    if method == "gradient_shap":
+        kw["stdevs"] = 0.0
+    kind = rp.METHODS[method].sums_to
+    net = _bias_free(linear=kind == "delta")
+    x = X[:, :, :, :]
+    s = rp.forward(net, x)
+    t = s.argmax(axis=1)
+    ref = s[np.arange(N), t]
+    if kind == "delta":
+        b = kw.get("baselines", np.broadcast_to(np.float64(kw.get("baseline", 0.0)), (1,) + SHAPE))[0]
+        ref = ref - rp.forward(net, np.ascontiguousarray(b[None]))[0, t]
+    if method in ("deep_taylor", "lrp.epsilon", "lrp.alpha_beta"):
+        kw = {}  # defaults: w^2 first layer, epsilon 1e-6, alpha 1 / beta 0 (with beta > 0 a layer whose
+        # inputs have no negative contribution, as the first one here, keeps only alpha * R)
+    R = rp.attribute(net, x, method, target=t, **kw)
+    total = R.reshape(N, -1).sum(axis=1)
+    tol = 1e-4 if method in ("lrp.epsilon", "lrp", "lrp.flat") else 1e-6  # epsilon / stabilizers
+    np.testing.assert_allclose(total, ref, rtol=tol, atol=tol * np.abs(ref).max())
