@@ -3,7 +3,7 @@
 Written independently of ``relprop``: nothing here imports the library (``to_relprop`` only receives the
 module as an argument to build the same network).  Everything runs per sample in float64, with explicit
 loops for convolution and pooling, and every linear layer turned into an explicit matrix, so that each
-method reads as the seeds' matrix formulas (seed 000, Eq. 9.12-9.20 and 9.41-9.48; seed 004, Table 1):
+method reads as the papers' matrix formulas (Simonyan et al. 2014; Sundararajan et al. 2017; Shrikumar et al. 2017; Ancona et al. 2018, Table 1):
 
 * forward:   n^m = W^m a^{m-1} + b^m,   a^m = f^m(n^m)                       (a^0 = p = x)
 * gradient:  s^M = e_c,   s^{m-1} = (W^m)^T (f'(n^m) o s^m)                 (Eq. 9.12-9.13)
@@ -375,12 +375,12 @@ def gradient(spec, x, target=None):
 
 
 def saliency(spec, x, target=None):
-    """|d s_c / d x| (seed 004, Eq. 11)."""
+    """|d s_c / d x| (Simonyan et al. 2014; Ancona et al. 2018, Eq. 11)."""
     return np.abs(gradient(spec, x, target))
 
 
 def gradient_x_input(spec, x, target=None):
-    """x o d s_c / d x (seed 004, Eq. 12; seed 000 Eq. 9.14)."""
+    """x o d s_c / d x (Shrikumar et al. 2016; Ancona et al. 2018, Eq. 12)."""
     return np.asarray(x, np.float64) * gradient(spec, x, target)
 
 
@@ -398,7 +398,7 @@ def ig_alphas_weights(scheme, steps):
     riemann_trapezoid alpha_k = k/(T-1),   w_k = 1/(T-1), halved at both ends (the trapezoid rule; Captum 0.9
                       uses 1/T, so its weights sum to (T-1)/T -- relprop keeps the exact rule)
     gauss_legendre  Gauss-Legendre nodes/weights mapped from [-1, 1] to [0, 1]
-    uniform (seed 000, Eq. 9.15)  alpha_t = t/(T-1),  w_t = 1/T
+    uniform (the plain textbook rule)  alpha_t = t/(T-1),  w_t = 1/T
     """
     T = int(steps)
     if scheme == "riemann_left":
@@ -423,7 +423,7 @@ def ig_alphas_weights(scheme, steps):
 def integrated_gradients(spec, x, target=None, baseline=0.0, steps=50, scheme="gauss_legendre"):
     """c^ig(p) = (p - p_bar) o sum_k w_k d s_c/d p~ |_{p~ = p_bar + alpha_k (p - p_bar)}.
 
-    The target is resolved once at x (seed 000 P9.2: "use c ... for all p^t").
+    The target is resolved once at x (the class is fixed along the path).
     """
     x = np.asarray(x, dtype=np.float64)
     xb = np.broadcast_to(np.asarray(baseline, dtype=np.float64), x.shape)
@@ -464,7 +464,7 @@ def _maxpool_rescale(idx, a, ab, q, eps):
 
 
 def deeplift_rescale(spec, x, target=None, baseline=0.0, eps=1e-10):
-    """DeepLIFT with the rescale rule (seed 000 Eq. 9.41-9.48, seed 004 Eq. 17-18; Captum conventions).
+    """DeepLIFT with the rescale rule (Shrikumar et al. 2017; Ancona et al. 2018, Eq. 17-18; Captum conventions).
 
     q(Delta n^M) = e_c (start at the pre-softmax score);
     linear rule at Dense/Conv2d/AvgPool2d:  q(Delta a_i^{m-1}) = sum_j w_{j,i} q(Delta n_j^m);
@@ -740,7 +740,7 @@ def min_abs_delta_preactivation(spec, x, baseline):
 
 
 def deeplift_reveal_cancel(spec, x, target=None, baseline=0.0, conv_rule="rescale", eps=1e-10):
-    """DeepLIFT with the RevealCancel rule (Shrikumar et al. 2017; seed 001 Eq. 4.23-4.30), per sample.
+    """DeepLIFT with the RevealCancel rule (Shrikumar et al. 2017, Sec. 3.5.3), per sample.
 
     At an activation y = f(n) right after a Dense layer (and a Conv2d layer when
     ``conv_rule == "reveal_cancel"``), with the layer's contribution matrix C_ji = M_ji Delta a_i:

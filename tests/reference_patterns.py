@@ -1,4 +1,4 @@
-"""Slow, plain-numpy reference for PatternNet and PatternAttribution (seed 003 Part 3; Kindermans et
+"""Slow, plain-numpy reference for PatternNet and PatternAttribution (Kindermans et
 al. 2018). Imports no relprop; networks are ``reference_numpy`` specs (dense, conv, relu, maxpool,
 flatten, softmax), and layer keys are spec positions as strings (the node names of ``to_relprop``).
 

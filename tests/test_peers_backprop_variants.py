@@ -1,5 +1,5 @@
 """Guided backprop, DeconvNet and excitation backprop against Captum and Zennit on identical
-weights (seed 001 Eq. 4.5-4.6; Zhang et al. 2016), plus the defining properties."""
+weights (Zeiler & Fergus 2014; Springenberg et al. 2015; Zhang et al. 2016), plus the defining properties."""
 from __future__ import annotations
 
 import warnings

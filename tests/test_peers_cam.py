@@ -1,4 +1,4 @@
-"""Grad-CAM, Grad-CAM++ and Guided Grad-CAM (seed 001 Eq. 4.11-4.14).
+"""Grad-CAM, Grad-CAM++ and Guided Grad-CAM (Selvaraju et al. 2017; Chattopadhay et al. 2018).
 
 * "gradcam" vs Captum ``LayerGradCam`` + ``LayerAttribution.interpolate`` and "guided_gradcam"
   vs Captum ``GuidedGradCam`` on identical weights. relprop node ``"i"`` of a ``PeerNet``'s

@@ -3,7 +3,7 @@
 * conservation: sum_i R_i^{m-1} = sum_j R_j^m at every layer whenever the rule's denominator is exactly the sum
   of its numerators (LRP-0/epsilon->0 without bias in the denominator, ZPlus/AlphaBeta(1,0)/Gamma on nonnegative
   inputs of bias-free layers, Flat, WSquare without bias), so sum_i R_i(x) = s_c(x) (the starting relevance);
-* seed 004, Proposition 3: epsilon-LRP (epsilon -> 0) = Gradient*Input on ReLU nets; = DeepLIFT-rescale with a
+* Ancona et al. 2018, Proposition 3: epsilon-LRP (epsilon -> 0) = Gradient*Input on ReLU nets; = DeepLIFT-rescale with a
   zero baseline on bias-free nets with f(0) = 0 (ReLU, Tanh);
 * batch independence: a batch gives the same attributions as its samples one at a time;
 * float32 agrees with float64.
@@ -177,7 +177,7 @@ def test_conservation_for_any_target(rp, net, target):
     assert np.all(np.abs(_sums(R) - s) <= 1e-8 * (_abs_sums(R) + np.abs(s)) + 1e-12)
 
 
-# ---- seed 004, Proposition 3 ------------------------------------------------------------------------
+# ---- Ancona et al. 2018, Proposition 3 ------------------------------------------------------------------------
 
 
 @SETTINGS

@@ -1,8 +1,8 @@
 """Properties of the path / difference methods and of the gradient family.
 
-* IG completeness (seed 004, Eq. 19 and "sensitivity-N"): sum_i R_i -> s_c(x) - s_c(x_bar) as steps grow, for
+* IG completeness (Ancona et al. 2018, Eq. 19 and "sensitivity-n"): sum_i R_i -> s_c(x) - s_c(x_bar) as steps grow, for
   every quadrature scheme, with the error shrinking;
-* DeepLIFT summation-to-delta (seed 004, Eq. 17-18): sum_i R_i = s_c(x) - s_c(x_bar) up to float error, through
+* DeepLIFT summation-to-delta (Ancona et al. 2018, Eq. 17-18): sum_i R_i = s_c(x) - s_c(x_bar) up to float error, through
   ReLU/Tanh/Sigmoid, MaxPool (Captum's rule) and AvgPool;
 * saliency = |gradient|, gradient_x_input = x * gradient.
 Scores s_c come from the independent reference forward pass.

@@ -442,7 +442,7 @@ def test_reference_gradient_matches_finite_differences(net_name):
 
 @pytest.mark.parametrize("net_name", ["dense_relu", "conv_max", "conv_avg", "conv2_max_stride2"])
 def test_reference_lrp_epsilon_is_gradient_x_input_on_relu_nets(net_name):
-    """Self-consistency of two independently coded reference paths (seed 004, Prop. 3 i)."""
+    """Self-consistency of two independently coded reference paths (Ancona et al. 2018, Prop. 3 i)."""
     spec, x, _ = make_case(net_name)
     R = ref.lrp(spec, x, [ref.rule("z")] * len(ref.linear_layer_kinds(spec)))
     G = ref.gradient_x_input(spec, x)

@@ -1,4 +1,4 @@
-"""PatternNet and PatternAttribution (seed 003 Part 3; Kindermans et al. 2018).
+"""PatternNet and PatternAttribution (Kindermans et al. 2018).
 
 * the seed's toy problem: on x = a_s y + a_d eps the linear estimator recovers the signal direction
   a_s, which the filter w (w^T a_d = 0, w^T a_s = 1) is not;

@@ -1,4 +1,4 @@
-"""Relative Attributing Propagation (``"rap"``; Nam et al. 2020, seed 001 section 4.3.1).
+"""Relative Attributing Propagation (``"rap"``; Nam et al. 2020).
 
 * agreement with the independent per-sample numpy reference (``reference_rap``, a statement-by-statement
   transcription of the authors' ``RAP_relprop`` code on explicit matrices) on small Dense, Conv2d/pool,

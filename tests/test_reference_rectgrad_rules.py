@@ -1,4 +1,4 @@
-"""RectGrad against a plain-numpy implementation of seed 001 Eq. 4.9-4.10, and the
+"""RectGrad against a plain-numpy implementation of Kim et al. 2019, Eq. 4-5, and the
 one-rule method strings lrp.flat / lrp.w_square against their rule lists."""
 import numpy as np
 import pytest

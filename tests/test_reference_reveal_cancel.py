@@ -1,4 +1,4 @@
-"""DeepLIFT RevealCancel (``"deeplift.reveal_cancel"``; seed 001 Eq. 4.23-4.30).
+"""DeepLIFT RevealCancel (``"deeplift.reveal_cancel"``; Shrikumar et al. 2017, Sec. 3.5.3).
 
 Checked against the seed's worked statement (``min(i1, i2)`` with reference 0: both inputs get
 ``min / 2``), against the independent per-sample numpy reference (``reference_numpy.deeplift_reveal_cancel``,
@@ -80,7 +80,7 @@ def test_matches_reference(name, spec, shape, conv_rule, dtype):
 @given(seed=st.integers(0, 2**31 - 1), width=st.integers(1, 9), act=st.sampled_from(["relu", "tanh", "sigmoid"]),
        conv_rule=st.sampled_from(["rescale", "reveal_cancel"]))
 def test_summation_to_delta(seed, width, act, conv_rule):
-    """sum_i C_i = s_c(x) - s_c(x0) exactly (Dy+ + Dy- = Dy at every nonlinearity, seed 001 Eq. 4.21)."""
+    """sum_i C_i = s_c(x) - s_c(x0) exactly (Dy+ + Dy- = Dy at every nonlinearity, Shrikumar et al. 2017)."""
     rng = np.random.default_rng(seed)
     spec = ref.random_dense_net(rng, [4, width, width, 3], act=act, scale=2.0)
     if seed % 2:

@@ -178,7 +178,7 @@ def test_p9_3_lrp_z_at_3_3_is_zero_not_nan(attribute):
 
 
 def test_p9_3_lrp_z_with_bias_equals_gradient_x_input(attribute):
-    # with the bias in the denominator, LRP-0 on a ReLU net is Gradient*Input (seed 004, Prop. 3 i)
+    # with the bias in the denominator, LRP-0 on a ReLU net is Gradient*Input (Ancona et al. 2018, Prop. 3 i)
     R = attribute(P_A, "lrp.z", target=0, include_bias=True)
     np.testing.assert_allclose(R, [[0.0, 3.0]], rtol=0, atol=EXACT)
 
