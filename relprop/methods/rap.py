@@ -88,10 +88,6 @@ from .base import Method, onehot, register
 from ..core.plan import flipped_transpose
 from ..core.rules import HIGH, LOW, X
 
-PASS = ("ReLU", "Dropout", "Identity")
-RESHAPE = ("Flatten", "Reshape")
-SUPPORTED = ("Dense", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "BatchNorm2d", "Add", "Concat") \
-    + PASS + RESHAPE
 
 
 def plan(graph):
@@ -101,11 +97,11 @@ def plan(graph):
     names = [n.name for n in graph.nodes]
     stop = names.index(graph.score_node)
     for node in graph.nodes[: stop + 1]:
-        if node.layer.kind not in SUPPORTED:
+        if node.layer.kind not in STEPS:
             raise ValueError(
                 f"rap: node {node.name!r} is a {node.layer.kind} layer, which RAP has no rule for (the authors' "
                 f"code defines it for Dense, Conv2d, ReLU, max/average pooling, BatchNorm2d, Add and Concat; "
-                f"supported here: {', '.join(SUPPORTED)})")
+                f"supported here: {', '.join(STEPS)})")
     out = graph.by_name[graph.score_node]
     while out.layer.kind in ("Identity", "Dropout") and out.inputs[0] != "input":
         out = graph.by_name[out.inputs[0]]
@@ -125,18 +121,17 @@ def plan(graph):
 
 
 def _needs(graph, stop):
-    """Node outputs the RAP traversal reads, and the max-pool nodes whose winners it needs."""
+    """Node outputs the RAP traversal reads, and the max-pool nodes whose winners it needs
+    (``STEPS``)."""
     keep, idx = {graph.score_node}, set()
     for node in graph.nodes[: stop + 1]:
-        kind = node.layer.kind
-        if node.layer.linear or kind in ("BatchNorm2d", "Concat"):
+        _, reads, winners = STEPS[node.layer.kind]
+        if "inputs" in reads:
             keep.update(node.inputs)
-        elif kind == "MaxPool2d":
+        if "output" in reads:
             keep.add(node.name)
+        if winners:
             idx.add(node.name)
-        elif kind in ("AvgPool2d", "GlobalAvgPool2d", "Add"):
-            keep.update(node.inputs)
-            keep.add(node.name)
     return keep, idx
 
 
@@ -165,10 +160,6 @@ def _linear_step(bw, node, r):
     else:
         rin = _relative(bw.k, bw.m, node, a, r)
     return [(node.inputs[0], rin)]
-
-
-def _other_step(bw, node, r):
-    return _other(bw.k, node, bw.tape, r)
 
 
 def _div(u, v):
@@ -304,38 +295,64 @@ def _contract(k, node, xs, mods, B, Bt, ratio):
     return out
 
 
-def _other(k, node, tape, r):
-    """[(input name, relevance)] through a node other than Dense/Conv2d (module docstring)."""
-    layer, kind, src = node.layer, node.layer.kind, node.inputs[0]
-    if kind in PASS:
-        return [(src, r)]
-    if kind in RESHAPE:
-        return [(src, r.reshape((r.shape[0],) + tape.shapes[src]))]
-    if kind == "MaxPool2d":  # a (R / z) at the winner: R, unless the window's max is 0
-        gin = np.empty((r.shape[0],) + tape.shapes[src], r.dtype)
-        k.maxpool_backward(np.ascontiguousarray(r * (tape.out[node.name] != 0)), tape.idx[node.name], gin)
-        return [(src, gin)]
-    if kind == "AvgPool2d":
-        (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
-        gin = np.empty((r.shape[0],) + tape.shapes[src], r.dtype)
-        k.avgpool_backward(_div(r, tape.out[node.name]), kh, kw, sh, sw, ph, pw, tape.out[src], True, gin)
-        return [(src, gin)]
-    if kind == "GlobalAvgPool2d":
-        a = tape.out[src]
-        return [(src, a * (_div(r, tape.out[node.name]) * r.dtype.type(1.0 / (a.shape[2] * a.shape[3]))))]
-    if kind == "BatchNorm2d":
-        a = tape.out[src]
-        scale = layer.scale_shift[0].reshape((-1,) + (1,) * (a.ndim - 2))
-        return [(src, r * ((a != 0) & (scale != 0)))]
-    if kind == "Add":
-        s = _div(r, tape.out[node.name])
-        return [(i, tape.out[i] * s) for i in node.inputs]
-    if kind == "Concat":
-        ax = layer.sample_axis(r.ndim - 1) + 1
-        sizes = [tape.shapes[i][ax - 1] for i in node.inputs]
-        parts = np.split(r, np.cumsum(sizes)[:-1], axis=ax)
-        return [(i, part * (tape.out[i] != 0)) for i, part in zip(node.inputs, parts)]
-    raise ValueError(f"rap: no rule for node {node.name!r} ({kind})")  # pragma: no cover - plan() refused it
+# the RAP step of each kind other than Dense/Conv2d (module docstring): (bw, node, r) -> [(input, R)]
+
+def _pass(bw, node, r):
+    return [(node.inputs[0], r)]
+
+
+def _reshape(bw, node, r):
+    return [(node.inputs[0], r.reshape((r.shape[0],) + bw.tape.shapes[node.inputs[0]]))]
+
+
+def _maxpool(bw, node, r):  # a (R / z) at the winner: R, unless the window's max is 0
+    tape = bw.tape
+    gin = np.empty((r.shape[0],) + tape.shapes[node.inputs[0]], r.dtype)
+    bw.k.maxpool_backward(np.ascontiguousarray(r * (tape.out[node.name] != 0)), tape.idx[node.name], gin)
+    return [(node.inputs[0], gin)]
+
+
+def _avgpool(bw, node, r):
+    layer, tape, src = node.layer, bw.tape, node.inputs[0]
+    (kh, kw), (sh, sw), (ph, pw) = layer.kernel_size, layer.stride, layer.padding
+    gin = np.empty((r.shape[0],) + tape.shapes[src], r.dtype)
+    bw.k.avgpool_backward(_div(r, tape.out[node.name]), kh, kw, sh, sw, ph, pw, tape.out[src], True, gin)
+    return [(src, gin)]
+
+
+def _global_avgpool(bw, node, r):
+    a = bw.tape.out[node.inputs[0]]
+    return [(node.inputs[0], a * (_div(r, bw.tape.out[node.name]) * r.dtype.type(1.0 / (a.shape[2] * a.shape[3]))))]
+
+
+def _batchnorm(bw, node, r):
+    a = bw.tape.out[node.inputs[0]]
+    scale = node.layer.scale_shift[0].reshape((-1,) + (1,) * (a.ndim - 2))
+    return [(node.inputs[0], r * ((a != 0) & (scale != 0)))]
+
+
+def _add(bw, node, r):
+    s = _div(r, bw.tape.out[node.name])
+    return [(i, bw.tape.out[i] * s) for i in node.inputs]
+
+
+def _concat(bw, node, r):
+    tape = bw.tape
+    ax = node.layer.sample_axis(r.ndim - 1) + 1
+    sizes = [tape.shapes[i][ax - 1] for i in node.inputs]
+    parts = np.split(r, np.cumsum(sizes)[:-1], axis=ax)
+    return [(i, part * (tape.out[i] != 0)) for i, part in zip(node.inputs, parts)]
+
+
+# kind -> (the RAP backward step, what it reads: "inputs" and/or "output", winner indices)
+STEPS = {
+    "Dense": (_linear_step, ("inputs",), False), "Conv2d": (_linear_step, ("inputs",), False),
+    "ReLU": (_pass, (), False), "Dropout": (_pass, (), False), "Identity": (_pass, (), False),
+    "Flatten": (_reshape, (), False), "Reshape": (_reshape, (), False),
+    "MaxPool2d": (_maxpool, ("output",), True), "AvgPool2d": (_avgpool, ("inputs", "output"), False),
+    "GlobalAvgPool2d": (_global_avgpool, ("inputs", "output"), False), "BatchNorm2d": (_batchnorm, ("inputs",), False),
+    "Add": (_add, ("inputs", "output"), False), "Concat": (_concat, ("inputs",), False),
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -388,7 +405,7 @@ def _validate(graph, x, params):
     return {"low": low, "high": high}
 
 
-register_mode("rap", {kind: _linear_step if kind in ("Dense", "Conv2d") else _other_step for kind in SUPPORTED})
+register_mode("rap", {kind: fn for kind, (fn, _, _) in STEPS.items()})
 register(Method("rap", "Relative Attributing Propagation (Nam et al. 2020, the authors' code): absolute "
                 "influence normalization at the output, relevant/irrelevant propagation with uniform shifting, z^B at "
                 "the input", {"low": None, "high": None}, validate=_validate, run=rap, sums_to="score", family="rap"))
