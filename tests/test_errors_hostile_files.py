@@ -576,3 +576,24 @@ def test_onnx_external_data_is_not_resolved_against_the_current_directory(tmp_pa
     onnx.save_model(full, str(sub / "m.onnx"), save_as_external_data=True, location="m.bin", size_threshold=0)
     assert (sub / "m.bin").exists()
     np.testing.assert_array_equal(rp.from_onnx(str(sub / "m.onnx")).nodes[0].layer.weight, w.T)
+
+
+def test_elementwise_kernels_check_their_buffers():
+    """A bias shorter than the layer (e.g. forced past the layer's checks) is refused by the
+    epilogue kernels instead of read past its end."""
+    from relprop.kernels import cpu as k
+
+    z = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match="bias_act_rows"):
+        k.bias_act_rows(z, np.zeros(3, np.float32), 1, z, False)
+    a = np.zeros((2, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="bias_act_from_gemm"):
+        k.bias_act_from_gemm(np.zeros((4, 10), np.float32), np.zeros(2, np.float32), 1, a, a, False)
+    g = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="act_backward"):
+        k.act_backward(g, np.zeros(5, np.float32), g, 1, g)
+    with pytest.raises(ValueError, match="stacked_mul_sum"):
+        k.stacked_mul_sum(np.zeros((2, 6), np.float32), np.zeros((2, 6), np.float32), 2, np.zeros((2, 4), np.float32))
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="stack_input_mods"):
+        k.stack_input_mods(x, np.array([0, 1], np.int64), x, x, np.zeros((2, 5), np.float32))

@@ -43,6 +43,8 @@ def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z, part, parts):
     only when ``store_z`` (the method needs the pre-activation).
     """
     n_, o_, p_ = a_out.shape
+    if bias.shape[0] != o_ or zg.shape[0] < o_ or zg.shape[1] != n_ * p_ or (store_z and z_out.shape != a_out.shape):
+        raise ValueError("bias_act_from_gemm: zg must be (O, N*P), bias (O,) and z_out a_out's shape (N, O, P)")
     for t in range(n_ * o_ * part // parts, n_ * o_ * (part + 1) // parts):
         n = t // o_
         o = t % o_
@@ -62,6 +64,8 @@ def bias_act_rows(z, bias, act, a_out, store_z, part, parts):
     With ``store_z`` false and an activation, ``a_out`` may be ``z`` itself.
     """
     n_, o_ = z.shape
+    if bias.shape[0] != o_ or a_out.shape != z.shape:
+        raise ValueError("bias_act_rows: bias must be (O,) and a_out z's shape (N, O)")
     lo, hi = n_ * part // parts, n_ * (part + 1) // parts
     z, a_out = z[lo:hi], a_out[lo:hi]  # this part's rows: loops from 0 vectorize
     for n in range(hi - lo):
@@ -76,6 +80,8 @@ def bias_act_rows(z, bias, act, a_out, store_z, part, parts):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def act_backward(g, z, a, act, out, part, parts):
     """Chain rule through an activation: ``out = g * f'(z)`` (flat arrays)."""
+    if z.size != g.size or a.size != g.size or out.size != g.size:
+        raise ValueError("act_backward: g, z, a and out must have one size")
     lo, hi = g.size * part // parts, g.size * (part + 1) // parts
     g, z, a, out = g[lo:hi], z[lo:hi], a[lo:hi], out[lo:hi]  # loops from 0 vectorize (no wrap-around checks)
     for i in range(g.size):
@@ -90,6 +96,8 @@ def act_rescale_backward(g, z, z0, a, a0, act, eps, out, part, parts):
     ``out = g * (f(z) - f(z0)) / (z - z0)``, and ``g * f'(z)`` where ``|z - z0| < eps``
     (Captum's convention, eps = 1e-10).
     """
+    if z.size != g.size or z0.size != g.size or a.size != g.size or a0.size != g.size or out.size != g.size:
+        raise ValueError("act_rescale_backward: g, z, z0, a, a0 and out must have one size")
     lo, hi = g.size * part // parts, g.size * (part + 1) // parts
     g, z, z0, a, a0, out = g[lo:hi], z[lo:hi], z0[lo:hi], a[lo:hi], a0[lo:hi], out[lo:hi]
     for i in range(g.size):
@@ -236,6 +244,8 @@ def grad_to_rows(g, z, a, act, s, part, parts):
 def stacked_mul_sum(xs, c, mods, out, part, parts):
     """``out[n, f] = sum_m xs[n, m*F + f] * c[n, m*F + f]`` for (N, mods*F) inputs."""
     n_, f_ = out.shape
+    if xs.shape[0] != n_ or c.shape[0] != n_ or xs.shape[1] != mods * f_ or c.shape[1] != mods * f_:
+        raise ValueError("stacked_mul_sum: xs and c must be (N, mods*F) for out (N, F)")
     lo, hi = n_ * part // parts, n_ * (part + 1) // parts
     xs, c, out = xs[lo:hi], c[lo:hi], out[lo:hi]  # this part's rows
     if mods == 1:
@@ -260,6 +270,8 @@ def stack_input_mods(x, modes, low, high, out, part, parts):
     modes 4 and 5 (the z^B rule's bounds).
     """
     n_, f_ = x.shape
+    if out.shape[0] != n_ or out.shape[1] != modes.shape[0] * f_ or low.shape != x.shape or high.shape != x.shape:
+        raise ValueError("stack_input_mods: out must be (N, len(modes)*F) and low, high x's shape (N, F)")
     lo, hi = n_ * part // parts, n_ * (part + 1) // parts
     x, low, high, out = x[lo:hi], low[lo:hi], high[lo:hi], out[lo:hi]  # this part's rows
     for n in range(hi - lo):

@@ -28,6 +28,7 @@ def bias_act_from_gemm(zg, bias, act, a_out, z_out, store_z):
     zb = operand(zg, dt)
     check(zb.ndim == 2 and zb.shape[0] >= o and zb.shape[1] >= n * p,
           f"bias_act_from_gemm: zg has shape {tuple(zb.shape)}, expected {(o, n * p)}")
+    check(bias.shape == (o,), f"bias_act_from_gemm: bias has shape {tuple(bias.shape)}, expected {(o,)}")
     bb, ab = vector(bias, dt), out_buffer(a_out, dt)
     zob = out_buffer(z_out, dt) if store_z else ab
     big = needs_int64(zb.size, ab.size)
@@ -46,6 +47,8 @@ def bias_act_rows(z, bias, act, a_out, store_z):
     """
     dt = float_dtype(z, "z")
     n, o = z.shape
+    check(bias.shape == (o,) and a_out.shape == z.shape,
+          f"bias_act_rows: bias {tuple(bias.shape)} must be {(o,)} and a_out {tuple(a_out.shape)} z's shape {(n, o)}")
     zb = out_buffer(z, dt)
     ab = zb if a_out is z else out_buffer(a_out, dt)
     bb = vector(bias, dt)
