@@ -148,6 +148,11 @@ class Explainer:
         else:
             _check_param_names(self.method, params)
             self.params = {**self.method.params, **params}
+        # the parameter values that do not depend on the input, checked now (again, with x, per call)
+        if self.runs.validate is not None:
+            self.runs.validate(net, None, dict(self.params))
+        if self.runs.random:
+            _check_seed(self.runs.name, self.params.get("seed"))
         self._compiled = {}
 
     # -- pickling: the model, the method's name and the parameters ----------------------

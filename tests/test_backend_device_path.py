@@ -178,13 +178,18 @@ def test_out_of_memory_for_one_sample_says_so():
         rp.attribute(net, fd.to_device(_x(shape)), "gradient", target=0)
 
 
-@pytest.mark.parametrize("method", ["occlusion", "kernel_shap", "gradcam", "deepshap", "rap"])
+CPU_ONLY = {"occlusion": {"window": 1}, "kernel_shap": {}, "gradcam": {}, "deepshap": {"baselines": np.zeros((1, 2, 6, 6))},
+            "rap": {}}
+
+
+@pytest.mark.parametrize("method", sorted(CPU_ONLY))
 def test_cpu_only_methods_say_so(method):
     name, net, shape = NETS[1]
+    kw = CPU_ONLY[method]
     with pytest.raises(NotImplementedError, match=f"{method}.*CPU backend only"):
-        rp.attribute(net, fd.to_device(_x(shape)), method, target=0)
+        rp.attribute(net, fd.to_device(_x(shape)), method, target=0, **kw)
     with pytest.raises(NotImplementedError, match="smoothgrad around"):
-        rp.attribute(net, fd.to_device(_x(shape)), "smoothgrad", base=method, target=0)
+        rp.attribute(net, fd.to_device(_x(shape)), "smoothgrad", base=method, target=0, **kw)
 
 
 def test_tf32_switch_is_scoped():

@@ -268,3 +268,21 @@ def test_declared_sums_to_holds_where_it_is_exact(method):
     total = R.reshape(N, -1).sum(axis=1)
     tol = 1e-4 if method in ("lrp.epsilon", "lrp", "lrp.flat") else 1e-6  # epsilon / stabilizers
     np.testing.assert_allclose(total, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("method,kw,err", [
+    ("lrp.epsilon", {"epsilon": -1.0}, ValueError), ("integrated_gradients", {"steps": -3}, ValueError),
+    ("integrated_gradients", {"scheme": "simpson"}, ValueError), ("gradcam", {"layer": "nope"}, ValueError),
+    ("lrp", {}, TypeError), ("smoothgrad", {"kind": "median"}, ValueError), ("kernel_shap", {"samples": 1}, ValueError),
+    ("occlusion", {}, TypeError), ("rectgrad", {"q": 101.0}, ValueError), ("expected_gradients", {"samples": 0,
+                                                                                                  "baselines": BASES},
+                                                                          ValueError),
+    ("deep_taylor", {"low": 0.0}, ValueError), ("deeplift.rescale", {"baseline": np.full(3, np.nan)}, ValueError),
+    ("lime", {"kernel_width": 0.0}, ValueError), ("rap", {"low": 0.0}, ValueError),
+    ("patternnet", {}, TypeError), ("deepshap", {}, TypeError),
+])
+def test_input_independent_parameters_are_checked_when_the_explainer_is_built(method, kw, err):
+    """An Explainer with a bad parameter value fails where it is built (not on its first call,
+    e.g. on a Dask worker)."""
+    with pytest.raises(err):
+        rp.Explainer(NET, method, **kw)

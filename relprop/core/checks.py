@@ -76,12 +76,23 @@ def _number(v, name, low=None, integer=False):
 def _check_baseline(b, x, name="baseline"):
     """A finite number, or a finite real array broadcastable to ``x``; returned as float/array.
     Shared by every parameter of that kind (baselines, occlusion fill, surrogate baselines).
-    On the GPU the array may be a host (numpy) or a device array."""
+    On the GPU the array may be a host (numpy) or a device array. ``x`` None (an Explainer
+    being built, no input yet): what does not depend on x is checked."""
     if isinstance(b, numbers.Real) and not isinstance(b, (bool, np.bool_)):
         if not np.isfinite(b):
             raise ValueError(f"{name} must be finite, got {b!r}")
-        _check_fits(b, x.dtype, name)
+        if x is not None:
+            _check_fits(b, x.dtype, name)
         return float(b)
+    if x is None:
+        if isinstance(b, np.ndarray) and (b.dtype == np.bool_ or not (np.issubdtype(b.dtype, np.floating)
+                                                                         or np.issubdtype(b.dtype, np.integer))):
+            raise TypeError(f"{name} must be a real numeric array, got dtype {b.dtype}")
+        if not isinstance(b, np.ndarray) and type(b).__module__.split(".")[0] not in ("cupy", "torch"):
+            raise TypeError(f"{name} must be a number or an array broadcastable to x, got {type(b).__name__}")
+        if isinstance(b, np.ndarray) and not np.all(np.isfinite(b)):
+            raise ValueError(f"{name} contains NaN or Inf")
+        return b
     if not isinstance(b, np.ndarray) and backend.is_device(backend.kernels_for(x)):
         try:
             same = backend.kernels_for(b) is backend.kernels_for(x)

@@ -246,12 +246,7 @@ def resolve_layer(graph, layer, shapes, method):
 
 def _validator(method):
     def validate(graph, x, params):
-        if x.ndim != 4:
-            raise ValueError(f"{method}: x must be an image batch (N, C, H, W) (the map is upsampled to H x W), "
-                             f"got shape {x.shape}")
-        shapes = graph.infer_shapes(x.shape[1:])
         out = dict(params)
-        out["layer"] = resolve_layer(graph, params["layer"], shapes, method)
         mode = params["interpolate"]
         if not isinstance(mode, str) or mode not in INTERPOLATE_MODES:
             close = difflib.get_close_matches(str(mode), INTERPOLATE_MODES, n=1)
@@ -260,6 +255,18 @@ def _validator(method):
                              f"torch F.interpolate semantics, align_corners=False)")
         if "relu_attributions" in params and not isinstance(params["relu_attributions"], (bool, np.bool_)):
             raise TypeError(f"{method}: relu_attributions must be True or False, got {params['relu_attributions']!r}")
+        if x is None:  # an Explainer being built: a named layer must exist
+            layer = params["layer"]
+            if isinstance(layer, str) and layer not in graph.by_name:
+                close = difflib.get_close_matches(layer, list(graph.by_name), n=3)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"{method}: unknown layer {layer!r}{hint}")
+            return out
+        if x.ndim != 4:
+            raise ValueError(f"{method}: x must be an image batch (N, C, H, W) (the map is upsampled to H x W), "
+                             f"got shape {x.shape}")
+        shapes = graph.infer_shapes(x.shape[1:])
+        out["layer"] = resolve_layer(graph, params["layer"], shapes, method)
         return out
 
     return validate

@@ -115,6 +115,11 @@ def _check_fill(fill, x):
 
 def _validate(graph, x, params):
     """Check window / stride / fill; returns them normalized (tuples of ints, float or array)."""
+    if x is None:  # an Explainer being built: what does not depend on x
+        if params["window"] is None:
+            raise TypeError("method 'occlusion' needs window=: the occluding window's shape per sample")
+        _check_fill(params["fill"], None)
+        return params
     in_shape = x.shape[1:]
     rank = len(in_shape)
     if params["window"] is None:

@@ -391,6 +391,8 @@ def _validate(graph, x, params):
     if low is None or high is None:
         raise ValueError("rap: give both low and high (fixed bounds of the input layer's z^B rule) or neither "
                          "(each sample's min and max, the authors' choice)")
+    if x is None:  # an Explainer being built: the bounds are checked against x on each call
+        return params
     low, high = _bound(low, "low", x), _bound(high, "high", x)
     if not first:
         raise ValueError("rap: low/high bound the input of the first Dense/Conv2d layer, but this model's only "

@@ -183,6 +183,14 @@ def _check_stdevs(name, v):
 
 def _validate_path(name, with_noise):
     def validate(graph, x, params):
+        if x is None:  # an Explainer being built: what does not depend on x
+            _check_samples(name, params["samples"])
+            _check_seed(name, params["seed"])
+            if with_noise:
+                _check_stdevs(name, params["stdevs"])
+            if params["baselines"] is None:
+                raise TypeError(f"method {name!r} needs baselines=: a float numpy array (B, ...) of reference inputs")
+            return params
         b = _check_baselines(name, params["baselines"], x)
         out = {"baselines": b, "samples": _check_samples(name, params["samples"]),
                "seed": _check_seed(name, params["seed"])}
@@ -194,6 +202,10 @@ def _validate_path(name, with_noise):
 
 
 def _validate_deepshap(graph, x, params):
+    if x is None:
+        if params["baselines"] is None:
+            raise TypeError("method 'deepshap' needs baselines=: a float numpy array (B, ...) of reference inputs")
+        return params
     return {"baselines": _check_baselines("deepshap", params["baselines"], x)}
 
 

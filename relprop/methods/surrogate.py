@@ -260,6 +260,9 @@ def _common(name, x, params):
     if seed is not None and not (_is_int(seed) and seed >= 0):
         raise TypeError(f"{name}: seed must be None or a non-negative int, got {seed!r}")
     out = dict(params)
+    if x is None:  # an Explainer being built: what does not depend on x
+        _baseline(name, params["baseline"], None)
+        return out
     out["feature_mask"] = _mask(name, x, params)
     out["patch"] = None
     out["samples"] = int(s)
