@@ -206,7 +206,7 @@ def _rule_params(rng, g, o, dtype, masks):
 
 
 @pytest.mark.parametrize("eps", [0.0, 1e-3, 0.25])
-@pytest.mark.parametrize("zmode", [0, 1, 2, 3])
+@pytest.mark.parametrize("zmode", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("masks", [[0], [1, 2], [0, 1]])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gpu_lrp_ratio(gpu, rng, dtype, masks, zmode, eps):
@@ -219,7 +219,7 @@ def test_gpu_lrp_ratio(gpu, rng, dtype, masks, zmode, eps):
     s = nan_like((n, g * o, p), dtype)
     # unread zg: the engine passes s as a 2-D placeholder
     zg = rand(rng, (g * o if zmode == 1 else o, n * p), dtype) if zmode in (1, 2) else nan_like((g * o, n * p), dtype)
-    zp = rand(rng, (n, o, p), dtype) if zmode == 3 else Same(7)
+    zp = rand(rng, (n, o, p), dtype) if zmode == 3 else rand(rng, (n, g * o, p), dtype) if zmode == 4 else Same(7)
     run_both(gpu, "lrp_ratio", [zg, zp, zmode, prm["cz"], prm["cp"], prm["bvec"], prm["bias_g"], zorig, r,
                                 prm["coefs"], prm["masks"], eps, s], [12], dtype)
 

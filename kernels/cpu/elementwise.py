@@ -131,6 +131,8 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
         den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zg[o, m] + bias_g[k]   zmode 2 (W+ @ a)
         den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zp[n, o, p] + bias_g[k]   zmode 3 (W+ @ a
               computed in the forward pass, NCHW)
+        den = zp[n, k, p] + bias_g[k]                                     zmode 4 (B @ a computed in
+              the forward pass, (N, G*O, P))
         s[n, k, p] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
 
     ``zorig`` is the layer's stored pre-activation; ``s`` (N, G*O, P) is NCHW, ready for
@@ -158,8 +160,10 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
                         den = zg[k, n * p_ + p] + bg
                     elif zmode == 2:
                         den = czg * (zo - bvec[o]) + cpg * zg[o, n * p_ + p] + bg
-                    else:
+                    elif zmode == 3:
                         den = czg * (zo - bvec[o]) + cpg * zp[n, o, p] + bg
+                    else:
+                        den = zp[n, k, p] + bg
                     s[n, k, p] = cf * _stab_div(r[n, o, p], den, eps)
 
 

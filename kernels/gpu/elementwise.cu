@@ -107,7 +107,7 @@ __global__ void lrp_ratio(const T* zg, I ldz, const T* zp, int zmode, const T* c
 {
     // s[n, g*O + o, p] = coefs[g] * mask_g(zorig) * r[n, o, p] / stab(den_g[n, o, p]),
     // den by zmode: 0 zorig + bias_g; 1 zg[k, m] + bias_g; 2 cz (zorig - b) + cp zg[o, m] + bias_g;
-    // 3 cz (zorig - b) + cp zp[n, o, p] + bias_g   (k = g*O + o, m = n*P + p)
+    // 3 cz (zorig - b) + cp zp[n, o, p] + bias_g; 4 zp[n, k, p] + bias_g   (k = g*O + o, m = n*P + p)
     const I go = g_ * o_;
     const I total = n_ * go * p_;
     GRID_STRIDE(t, total) {
@@ -131,8 +131,10 @@ __global__ void lrp_ratio(const T* zg, I ldz, const T* zp, int zmode, const T* c
             den = zg[k * ldz + n * p_ + p] + bg;
         } else if (zmode == 2) {
             den = cz[g] * (zo - bvec[o]) + cp[g] * zg[o * ldz + n * p_ + p] + bg;
-        } else {
+        } else if (zmode == 3) {
             den = cz[g] * (zo - bvec[o]) + cp[g] * zp[u] + bg;
+        } else {  // 4: zp is B a from the forward pass, laid out like s
+            den = zp[t] + bg;
         }
         s[t] = (T)((double)coefs[g] * stab_div(r[u], den, eps));
     }

@@ -100,6 +100,8 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
         den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zg[o, m] + bias_g[k]   zmode 2 (W+ @ a)
         den = cz[g] (zorig[n, o, p] - bvec[o]) + cp[g] zp[n, o, p] + bias_g[k]   zmode 3 (W+ @ a
               computed in the forward pass, NCHW)
+        den = zp[n, k, p] + bias_g[k]                                     zmode 4 (B @ a computed in
+              the forward pass, (N, G*O, P))
         s[n, k, p] = coefs[g] * mask_g(zorig[n, o, p]) * r[n, o, p] / stab(den)
 
     ``zorig`` is the layer's stored pre-activation; ``s`` (N, G*O, P) is NCHW, ready for
@@ -120,6 +122,9 @@ def lrp_ratio(zg, zp, zmode, cz, cp, bvec, bias_g, zorig, r, coefs, masks, eps, 
     if zmode == 3:
         zpb = operand(zp, dt)
         check(zpb.size == rb.size, "lrp_ratio: zp and r differ in size")
+    if zmode == 4:
+        zpb = operand(zp, dt)
+        check(zpb.size == sb.size, "lrp_ratio: zp (B a from the forward pass) and s differ in size")
     if zmode in (2, 3):
         czb, cpb, bvb = _group_vectors(cz, cp, bvec, g, o, dt)
     bgb, cfb, mkb = _rule_vectors(bias_g, coefs, masks, g, o, dt)

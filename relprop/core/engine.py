@@ -29,8 +29,9 @@ def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
 
     ``keep``: names whose outputs the tape stores; ``idx_nodes``: max-pool nodes whose
     winner indices it stores; ``shapes``: per-sample shapes from ``graph.infer_shapes``;
-    ``plus``: Conv2d nodes whose rule wants ``W+ a`` (z_form rules): on a >= 0 it is computed in
-    the same GEMM as ``W a`` (weights stacked, one im2col) and stored on the tape.
+    ``plus``: {Conv2d node: its LRP rule} for rules that read ``W+ a`` or ``B a``
+    (``Compiled.wants_plus``): on a >= 0 it is computed in the same GEMM as ``W a`` (weights
+    stacked, one im2col) and stored on the tape.
     """
     graph = m.graph
     tape = Tape(x.shape[0])

@@ -255,11 +255,13 @@ class Linear(Op):
         k, tape, xin = fw.k, fw.tape, xs[0]
         fused = fusable_activation(fw.m.graph, node)
         act = ACT_CODES[fused.layer.kind] if fused is not None else 0
-        want_plus = False
+        plus_rule = None
         if node.name in fw.plus:
-            want_plus = tape.nonneg[node.name] = bool(k.all_nonnegative(xin.ravel()))
+            if bool(k.all_nonnegative(xin.ravel())):
+                plus_rule = fw.plus[node.name]
+            tape.nonneg[node.name] = plus_rule is not None
         z, a, pz = linear.forward(k, fw.m, node, xin, act, fused is not None and node.name in fw.keep, xin.dtype,
-                                  want_plus)
+                                  plus_rule)
         if pz is not None:
             tape.plus[node.name] = pz
         if fused is None:

@@ -47,9 +47,11 @@ def chunks(n, per_sample_bytes):
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def forward(k, m, node, xin, act, store_z, dtype, want_plus=False):
+def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     """Dense/Conv2d forward with bias and the following activation fused in the epilogue.
-    Returns (z or None, a, W+ a or None) where z is kept only when ``store_z``."""
+    Returns (z or None, a, the rule's second product or None) where z is kept only when
+    ``store_z``; ``plus_rule``: the LRP rule whose ``W+ a`` or ``B a`` the same GEMM computes
+    (``Compiled.stacked_plus``), for inputs >= 0."""
     W, b = m.params(k, node)
     xp = k.xp
     n = xin.shape[0]
@@ -63,11 +65,13 @@ def forward(k, m, node, xin, act, store_z, dtype, want_plus=False):
     h, w = xin.shape[2:]
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
-    Wm = m.stacked_plus(k, node) if want_plus else W.reshape(o, -1)
+    want_plus = plus_rule is not None
+    Wm = m.stacked_plus(k, node, plus_rule) if want_plus else W.reshape(o, -1)
     a = xp.empty((n, o, ho, wo), dtype)
     z = xp.empty_like(a) if (store_z and act) else a
-    pz = xp.empty_like(a) if want_plus else None
-    zero = xp.zeros(o, dtype)
+    extra = Wm.shape[0] - o  # O (W+ a) or G*O (B a) rows beside z
+    pz = xp.empty((n, extra, ho, wo), dtype) if want_plus else None
+    zero = xp.zeros(extra, dtype) if want_plus else None
     for i0, i1 in chunks(n, c * kh * kw * p * a.itemsize):
         cols = scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype, xp)
         k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
@@ -75,7 +79,7 @@ def forward(k, m, node, xin, act, store_z, dtype, want_plus=False):
         k.bias_act_from_gemm(zg[:o], b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
                              store_z and act != 0)
         if want_plus:
-            pc = pz[i0:i1].reshape(i1 - i0, o, p)
+            pc = pz[i0:i1].reshape(i1 - i0, extra, p)
             k.bias_act_from_gemm(zg[o:], zero, 0, pc, pc, False)
     return (z if (store_z or not act) else None), a, pz
 
@@ -251,8 +255,11 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
         s = xp.empty((nc, go, ho, wo), dtype)
         zmode = st.zmode
         zp = zz[i0:i1].reshape(nc, o, p)  # typed placeholder unless zmode 3
-        if zmode == ZMode.PLUS and pz is not None:  # W+ a came with the forward GEMM
+        if zmode == ZMode.PLUS and pz is not None and pz.shape[1] == o:  # W+ a came with the forward GEMM
             zmode, zp = int(ZMode.PLUS_STORED), pz[i0:i1].reshape(nc, o, p)
+            zg = s.reshape(go, -1)
+        elif zmode == ZMode.DIRECT and pz is not None and pz.shape[1] == go:  # B a came with the forward GEMM
+            zmode, zp = int(ZMode.DIRECT_STORED), pz[i0:i1].reshape(nc, go, p)
             zg = s.reshape(go, -1)
         elif zmode == ZMode.DIRECT:
             cols = scratch("cols", (mm * cin * kh * kw, nc * p), dtype, xp)

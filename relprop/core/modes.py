@@ -18,3 +18,4 @@ class ZMode(IntEnum):
     DIRECT = 1  # B a + bias_g: one forward GEMM with the block matrix
     PLUS = 2  # cz z + cp (W+ a) + bias_g on a >= 0: one GEMM with W+
     PLUS_STORED = 3  # the same with W+ a from the forward pass (Conv2d, kernels only)
+    DIRECT_STORED = 4  # B a + bias_g with B a from the forward pass (Conv2d, kernels only)

@@ -217,19 +217,30 @@ class Compiled:
         build = lambda: rule_state(node, rule, self.dtype, nonneg)  # noqa: E731
         return self.host(key, build), self.on(k, key, build)
 
-    def wants_plus(self, node, rule):
-        """True when ``rule`` on ``node`` (a Conv2d) takes the ``W+ a`` shortcut on inputs >= 0, so
-        the forward GEMM should stack ``[W; W+]``."""
-        return (node.layer.kind == "Conv2d" and rule.z_form() is not None
-                and self.host(("rule", node.name, rule.key, True), lambda: rule_state(node, rule, self.dtype, True)).zmode == ZMode.PLUS)
+    def _nonneg_state(self, node, rule):
+        return self.host(("rule", node.name, rule.key, True), lambda: rule_state(node, rule, self.dtype, True))
 
-    def stacked_plus(self, k, node):
-        """``[W; W+]`` (2O, K) of a Conv2d: one GEMM gives z and W+ a."""
+    def wants_plus(self, node, rule):
+        """True when, on inputs >= 0, ``rule`` on ``node`` (a Conv2d) reads a second product of its
+        input that the forward GEMM can compute beside ``W a`` (``stacked_plus``): ``W+ a`` for the
+        z-form rules (ZPlus, Gamma, alpha-beta with beta = 0), ``B a`` for rules evaluated directly on
+        ``a`` itself (alpha-beta with beta > 0: ``[W+; W-] a``, no cancellation)."""
+        if node.layer.kind != "Conv2d":
+            return False
+        st = self._nonneg_state(node, rule)
+        return (st.zmode == ZMode.PLUS and rule.z_form() is not None) or _direct_on_a(st)
+
+    def stacked_plus(self, k, node, rule):
+        """``[W; W+]`` (2O, K) or ``[W; B]`` ((1 + G) O, K) of a Conv2d (see ``wants_plus``): one GEMM
+        gives z and the rule's second product."""
         def build():
             Wm = self.params(_HOST, node)[0].reshape(node.layer.weight.shape[0], -1)
-            return np.ascontiguousarray(np.concatenate([Wm, np.maximum(Wm, 0)]))
+            st = self._nonneg_state(node, rule)
+            extra = st.B if _direct_on_a(st) else np.maximum(Wm, 0)
+            return np.ascontiguousarray(np.concatenate([Wm, extra.astype(Wm.dtype)]))
 
-        return self.on(k, ("wplus", node.name), build)
+        st = self._nonneg_state(node, rule)
+        return self.on(k, ("wplus", node.name) + ((rule.key,) if _direct_on_a(st) else ()), build)
 
     def weight_t(self, k, node):
         """Flipped-transposed weight of a Conv2d for gradient-type backward passes."""
@@ -245,6 +256,12 @@ class Compiled:
         shape = (-1,) + (1,) * (ndim - 2)
         return self.on(k, ("bn", node.name, ndim),
                        lambda: tuple(v.astype(self.dtype).reshape(shape) for v in node.layer.scale_shift))
+
+
+def _direct_on_a(st):
+    """A rule state evaluated directly (``B a``) whose only input modifier is ``a`` itself (or
+    ``a+ = a`` on inputs >= 0): ``B a`` can come with the forward GEMM."""
+    return st.zmode == ZMode.DIRECT and len(st.modes) == 1 and int(st.modes[0]) in (int(R.X), int(R.XPOS))
 
 
 class _Host:  # the CPU as a kernel-module stand-in for Compiled.on

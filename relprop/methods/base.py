@@ -156,9 +156,9 @@ def traverse(ctx, x, targets, method, params):
     keep.add("input")
     if isinstance(relu, tuple):  # rectgrad thresholds the ReLU outputs' importances
         keep.update(nd.name for nd in graph.nodes if nd.layer.kind == "ReLU")
-    plus = set()
-    if mode == LRP:
-        plus = {nm for nm, r in by_node.items() if m.wants_plus(graph.by_name[nm], r)}
+    plus = {}
+    if mode == LRP:  # Conv2d nodes whose rule reads a second product of the input (Compiled.wants_plus)
+        plus = {nm: r for nm, r in by_node.items() if m.wants_plus(graph.by_name[nm], r)}
     xin, x0 = x, None
     if mode == DEEPLIFT:
         x0 = xp.broadcast_to(xp.asarray(params["baseline"], dtype=x.dtype), x.shape)
