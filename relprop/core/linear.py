@@ -66,21 +66,22 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     p = ho * wo
     want_plus = plus_rule is not None
-    Wm = m.stacked_plus(k, node, plus_rule) if want_plus else W.reshape(o, -1)
+    Wm, summed = m.stacked_plus(k, node, plus_rule) if want_plus else (W.reshape(o, -1), False)
     a = xp.empty((n, o, ho, wo), dtype)
     z = xp.empty_like(a) if (store_z and act) else a
-    extra = Wm.shape[0] - o  # O (W+ a) or G*O (B a) rows beside z
+    extra = Wm.shape[0] - (0 if summed else o)  # rows of the second product: O (W+ a) or G*O (B a)
     pz = xp.empty((n, extra, ho, wo), dtype) if want_plus else None
     zero = xp.zeros(extra, dtype) if want_plus else None
     for i0, i1 in chunks(n, c * kh * kw * p * a.itemsize):
         cols = scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype, xp)
         k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
         zg = xp.matmul(Wm, cols, out=scratch("gemm", (Wm.shape[0], (i1 - i0) * p), dtype, xp))
-        k.bias_act_from_gemm(zg[:o], b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
+        zw = zg[:o] + zg[o:2 * o] if summed else zg[:o]  # W a = W+ a + W- a when the blocks add up to W
+        k.bias_act_from_gemm(zw, b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
                              store_z and act != 0)
         if want_plus:
             pc = pz[i0:i1].reshape(i1 - i0, extra, p)
-            k.bias_act_from_gemm(zg[o:], zero, 0, pc, pc, False)
+            k.bias_act_from_gemm(zg[o:] if not summed else zg, zero, 0, pc, pc, False)
     return (z if (store_z or not act) else None), a, pz
 
 

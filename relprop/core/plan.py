@@ -231,16 +231,27 @@ class Compiled:
         return (st.zmode == ZMode.PLUS and rule.z_form() is not None) or _direct_on_a(st)
 
     def stacked_plus(self, k, node, rule):
-        """``[W; W+]`` (2O, K) or ``[W; B]`` ((1 + G) O, K) of a Conv2d (see ``wants_plus``): one GEMM
-        gives z and the rule's second product."""
+        """The forward GEMM weight of a Conv2d whose rule reads a second product (``wants_plus``),
+        and whether z is the sum of its two blocks: ``[W; W+]`` (2O, K) for the z-form rules,
+        ``B`` alone when its blocks add up to W exactly (alpha-beta: ``[W+; W-]``, z = W+ a + W- a,
+        a GEMM of 2O rows as for ``[W; W+]``), else ``[W; B]``."""
+        st = self._nonneg_state(node, rule)
+        direct = _direct_on_a(st)
+
         def build():
             Wm = self.params(_HOST, node)[0].reshape(node.layer.weight.shape[0], -1)
-            st = self._nonneg_state(node, rule)
-            extra = st.B if _direct_on_a(st) else np.maximum(Wm, 0)
-            return np.ascontiguousarray(np.concatenate([Wm, extra.astype(Wm.dtype)]))
+            if not direct:
+                return np.ascontiguousarray(np.concatenate([Wm, np.maximum(Wm, 0)])), False
+            o = Wm.shape[0]
+            B = st.B
+            W64 = node.layer.weight.astype(np.float64).reshape(o, -1)
+            if B.shape[0] == 2 * o and np.array_equal(B[:o].astype(np.float64) + B[o:].astype(np.float64), W64):
+                return np.ascontiguousarray(B.astype(Wm.dtype)), True
+            return np.ascontiguousarray(np.concatenate([Wm, B.astype(Wm.dtype)])), False
 
-        st = self._nonneg_state(node, rule)
-        return self.on(k, ("wplus", node.name) + ((rule.key,) if _direct_on_a(st) else ()), build)
+        key = ("wplus", node.name) + ((rule.key,) if direct else ())
+        W, summed = self.host(key, build)
+        return (self.on(k, key + ("W",), lambda: W) if backend.is_device(k) else W), summed
 
     def weight_t(self, k, node):
         """Flipped-transposed weight of a Conv2d for gradient-type backward passes."""
