@@ -22,7 +22,7 @@ import numpy as np
 from .core import backend as B
 from .core import engine
 from .core import rules as R
-from .core.checks import _check_model, _check_target, _check_x, _reads_input_directly
+from .core.checks import _check_model, _check_seed, _check_target, _check_x, _reads_input_directly
 from .core import budget
 from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
@@ -78,13 +78,6 @@ def _check_param_names(method, params, extra=""):
         hint = f"; did you mean {close[0]!r}?" if close else ""
         known = ", ".join(method.params) or "none"
         raise TypeError(f"method {method.name!r} got an unknown parameter {k!r}{hint} (its parameters: {known}){extra}")
-
-
-def _check_seed(name, v):
-    if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_))):
-        raise TypeError(f"{name}: seed must be None or an int, got {v!r}")
-    if v is not None and v < 0:
-        raise ValueError(f"{name}: seed must be a non-negative int (numpy.random.SeedSequence), got {v!r}")
 
 
 class Explainer:
@@ -275,8 +268,6 @@ class Explainer:
         p = dict(self.params)
         if mm.validate is not None:
             p = mm.validate(self.net, x, p)
-        if mm.random:
-            _check_seed(mm.name, p.get("seed"))
         if self.base is not None:
             for node, rule in zip(self.net.linear_nodes(), p.get("rules") or ()):
                 if isinstance(rule, R.ZBox) and _reads_input_directly(self.net, node):

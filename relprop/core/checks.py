@@ -71,6 +71,7 @@ def _number(v, name, low=None, integer=False):
         raise TypeError(f"{name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
     if low is not None and v < low:
         raise ValueError(f"{name} must be >= {low}, got {v!r}")
+    return int(v) if integer else v
 
 
 def _check_baseline(b, x, name="baseline"):
@@ -114,6 +115,15 @@ def _check_baseline(b, x, name="baseline"):
         raise ValueError(f"{name} contains NaN or Inf")
     _check_fits(b, x.dtype, name)
     return b
+
+
+def _check_seed(name, v):
+    """None, or the non-negative int a random method draws from (numpy.random.SeedSequence)."""
+    if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_))):
+        raise TypeError(f"{name}: seed must be None or an int, got {v!r}")
+    if v is not None and v < 0:
+        raise ValueError(f"{name}: seed must be a non-negative int (numpy.random.SeedSequence), got {v!r}")
+    return None if v is None else int(v)
 
 
 def _check_fits(v, dtype, name):

@@ -218,7 +218,7 @@ class Compiled:
         return self.host(key, build), self.on(k, key, build)
 
     def _nonneg_state(self, node, rule):
-        return self.host(("rule", node.name, rule.key, True), lambda: rule_state(node, rule, self.dtype, True))
+        return self.rule(_HOST, node, rule, True)[0]
 
     def wants_plus(self, node, rule):
         """True when, on inputs >= 0, ``rule`` on ``node`` (a Conv2d) reads a second product of its

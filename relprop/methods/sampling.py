@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from ..core.checks import _check_fits
+from ..core.checks import _check_fits, _check_seed, _number
 from .base import METHODS, Method, gradient, register, resolve_target, row_rng, traverse
 
 
@@ -157,22 +157,6 @@ def _check_baselines(name, b, x):
     return np.ascontiguousarray(b, dtype=x.dtype)
 
 
-def _check_samples(name, v):
-    if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: samples must be an int >= 1 (draws per input), got {v!r}")
-    if v < 1:
-        raise ValueError(f"{name}: samples must be >= 1 (draws per input), got {v!r}")
-    return int(v)
-
-
-def _check_seed(name, v):
-    if v is not None and (not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_))):
-        raise TypeError(f"{name}: seed must be None or an int, got {v!r}")
-    if v is not None and v < 0:
-        raise ValueError(f"{name}: seed must be a non-negative int (numpy.random.default_rng), got {v!r}")
-    return None if v is None else int(v)
-
-
 def _check_stdevs(name, v):
     if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
         raise TypeError(f"{name}: stdevs must be a finite number >= 0 (noise standard deviation), got {v!r}")
@@ -184,7 +168,7 @@ def _check_stdevs(name, v):
 def _validate_path(name, with_noise):
     def validate(graph, x, params):
         if x is None:  # an Explainer being built: what does not depend on x
-            _check_samples(name, params["samples"])
+            _number(params["samples"], f"{name}: samples", 1, integer=True)
             _check_seed(name, params["seed"])
             if with_noise:
                 _check_stdevs(name, params["stdevs"])
@@ -192,7 +176,7 @@ def _validate_path(name, with_noise):
                 raise TypeError(f"method {name!r} needs baselines=: a float numpy array (B, ...) of reference inputs")
             return params
         b = _check_baselines(name, params["baselines"], x)
-        out = {"baselines": b, "samples": _check_samples(name, params["samples"]),
+        out = {"baselines": b, "samples": _number(params["samples"], f"{name}: samples", 1, integer=True),
                "seed": _check_seed(name, params["seed"])}
         if with_noise:
             out["stdevs"] = _check_stdevs(name, params["stdevs"])

@@ -39,6 +39,7 @@ import numbers
 
 import numpy as np
 
+from ..core.checks import _check_baseline, _number
 from .base import Method, forward_scores, register, resolve_target, row_rng
 
 COALITION_STREAM = 3
@@ -245,17 +246,11 @@ def _mask(name, x, params):
 
 
 def _baseline(name, b, x):
-    from ..core.checks import _check_baseline
-
     return _check_baseline(b, x, f"{name}: baseline")
 
 
 def _common(name, x, params):
-    s = params["samples"]
-    if not _is_int(s):
-        raise TypeError(f"{name}: samples must be an int, got {s!r}")
-    if s < 2:
-        raise ValueError(f"{name}: samples must be >= 2, got {s}")
+    s = _number(params["samples"], f"{name}: samples", 2, integer=True)
     seed = params["seed"]
     if seed is not None and not (_is_int(seed) and seed >= 0):
         raise TypeError(f"{name}: seed must be None or a non-negative int, got {seed!r}")
