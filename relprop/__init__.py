@@ -35,6 +35,7 @@ from . import core, methods  # noqa: F401
 from .core.canonize import canonize
 from .io.native import load, save
 from .methods.patterns import fit_patterns, load_patterns
+from .runner import open_attributions
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,7 @@ __all__ = [
     "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity",
     "Add", "Concat", "BatchNorm2d", "GlobalAvgPool2d", "Reshape", "LeakyReLU", "Softplus", "Dropout",
     "canonize", "save", "load", "from_torch", "from_onnx",
-    "fit_patterns", "load_patterns",
+    "fit_patterns", "load_patterns", "open_attributions",
 ]
 
 

@@ -13,6 +13,7 @@ method name and the parameters; the receiving process derives the weights again.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import numbers
 from dataclasses import dataclass
@@ -170,6 +171,78 @@ class Explainer:
         """The declaration of the method that runs per copy (the base of smoothgrad)."""
         return self.base or self.method
 
+    # -- dataset jobs -----------------------------------------------------------------------
+    def map(self, source, out=None, *, target=None, targets=None, batch_size="auto", max_memory="2GB",
+            progress=True, overwrite=False, dtype=None, n=None, labels=None, scheduler=None, **source_options):
+        """Explain a whole dataset, streaming it through the kernels chunk by chunk.
+
+        Parameters
+        ----------
+        source : a numpy array (or memory map), a path to a ``.npy`` file, a zarr array or
+            ``.zarr`` path, IDX files (``*-idx3-ubyte[.gz]``, the MNIST family), a folder of
+            images (one sub-folder per class), or any iterable of batches ``x`` / ``(x, y)``
+            (numpy or torch; a torch ``DataLoader`` works unchanged, without shuffling)
+        out : None (results in memory), a folder (``.npy`` files, memory-mappable) or a path
+            ending in ``.zarr`` (chunked, compressed). Resumable: a rerun of the same job
+            continues where a killed one stopped; another job's store is refused unless
+            ``overwrite=True``.
+        target : ``"pred"``/None (each sample's argmax), ``"label"`` (the source's labels),
+            a class index, or an int array (n,); ``targets=``: several classes (a list,
+            ``"all"`` or an int array (n, K)), giving attributions (n, K, ...)
+        batch_size : samples per chunk (the unit of reading, writing and resuming), or
+            ``"auto"``: from ``max_memory`` (bytes or ``"2GB"``), which bounds what the job
+            holds besides the interpreter and the model
+        progress : a progress bar with samples/s and ETA (plain lines when not on a terminal)
+        dtype : float32 (default; float64 for a float64 source) or float64
+        n : the number of samples of an iterable without a length
+        labels : int array (n,) or a labels file, for ``target="label"`` on an array source
+        scheduler : a ``dask.distributed`` Client or its address (``"tcp://host:port"``): the
+            chunks run on the cluster's workers, which write the store (a path all of them see)
+        **source_options : for images and IDX files (``size=``, ``mode=``, ``mean=``,
+            ``std=``, ``scale=``; see :mod:`relprop.runner.images`)
+
+        Returns
+        -------
+        :class:`relprop.runner.Attributions`: the store's ``attributions``, ``targets``,
+        ``scores``, ``error`` (``sum R`` minus what the method sums to, when it defines it) and
+        ``meta`` (method, parameters, model fingerprint, relprop version, source, dtype)
+
+        Examples
+        --------
+        >>> ex = rp.Explainer(net, "lrp", rules=rp.composites.EpsilonPlusFlat())      # doctest: +SKIP
+        >>> res = ex.map("images.npy", out="attr/", target="pred")                    # doctest: +SKIP
+        >>> res.attributions.shape, res.error.max()                                   # doctest: +SKIP
+        """
+        from .runner.job import run_job
+
+        return run_job(self, source, out, target=target, targets=targets, batch_size=batch_size,
+                       max_memory=max_memory, progress=progress, overwrite=overwrite, dtype=dtype, n=n,
+                       labels=labels, scheduler=scheduler, **source_options)
+
+    def with_seed(self, seed=None):
+        """This Explainer with the random method's seed fixed (``seed``, or a fresh one when the
+        seed is None): what a dataset job runs with, so all its chunks share one seed. Returns
+        ``self`` for methods that draw no random numbers."""
+        if not (self.method.random or self.runs.random):
+            return self
+        cur = self.own["seed"] if self.base is not None else self.params.get("seed")
+        if seed is None:
+            seed = cur if cur is not None else int(np.random.SeedSequence().entropy)
+        _check_seed(self.runs.name, seed)
+        new = copy.copy(self)
+        new._compiled = self._compiled
+        if self.base is not None:
+            new.own = {**self.own, "seed": int(seed)}
+        else:
+            new.params = {**self.params, "seed": int(seed)}
+        return new
+
+    def job_params(self):
+        """The parameters identifying this Explainer's results (those of smoothgrad and its base)."""
+        if self.base is None:
+            return dict(self.params)
+        return {**self.own, "base_params": dict(self.params)}
+
     # -- calls ----------------------------------------------------------------------------
     def __call__(self, x, target=None, targets=None, row_offset=0):
         return self.attribute(x, target=target, targets=targets, row_offset=row_offset)
@@ -210,10 +283,17 @@ class Explainer:
         expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
 
+        # a traversal's forward pass yields the scores explain() reports: kept, not recomputed
+        keep_scores = explain and self.base is None and self.method.mode is not None
+        scores = []
+
         def batch(sl, st):
             ctx = Context(m, shapes, int(row_offset) + sl.start, seed, max(st, 1), expand)
             tb = None if T is None else T[sl]
-            return self._run(ctx, x[sl], tb, _slice(p, per_sample, x, sl))
+            r = self._run(ctx, x[sl], tb, _slice(p, per_sample, x, sl))
+            if keep_scores:
+                scores.append((sl, ctx.score))
+            return r
 
         # overflow shows up as a non-finite result, which raises below, naming where: no numpy warnings
         with B.tf32(k, self.allow_tf32), B.LOCK, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -222,7 +302,11 @@ class Explainer:
                 self._nonfinite(m, x, shapes, out)
             if not explain:
                 return back(out[:, 0] if single else out)
-            return self._explanation(m, x, shapes, out, T, single, p, seed, back, step)
+            score = None
+            if keep_scores and sum(sl.stop - sl.start for sl, _ in scores) == n:  # (no retried batch)
+                score = k.xp.concatenate([sc for _, sc in sorted(scores, key=lambda t: t[0].start)]) \
+                    if len(scores) > 1 else scores[0][1]
+            return self._explanation(m, x, shapes, out, T, single, p, seed, back, step, score)
 
     def _run(self, ctx, x, T, p):
         if self.base is not None:
@@ -306,10 +390,11 @@ class Explainer:
         return run_batches(m, x, step, ("scores",),
                            lambda sl, st: engine.forward(m, x[sl], (self.net.score_node,), (), shapes)[0])
 
-    def _explanation(self, m, x, shapes, out, T, single, p, seed, back, step):
+    def _explanation(self, m, x, shapes, out, T, single, p, seed, back, step, score=None):
         xp = B.kernels_for(x).xp
         ctx = Context(m, shapes, rows=step)
-        score = self._scores(m, x, shapes, step)
+        if score is None:
+            score = self._scores(m, x, shapes, step)
         if T is None:
             T = score.argmax(axis=1)[:, None]
         T = xp.asarray(T)

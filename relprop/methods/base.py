@@ -92,6 +92,7 @@ class Context:
     seed: int = None
     rows: int = 256
     expand_rows: int = 256
+    score: object = None  # set by :func:`traverse`: the score rows (N, classes) of its forward pass
 
     @property
     def graph(self):
@@ -165,6 +166,7 @@ def traverse(ctx, x, targets, method, params):
         xin = xp.concatenate([x, x0])
     score, _, tape = engine.forward(m, xin, keep, idx, ctx.shapes, plus)
     score = score[:n]
+    ctx.score = score
     if targets is None:
         targets = score.argmax(axis=1)[:, None]
     targets = xp.asarray(targets)

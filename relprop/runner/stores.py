@@ -1,0 +1,313 @@
+"""Where a dataset job writes: a folder of ``.npy`` files, or a zarr group.
+
+A store holds, along the samples axis, ``attributions`` (n, ...) or (n, K, ...), ``targets``
+(int64), ``scores`` (float64), and ``error`` (float64: ``sum R`` minus what the method's
+property says it sums to; absent when the method defines none), plus ``meta.json``: the job's
+identity (method, parameters, model fingerprint, source, dtype, targets), relprop's version
+and the chunk layout. Finished chunks are recorded in ``manifest/`` as one small file per
+chunk, created by write-then-rename after the chunk's data is on disk; a chunk without its
+file is not finished and a rerun computes it again (whatever bytes a killed run left there are
+overwritten). So the store a killed-and-resumed job ends with equals an uninterrupted run's.
+
+* :class:`NpyStore` (``out="job/"`` or any path not ending in ``.zarr``): preallocated
+  ``.npy`` files written through memory maps; what a user opens with ``np.load(mmap_mode="r")``.
+* :class:`ZarrStore` (``out="job.zarr"``): zarr arrays chunked along samples with the job's
+  chunk rows, compressed; each chunk is written whole by one writer (zarr's local store writes
+  a chunk to a temporary file and renames it), so workers of a Dask cluster write their chunks
+  in parallel without touching each other's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "relprop-attributions/1"
+META = "meta.json"
+MANIFEST = "manifest"
+COLUMNS = ("attributions", "targets", "scores", "error")
+
+
+class StoreError(ValueError):
+    """A store that cannot be used as asked (another job's results, a damaged or foreign folder)."""
+
+
+def atomic_write(path, data):
+    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder, flushed
+    to disk, then renamed over ``path``: readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def store_kind(out):
+    return "zarr" if str(out).rstrip("/").endswith(".zarr") else "npy"
+
+
+def read_meta(out):
+    """The store's metadata, or None when ``out`` holds no relprop store."""
+    p = Path(out) / META
+    if not p.exists():
+        return None
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{str(p)!r} is not readable relprop metadata ({e}); pass overwrite=True to start over") \
+            from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StoreError(f"{str(p)!r} is not a relprop attribution store (format {meta.get('format')!r:.40} "
+                         f"where {FORMAT!r} was expected)")
+    return meta
+
+
+def prepare(out, meta, overwrite):
+    """Make ``out`` ready for the job ``meta``: a new store, or the existing store of the same
+    job (resume). Refuses another job's store unless ``overwrite``. Returns (store, finished
+    chunk ids)."""
+    out = Path(out)
+    old = None
+    if out.exists():
+        if not out.is_dir():
+            raise StoreError(f"output {str(out)!r} exists and is not a folder")
+        try:
+            old = read_meta(out)
+        except StoreError:
+            if not overwrite:
+                raise
+        if old is None and any(out.iterdir()) and not overwrite:
+            raise StoreError(f"output folder {str(out)!r} exists, is not empty and holds no relprop store; "
+                             f"choose another path (or overwrite=True to replace its contents)")
+    if old is not None and not overwrite:
+        diff = [k for k in ("job", "columns", "n", "chunk_rows") if old.get(k) != meta.get(k)]
+        if diff:
+            k = diff[0]
+            raise StoreError(f"output {str(out)!r} holds the results of another job ({_what_differs(k, old, meta)}); "
+                             f"refusing to mix them: choose another output, or overwrite=True to start over")
+        store = open_store(out, old, mode="r+")
+        return store, store.finished()
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = (ZarrStore if meta["store"] == "zarr" else NpyStore).create(out, meta)
+    atomic_write(out / META, json.dumps(meta, indent=1, sort_keys=True).encode())
+    return store, set()
+
+
+def _what_differs(key, old, new):
+    if key != "job":
+        return f"{key} {old.get(key)!r} there, {new.get(key)!r} now"
+    a, b = old.get("identity", {}), new.get("identity", {})
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            return f"{k}: {json.dumps(a.get(k))[:120]} there, {json.dumps(b.get(k))[:120]} now"
+    return "its job id differs"
+
+
+def open_store(out, meta=None, mode="r"):
+    meta = meta or read_meta(out)
+    if meta is None:
+        raise StoreError(f"{str(out)!r} holds no relprop attribution store (no {META})")
+    return (ZarrStore if meta["store"] == "zarr" else NpyStore)(Path(out), meta, mode)
+
+
+class _Store:
+    def __init__(self, path, meta, mode):
+        self.path, self.meta, self.mode = (None if path is None else Path(path)), meta, mode
+        self.n, self.rows = int(meta["n"]), int(meta["chunk_rows"])
+        self.columns = {c: (tuple(s), np.dtype(d)) for c, (s, d) in meta["columns"].items()}
+        self.arrays = self._open(mode)
+
+    @property
+    def chunks(self):
+        return -(-self.n // self.rows)
+
+    def chunk_slice(self, i):
+        return slice(i * self.rows, min(self.n, (i + 1) * self.rows))
+
+    def finished(self):
+        d = self.path / MANIFEST
+        if not d.is_dir():
+            return set()
+        done = set()
+        for f in d.iterdir():
+            if f.suffix == ".json" and f.stem.isdigit() and int(f.stem) < self.chunks:
+                done.add(int(f.stem))
+        return done
+
+    def write(self, i, columns, info=None):
+        """Write chunk ``i`` (a dict column -> array of the chunk's rows), make it durable,
+        then record it in the manifest."""
+        sl = self.chunk_slice(i)
+        for name, a in columns.items():
+            want = (sl.stop - sl.start,) + self.columns[name][0]
+            if tuple(a.shape) != want:
+                raise StoreError(f"chunk {i}: column {name!r} shaped {tuple(a.shape)}, the store expects {want}")
+            self._put(name, sl, a)
+        self._sync(sl)
+        (self.path / MANIFEST).mkdir(exist_ok=True)
+        atomic_write(self.path / MANIFEST / f"{i:08d}.json",
+                     json.dumps({"rows": [sl.start, sl.stop], **(info or {})}).encode())
+
+
+class NpyStore(_Store):
+    """One ``.npy`` file per column, preallocated on disk (``posix_fallocate``: a full disk shows
+    up when the job starts, not in the middle of a write) and written chunk by chunk with
+    ``pwrite`` at the chunk's offset, then ``fdatasync``: no memory map is held while writing,
+    so the job's memory does not grow with the store."""
+
+    @classmethod
+    def create(cls, out, meta):
+        n = int(meta["n"])
+        for name, (shape, dtype) in meta["columns"].items():
+            # created under a temporary name and renamed: a killed run leaves no half-made file
+            tmp = out / f".{name}.npy.tmp"
+            dt = np.dtype(dtype)
+            header = _npy_header(dt, (n,) + tuple(shape))
+            size = len(header) + n * int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            with open(tmp, "wb") as f:
+                f.write(header)
+                f.flush()
+                try:
+                    os.posix_fallocate(f.fileno(), 0, max(size, 1))
+                except OSError as e:
+                    f.close()
+                    tmp.unlink()
+                    raise OSError(e.errno, f"cannot reserve {size / 2**20:.1f} MiB for {name}.npy in "
+                                           f"{str(out)!r}: {e.strerror}") from None
+                f.truncate(size)
+            os.replace(tmp, out / f"{name}.npy")
+        return cls(out, meta, "r+")
+
+    def _open(self, mode):
+        arrays, self._files = {}, {}
+        for name, (shape, dtype) in self.columns.items():
+            p = self.path / f"{name}.npy"
+            try:
+                a = np.load(p, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise StoreError(f"store {str(self.path)!r}: {name}.npy is missing or damaged ({e}); "
+                                 f"pass overwrite=True to start over") from None
+            if a.shape != (self.n,) + shape or a.dtype != dtype or not a.flags.c_contiguous:
+                raise StoreError(f"store {str(self.path)!r}: {name}.npy is {a.dtype} {a.shape}, its metadata says "
+                                 f"{dtype} {(self.n,) + shape}; pass overwrite=True to start over")
+            arrays[name] = a
+            if mode != "r":
+                self._files[name] = (os.open(p, os.O_WRONLY), int(a.offset), a.itemsize * int(np.prod(shape)))
+        return arrays
+
+    def _put(self, name, sl, a):
+        fd, offset, row = self._files[name]
+        buf = memoryview(np.ascontiguousarray(a, dtype=self.columns[name][1])).cast("B")
+        pos = offset + sl.start * row
+        while len(buf):
+            k = os.pwrite(fd, buf, pos)
+            buf, pos = buf[k:], pos + k
+
+    def _sync(self, sl):
+        for fd, _, _ in self._files.values():
+            os.fdatasync(fd)
+
+    def close(self):
+        for fd, _, _ in getattr(self, "_files", {}).values():
+            os.close(fd)
+        self._files = {}
+
+
+def _npy_header(dtype, shape):
+    """The bytes of a version 1.0 .npy header for a C-order array (2.0 when it does not fit)."""
+    import io
+
+    d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+    f = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(f, d)
+    except ValueError:
+        f = io.BytesIO()
+        np.lib.format.write_array_header_2_0(f, d)
+    return f.getvalue()
+
+
+class MemoryStore(_Store):
+    """In-memory columns (``out=None``): the embedded use; nothing survives the process."""
+
+    def __init__(self, meta):
+        super().__init__(None, meta, "r+")
+        self._done = set()
+
+    def _open(self, mode):
+        return {name: np.zeros((self.n,) + shape, dtype) for name, (shape, dtype) in self.columns.items()}
+
+    def finished(self):
+        return set(self._done)
+
+    def _put(self, name, sl, a):
+        self.arrays[name][sl] = a
+
+    def _sync(self, sl):
+        pass
+
+    def write(self, i, columns, info=None):
+        for name, a in columns.items():
+            self._put(name, self.chunk_slice(i), a)
+        self._done.add(i)
+
+    def close(self):
+        pass
+
+
+class ZarrStore(_Store):
+    """A zarr group with one array per column, chunked along samples by the job's chunk rows."""
+
+    @classmethod
+    def create(cls, out, meta):
+        zarr = _zarr()
+        g = zarr.open_group(str(out), mode="w")
+        n, rows = int(meta["n"]), int(meta["chunk_rows"])
+        for name, (shape, dtype) in meta["columns"].items():
+            g.create_array(name, shape=(n,) + tuple(shape), chunks=(rows,) + tuple(shape), dtype=np.dtype(dtype),
+                           fill_value=0)
+        return cls(out, meta, "r+")
+
+    def _open(self, mode):
+        zarr = _zarr()
+        try:
+            g = zarr.open_group(str(self.path), mode="r" if mode == "r" else "r+")
+            arrays = {name: g[name] for name in self.columns}
+        except Exception as e:  # zarr raises several types for a damaged group
+            raise StoreError(f"store {str(self.path)!r} is not a readable zarr group ({e}); pass overwrite=True to "
+                             f"start over") from None
+        for name, (shape, dtype) in self.columns.items():
+            a = arrays[name]
+            if tuple(a.shape) != (self.n,) + shape or np.dtype(a.dtype) != dtype or a.chunks[0] != self.rows:
+                raise StoreError(f"store {str(self.path)!r}: array {name!r} is {a.dtype} {a.shape} chunks {a.chunks}, "
+                                 f"its metadata says {dtype} {(self.n,) + shape} chunks of {self.rows}")
+        return arrays
+
+    def _put(self, name, sl, a):
+        self.arrays[name][sl] = np.ascontiguousarray(a)
+
+    def _sync(self, sl):
+        pass  # each chunk file was written to a temporary name and renamed by zarr's local store
+
+    def close(self):
+        self.arrays = {}
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise ImportError("a .zarr output needs zarr (pip install 'relprop[zarr]')") from None
+    return zarr
