@@ -237,6 +237,20 @@ class Explainer:
             new.params = {**self.params, "seed": int(seed)}
         return new
 
+    def for_rows(self, start, stop, n, ndim):
+        """This Explainer for rows ``start:stop`` of a dataset of ``n`` samples of rank ``ndim``
+        (batch axis included): the method's per-sample array parameters that hold one row per
+        sample of the dataset (e.g. a baseline per sample) cut to those rows. The derived
+        weights are shared."""
+        keys = [k for k in self.runs.per_sample
+                if getattr(self.params.get(k), "ndim", None) == ndim and self.params[k].shape[0] == n and n > 1]
+        if not keys:
+            return self
+        new = copy.copy(self)
+        new._compiled = self._compiled
+        new.params = {**self.params, **{k: self.params[k][start:stop] for k in keys}}
+        return new
+
     def job_params(self):
         """The parameters identifying this Explainer's results (those of smoothgrad and its base)."""
         if self.base is None:

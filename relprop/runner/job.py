@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -75,6 +76,10 @@ def model_shape(net, shape, where):
         cand.append(tuple(want))
     elif rank == 1:
         cand.append((size,))
+    elif rank is not None and len(shape) != rank:
+        core = tuple(s for s in shape if s != 1)
+        if len(core) <= rank:  # e.g. (28, 28) -> (1, 28, 28) for a Conv2d input
+            cand.append((1,) * (rank - len(core)) + core)
     if not cand or shape in cand:
         cand.insert(0, shape)
     for c in cand:
@@ -201,9 +206,9 @@ class Chunk:
     """Everything a process needs to compute chunks of a job (pickled to Dask workers): the
     Explainer (its seed fixed), the target rule, the model's per-sample shape and the dtype."""
 
-    def __init__(self, ex, targets, shape, dtype, classes, error):
+    def __init__(self, ex, targets, shape, dtype, classes, error, n):
         self.ex, self.targets, self.shape, self.dtype = ex, targets, shape, np.dtype(dtype)
-        self.classes, self.error = classes, error
+        self.classes, self.error, self.n = classes, error, n
 
     def prepare(self, x, where):
         """A source batch as the model's input: cast to the job's dtype, reshaped."""
@@ -221,7 +226,8 @@ class Chunk:
     def compute(self, x, y, sl):
         """The columns of rows ``sl``: attributions, targets, scores (and error)."""
         x = self.prepare(x, f"rows {sl.start}..{sl.stop - 1}")
-        e = self.ex.explain(x, row_offset=sl.start, **self.targets.call_args(sl, y, self.classes))
+        ex = self.ex.for_rows(sl.start, sl.stop, self.n, x.ndim)
+        e = ex.explain(x, row_offset=sl.start, **self.targets.call_args(sl, y, self.classes))
         cols = {"attributions": e.attribution, "targets": e.targets, "scores": e.scores.astype(np.float64)}
         if self.error:
             cols["error"] = e.error.astype(np.float64)
@@ -258,7 +264,9 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
         raise JobError(f"the model's output must be (N, classes) scores, got per-sample shape {classes}")
     classes = classes[0]
     T = Targets(target, targets, src.n, classes, has_labels)
-    ex = ex.with_seed()  # a random method's seed fixed for the whole job (and recorded)
+    # a random method's seed is fixed for the whole job and recorded; a rerun with seed=None
+    # continues with the seed its store recorded
+    ex = ex.with_seed(_recorded_seed(ex, out))
     sums_to = ex.method.sums_to if ex.base is None else None
     kshape = (T.k,) if T.multi else ()
     cols = {"attributions": [list(kshape + shape), dtype.str], "targets": [list(kshape), "<i8"],
@@ -268,7 +276,9 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
     rows = _chunk_rows(ex, shapes, shape, src, dtype, T.k, batch_size, max_memory)
     identity = {"method": ex.method.name, "params": _jsonable(ex.job_params()),
                 "model": fingerprint(net), "dtype": dtype.str, "targets": T.describe(),
-                "source": {k: v for k, v in src.describe().items() if k != "path"}}
+                "source": {**{k: v for k, v in src.describe().items() if k not in ("kind", "path", "labels_file")},
+                           "n": src.n, "shape": list(src.shape), "dtype": str(src.dtype), "labels": has_labels,
+                           "sha256": _sample_digest(src)}}
     from .. import __version__
 
     job = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -276,7 +286,39 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
             "job": job, "identity": identity, "n": src.n, "chunk_rows": rows, "columns": cols,
             "sums_to": sums_to, "relprop": __version__, "source": src.describe(), "model_shape": list(shape),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return src, Chunk(ex, T, shape, dtype, classes, sums_to is not None), meta
+    return src, Chunk(ex, T, shape, dtype, classes, sums_to is not None, src.n), meta
+
+
+def _sample_digest(src):
+    """SHA-256 of a few samples (first, middle, last; an iterable's first): which data a store
+    holds, without reading the whole dataset; a job over other data is refused on rerun."""
+    h = hashlib.sha256()
+    if src.random_access:
+        rows = sorted({0, src.n // 2, src.n - 1})
+        parts = [src.read(i, i + 1) for i in rows]
+    else:
+        x, y = src.peek()
+        parts = [(x[:1], None if y is None else y[:1])]
+    for x, y in parts:
+        h.update(np.ascontiguousarray(x).tobytes())
+        if y is not None:
+            h.update(np.ascontiguousarray(y).astype(np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _recorded_seed(ex, out):
+    """The seed an existing store of a random method recorded, when ``ex``'s own seed is None."""
+    if out is None or not (ex.method.random or ex.runs.random):
+        return None
+    if (ex.own["seed"] if ex.base is not None else ex.params.get("seed")) is not None:
+        return None
+    try:
+        meta = stores.read_meta(out)
+    except (stores.StoreError, OSError):
+        return None
+    params = (meta or {}).get("identity", {}).get("params", {})
+    seed = params.get("seed") if isinstance(params, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
@@ -294,9 +336,10 @@ def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
     engine = 4 * engine_rows * per + budget.BUDGET.expand  # activations, backward buffers, expanded copies
     src_item = np.dtype(src.dtype).itemsize if src.dtype is not None else dtype.itemsize
     in_row = size * (src_item + dtype.itemsize)  # as read, and as cast
+    convert = size * 8  # the reader's float64 conversion buffer of integer pixels (one chunk)
     out_row = k * (size * dtype.itemsize + 24)
     # QUEUE chunks read ahead + the one computing; its output, QUEUE waiting + the one writing
-    pipeline = (QUEUE + 1) * in_row + (QUEUE + 2) * out_row
+    pipeline = (QUEUE + 1) * in_row + (QUEUE + 2) * out_row + convert
     room = mem - engine
     if room < pipeline:
         need = (engine + pipeline) / 2**20
@@ -318,6 +361,9 @@ def run_job(ex, source, out=None, *, target=None, targets=None, batch_size="auto
                         f"{type(out).__name__}")
     src, chunk, meta = plan_job(ex, source, out, target, targets, batch_size, max_memory, overwrite, dtype, n,
                                 labels, **options)
+    if scheduler is not None and not src.random_access:
+        raise JobError("a cluster job (scheduler=) needs a random-access source: an array, a .npy or zarr path, "
+                       "IDX files or a folder of images, not an iterable")
     if out is None:
         if scheduler is not None:
             raise JobError("scheduler= needs out= (a store the workers write to)")
@@ -342,6 +388,7 @@ def run_job(ex, source, out=None, *, target=None, targets=None, batch_size="auto
 
 def _run_local(chunk, src, store, done, progress):
     todo = [i for i in range(store.chunks) if i not in done]
+    run = uuid.uuid4().hex[:12]  # recorded with each chunk: which run computed it
     bar = Progress(store.n, sum(_rows(store, i) for i in done), progress)
     if not todo:
         bar.close()
@@ -398,7 +445,8 @@ def _run_local(chunk, src, store, done, progress):
             sl = store.chunk_slice(i)
             t0 = time.perf_counter()
             cols = chunk.compute(x, y, sl)
-            if not put(outq, (i, cols, {"seconds": round(time.perf_counter() - t0, 4)})):
+            info = {"seconds": round(time.perf_counter() - t0, 4), "run": run, "pid": os.getpid()}
+            if not put(outq, (i, cols, info)):
                 break
         ok = not failure
     finally:

@@ -16,6 +16,7 @@ Each source describes itself (:meth:`describe`) for the store's metadata.
 """
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -55,9 +56,29 @@ class ArraySource:
         return d
 
     def read(self, start, stop):
-        x = np.asarray(self.data[start:stop])
+        x = np.array(self.data[start:stop])  # a copy: the job's own memory, not the file's pages
         y = None if self.labels is None else np.asarray(self.labels[start:stop])
+        _drop_pages(self.data, start, stop)
         return x, y
+
+
+def _drop_pages(data, start, stop):
+    """Tell the kernel this process no longer needs the memory-mapped pages of rows
+    ``start:stop`` (they were copied): a job streaming a large ``.npy`` keeps its resident
+    memory bounded by its chunks instead of growing with the file."""
+    mm = getattr(data, "base", None)  # a whole np.memmap (as np.load gives) has the mmap as its base
+    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or not data.flags.c_contiguous:
+        return
+    row = data.itemsize * int(np.prod(data.shape[1:]))
+    skip = int(data.offset) % mmap.ALLOCATIONGRANULARITY  # numpy maps from the granule below the offset
+    lo, hi = skip + start * row, skip + stop * row
+    page = mmap.PAGESIZE
+    lo, hi = -(-lo // page) * page, hi // page * page  # whole pages inside the rows read only
+    if hi > lo:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):
+            pass  # advice only
 
 
 class IterableSource:
@@ -196,12 +217,12 @@ def _from_path(path, labels, **options):
         except ImportError:
             raise ImportError("reading a zarr dataset needs zarr (pip install 'relprop[zarr]')") from None
         try:
-            arr = zarr.open_array(str(path), mode="r")
+            arr = zarr.open_array(str(path.resolve()), mode="r")
         except Exception as e:  # zarr raises several types for a folder that is not an array
             raise SourceError(f"dataset {str(path)!r} is not a readable zarr array ({e})") from None
         return ArraySource(arr, labels, {"kind": "zarr", "path": str(path.resolve())})
     if path.is_dir():
-        return images.ImageFolder(path, **options)
+        return images.ImageFolder(path, labels=labels, **options)
     if path.suffix == ".npy":
         _no_options(options, path)
         try:

@@ -86,6 +86,8 @@ def prepare(out, meta, overwrite):
         except StoreError:
             if not overwrite:
                 raise
+        if old is None and not overwrite and _half_made(out):
+            overwrite = True  # a store whose creation was killed before its metadata: start it again
         if old is None and any(out.iterdir()) and not overwrite:
             raise StoreError(f"output folder {str(out)!r} exists, is not empty and holds no relprop store; "
                              f"choose another path (or overwrite=True to replace its contents)")
@@ -103,6 +105,13 @@ def prepare(out, meta, overwrite):
     store = (ZarrStore if meta["store"] == "zarr" else NpyStore).create(out, meta)
     atomic_write(out / META, json.dumps(meta, indent=1, sort_keys=True).encode())
     return store, set()
+
+
+def _half_made(out):
+    """Only files a store's creation makes, and no metadata yet (creation was interrupted)."""
+    names = [p.name for p in out.iterdir()]
+    ours = {f"{c}.npy" for c in COLUMNS} | {"zarr.json", MANIFEST} | set(COLUMNS)
+    return bool(names) and all(n in ours or (n.startswith(".") and n.endswith(".tmp")) for n in names)
 
 
 def _what_differs(key, old, new):

@@ -1,0 +1,308 @@
+"""The dataset runner (``Explainer.map``): every store and source kind gives what one
+``Explainer.explain`` call on the whole dataset gives; targets, chunking, the metadata, the
+refuse-to-mix rule and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import relprop as rp
+from relprop.runner import JobError, SourceError, StoreError, open_attributions, parse_memory
+
+pytest.importorskip("zarr")
+
+
+def mlp(seed=0, d=14, h=24, c=3):
+    rng = np.random.default_rng(seed)
+    return rp.Sequential(rp.Dense(rng.normal(0, 0.5, (h, d)), rng.normal(0, 0.1, h)), rp.ReLU(),
+                         rp.Dense(rng.normal(0, 0.5, (c, h)), rng.normal(0, 0.1, c)))
+
+
+def cnn(seed=0):
+    rng = np.random.default_rng(seed)
+    return rp.Sequential(rp.Conv2d(rng.normal(0, 0.4, (4, 1, 3, 3)), rng.normal(0, 0.1, 4), stride=1, padding=1),
+                         rp.ReLU(), rp.MaxPool2d(2), rp.Flatten(), rp.Dense(rng.normal(0, 0.3, (5, 4 * 4 * 4)),
+                                                                           rng.normal(0, 0.1, 5)))
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(103, 14))  # float64: results comparable to 1e-12 across chunkings
+
+
+def whole(ex, x, **kw):
+    return ex.explain(x, **kw)
+
+
+@pytest.mark.parametrize("store", ["npy", "zarr", "memory"])
+@pytest.mark.parametrize("method,params", [("lrp.epsilon", {}), ("gradient", {}),
+                                           ("integrated_gradients", {"steps": 8}),
+                                           ("smoothgrad", {"samples": 3, "seed": 5}),
+                                           ("occlusion", {"window": (2,)})])
+def test_map_equals_one_explain_call(tmp_path, data, store, method, params):
+    net = mlp()
+    ex = rp.Explainer(net, method, **params)
+    out = None if store == "memory" else tmp_path / ("a.zarr" if store == "zarr" else "a")
+    res = ex.map(data, out=out, batch_size=17, progress=False)
+    ref = whole(ex, data)
+    np.testing.assert_allclose(np.asarray(res.attributions), ref.attribution, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(res.targets), ref.targets)
+    np.testing.assert_allclose(np.asarray(res.scores), ref.scores, rtol=1e-12)
+    if ref.error is None:
+        assert res.error is None
+    else:
+        np.testing.assert_allclose(np.asarray(res.error), ref.error, atol=1e-10)
+    assert res.complete and res.finished_rows().all()
+    assert res.meta["chunk_rows"] == 17 and res.meta["n"] == 103
+    if out is not None:
+        again = open_attributions(out)
+        np.testing.assert_array_equal(np.asarray(again.attributions), np.asarray(res.attributions))
+        assert again.method == method
+
+
+def test_conservation_error_column_is_what_the_method_promises(tmp_path, data):
+    """lrp.zplus with a bias-free net conserves: sum R = s_c (Bach et al. 2015, eq. 2); IG's
+    completeness error with many steps is small (Sundararajan et al. 2017, Prop. 1)."""
+    rng = np.random.default_rng(3)
+    net = rp.Sequential(rp.Dense(rng.uniform(0, 1, (8, 14)), np.zeros(8)), rp.ReLU(),
+                        rp.Dense(rng.uniform(0, 1, (3, 8)), np.zeros(3)))
+    x = np.abs(data)
+    res = rp.Explainer(net, "lrp.z_plus").map(x, out=tmp_path / "z", batch_size=10, progress=False)
+    s = np.asarray(res.scores)
+    np.testing.assert_allclose(s, net(x)[np.arange(len(x)), np.asarray(res.targets)], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(res.error), np.asarray(res.attributions).sum(1) - s, atol=1e-12)
+    # what is missing is what the stabilizer in the rule's denominators absorbs
+    assert np.max(np.abs(res.error)) < 1e-6 * np.max(np.abs(s))
+    assert res.meta["sums_to"] == "score"
+
+
+@pytest.mark.parametrize("kind", ["class", "array", "label", "list", "all", "array2"])
+def test_targets(tmp_path, data, kind):
+    net = mlp()
+    ex = rp.Explainer(net, "lrp.epsilon")
+    n = len(data)
+    labels = np.arange(n) % 3
+    kw = {"class": dict(target=2), "array": dict(target=labels[::-1].copy()), "label": dict(target="label"),
+          "list": dict(targets=[0, 2]), "all": dict(targets="all"),
+          "array2": dict(targets=np.stack([labels, (labels + 1) % 3], 1))}[kind]
+    res = ex.map(data, out=tmp_path / "t", batch_size=20, labels=labels, progress=False, **kw)
+    call = dict(kw)
+    if kind == "label":
+        call = dict(target=labels)
+    ref = ex.explain(data, **call)
+    np.testing.assert_allclose(np.asarray(res.attributions), ref.attribution, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(res.targets), ref.targets)
+    if kind in ("list", "all", "array2"):
+        assert res.attributions.shape[:2] == (n, 2 if kind != "all" else 3)
+
+
+def test_iterable_source_and_dataloader(tmp_path, data):
+    torch = pytest.importorskip("torch")
+    net = mlp()
+    ex = rp.Explainer(net, "gradient")
+    labels = np.arange(len(data)) % 3
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(data), torch.from_numpy(labels))
+    loader = torch.utils.data.DataLoader(ds, batch_size=13, shuffle=False)
+    res = ex.map(loader, out=tmp_path / "dl", target="label", batch_size=20, progress=False)
+    ref = ex.explain(data, target=labels)
+    np.testing.assert_allclose(np.asarray(res.attributions), ref.attribution, rtol=1e-12, atol=1e-12)
+    assert res.meta["source"]["kind"].startswith("iterable")
+    # a generator of bare x batches, its length given
+    gen = (data[i:i + 9] for i in range(0, len(data), 9))
+    res = ex.map(gen, out=tmp_path / "gen", batch_size=25, n=len(data), progress=False)
+    np.testing.assert_allclose(np.asarray(res.attributions), ex.explain(data).attribution, rtol=1e-12, atol=1e-12)
+
+
+def test_iterable_that_yields_the_wrong_number_of_samples(tmp_path, data):
+    ex = rp.Explainer(mlp(), "gradient")
+    with pytest.raises(SourceError, match="yielded 103 samples, n=110"):
+        ex.map((data[i:i + 9] for i in range(0, 103, 9)), out=tmp_path / "g", n=110, batch_size=10, progress=False)
+    with pytest.raises(SourceError, match="more than n=50"):
+        ex.map((data[i:i + 9] for i in range(0, 103, 9)), out=tmp_path / "h", n=50, batch_size=10, progress=False)
+    with pytest.raises(JobError, match="no length"):
+        ex.map((data[i:i + 9] for i in range(0, 103, 9)), out=tmp_path / "k", progress=False)
+
+
+def test_npy_memmap_and_zarr_sources(tmp_path, data):
+    import zarr
+
+    ex = rp.Explainer(mlp(), "lrp.epsilon")
+    np.save(tmp_path / "x.npy", data)
+    z = zarr.create_array(str(tmp_path / "x.zarr"), shape=data.shape, chunks=(10, 14), dtype="f8")
+    z[:] = data
+    ref = ex(data)
+    for src in (tmp_path / "x.npy", str(tmp_path / "x.zarr"), z):
+        res = ex.map(src, out=None, batch_size=30, progress=False)
+        np.testing.assert_allclose(np.asarray(res.attributions), ref, rtol=1e-12, atol=1e-12)
+    meta = ex.map(tmp_path / "x.npy", out=tmp_path / "o", batch_size=30, progress=False).meta
+    assert meta["source"]["kind"] == "npy" and meta["source"]["path"].endswith("x.npy")
+
+
+def test_store_is_plain_npy_files_with_metadata(tmp_path, data):
+    net = mlp()
+    ex = rp.Explainer(net, "lrp.epsilon", epsilon=0.01)
+    ex.map(data.astype(np.float32), out=tmp_path / "s", progress=False)
+    a = np.load(tmp_path / "s" / "attributions.npy", mmap_mode="r")
+    assert a.dtype == np.float32 and a.shape == data.shape
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["identity"]["method"] == "lrp.epsilon"
+    assert meta["identity"]["params"]["epsilon"] == 0.01
+    assert meta["identity"]["model"] == rp.core.plan.fingerprint(net)
+    assert meta["relprop"] == rp.__version__ and meta["identity"]["dtype"] == "<f4"
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["attributions.npy", "error.npy", "manifest",
+                                                                "meta.json", "scores.npy", "targets.npy"]
+
+
+def test_float32_results_within_blas_rounding(tmp_path):
+    """A float32 job vs one call: chunk rows are whole internal batches, so GEMM shapes match
+    except in each chunk's last batch; equal to 1e-5 x max|R|."""
+    x = np.random.default_rng(2).normal(size=(300, 1, 8, 8)).astype(np.float32)
+    ex = rp.Explainer(cnn(), "lrp", rules=rp.composites.EpsilonPlusFlat())
+    res = ex.map(x, out=tmp_path / "f", batch_size=64, progress=False)
+    ref = ex(x)
+    assert np.max(np.abs(np.asarray(res.attributions) - ref)) <= 1e-5 * np.max(np.abs(ref))
+
+
+def test_samples_are_reshaped_only_by_unit_axes_or_flattening(tmp_path):
+    x = np.random.default_rng(0).normal(size=(20, 8, 8))
+    ex = rp.Explainer(cnn(), "gradient")
+    res = ex.map(x, progress=False)  # (8, 8) -> (1, 8, 8)
+    np.testing.assert_allclose(res.attributions, ex(x[:, None]), rtol=1e-12)
+    res = rp.Explainer(mlp(d=64), "gradient").map(x, progress=False)  # (8, 8) -> (64,) for a Dense input
+    assert res.attributions.shape == (20, 64)
+    with pytest.raises(JobError, match="do not fit the model"):
+        ex.map(np.zeros((4, 8, 8, 3)), progress=False)  # channels last: refused, never guessed
+    with pytest.raises(JobError, match="do not fit the model"):
+        rp.Explainer(mlp(d=14), "gradient").map(np.zeros((4, 15)), progress=False)
+
+
+def test_rerun_continues_and_refuses_another_job(tmp_path, data):
+    ex = rp.Explainer(mlp(), "lrp.epsilon", epsilon=1e-3)
+    out = tmp_path / "job"
+    first = ex.map(data, out=out, batch_size=20, progress=False)
+    stamp = {p.name: p.read_text() for p in (out / "manifest").iterdir()}
+    again = ex.map(data, out=out, batch_size=20, progress=False)  # nothing left: no chunk rewritten
+    assert {p.name: p.read_text() for p in (out / "manifest").iterdir()} == stamp
+    np.testing.assert_array_equal(np.asarray(again.attributions), np.asarray(first.attributions))
+    for other, what in [(rp.Explainer(mlp(), "lrp.epsilon", epsilon=1e-2), "params"),
+                        (rp.Explainer(mlp(seed=1), "lrp.epsilon", epsilon=1e-3), "model"),
+                        (rp.Explainer(mlp(), "gradient"), "method")]:
+        with pytest.raises(StoreError, match=f"another job \\({what}"):
+            other.map(data, out=out, batch_size=20, progress=False)
+    with pytest.raises(StoreError, match="another job \\(targets"):
+        ex.map(data, out=out, batch_size=20, target=1, progress=False)
+    with pytest.raises(StoreError, match="another job \\(source"):
+        ex.map(data[:50], out=out, batch_size=20, progress=False)
+    with pytest.raises(StoreError, match="another job \\(dtype"):
+        ex.map(data.astype(np.float32), out=out, batch_size=20, progress=False)
+    res = rp.Explainer(mlp(), "gradient").map(data, out=out, batch_size=20, overwrite=True, progress=False)
+    assert res.method == "gradient" and res.complete
+
+
+def test_random_method_seed_is_fixed_once_and_recorded(tmp_path, data):
+    ex = rp.Explainer(mlp(), "expected_gradients", baselines=np.zeros((4, 14)), samples=4)  # seed=None
+    res = ex.map(data, out=tmp_path / "r", batch_size=16, progress=False)
+    seed = res.params["seed"]
+    assert isinstance(seed, int)
+    ref = rp.Explainer(mlp(), "expected_gradients", baselines=np.zeros((4, 14)), samples=4, seed=seed)(data)
+    np.testing.assert_allclose(np.asarray(res.attributions), ref, rtol=1e-12, atol=1e-12)
+    # a resumed run keeps the recorded seed: the job identity includes it, so a fresh seed would be refused
+    again = ex.map(data, out=tmp_path / "r", batch_size=16, progress=False)
+    assert again.params["seed"] == seed
+
+
+def test_foreign_or_damaged_folders(tmp_path, data):
+    ex = rp.Explainer(mlp(), "gradient")
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(StoreError, match="not empty and holds no relprop store"):
+        ex.map(data, out=tmp_path / "f", progress=False)
+    assert (tmp_path / "f" / "holiday.jpg").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="not a folder"):
+        ex.map(data, out=tmp_path / "file", progress=False)
+    ex.map(data, out=tmp_path / "d", batch_size=30, progress=False)
+    (tmp_path / "d" / "meta.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not readable relprop metadata"):
+        ex.map(data, out=tmp_path / "d", batch_size=30, progress=False)
+    ex.map(data, out=tmp_path / "e", batch_size=30, progress=False)
+    with open(tmp_path / "e" / "scores.npy", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(StoreError, match="scores.npy is missing or damaged"):
+        ex.map(data, out=tmp_path / "e", batch_size=30, progress=False)
+    with pytest.raises(StoreError, match="no relprop attribution store"):
+        open_attributions(tmp_path / "f")
+
+
+@pytest.mark.parametrize("bad,err,match", [
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(batch_size=2.5), ValueError, "batch_size"),
+    (dict(max_memory="lots"), ValueError, "max_memory"),
+    (dict(max_memory=100), ValueError, "at least 1 MiB"),
+    (dict(max_memory="1MB"), JobError, "too small"),
+    (dict(target="labels"), ValueError, "'pred', 'label'"),
+    (dict(target="label"), JobError, "needs labels"),
+    (dict(target=7), ValueError, "out of range"),
+    (dict(target=np.zeros(5, int)), ValueError, "shaped \\(103,\\)"),
+    (dict(targets=[0, 9]), ValueError, "0..2"),
+    (dict(target=1, targets=[0]), TypeError, "not both"),
+    (dict(overwrite="yes"), TypeError, "overwrite"),
+    (dict(dtype=np.int32), TypeError, "float32 or float64"),
+    (dict(out=5), TypeError, "out must be a path"),
+    (dict(n=7), JobError, "n=7"),
+    (dict(labels=np.zeros(4, int)), SourceError, "labels"),
+])
+def test_bad_job_parameters_are_refused_before_anything_runs(tmp_path, data, bad, err, match):
+    ex = rp.Explainer(mlp(), "gradient")
+    kw = dict(out=tmp_path / "never", progress=False)
+    kw.update(bad)
+    with pytest.raises(err, match=match):
+        ex.map(data, **kw)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("src,match", [("missing.npy", "does not exist"), (object(), "cannot read a dataset"),
+                                       (np.zeros(5), "shaped \\(n_samples"), (np.zeros((0, 14)), "empty"),
+                                       (np.array([["a"] * 14]), "numbers")])
+def test_bad_sources(tmp_path, src, match):
+    ex = rp.Explainer(mlp(), "gradient")
+    if isinstance(src, str):
+        src = tmp_path / src
+    with pytest.raises(SourceError, match=match):
+        ex.map(src, progress=False)
+
+
+def test_non_finite_input_named_by_row(tmp_path, data):
+    bad = data.copy()
+    bad[57, 3] = np.nan
+    with pytest.raises(JobError, match="rows 40..59: sample 17"):
+        rp.Explainer(mlp(), "gradient").map(bad, out=tmp_path / "nan", batch_size=20, progress=False)
+    res = open_attributions(tmp_path / "nan")  # the chunks before it are finished and kept
+    assert not res.complete and res.finished_rows()[:40].all() and not res.finished_rows()[40:].any()
+
+
+def test_memory_strings():
+    assert parse_memory("2GB") == 2 * 2**30
+    assert parse_memory("512 MiB") == 512 * 2**20
+    assert parse_memory("1.5g") == int(1.5 * 2**30)
+    assert parse_memory(3 * 2**20) == 3 * 2**20
+
+
+def test_auto_chunks_follow_max_memory(data):
+    ex = rp.Explainer(cnn(), "gradient")
+    x = np.zeros((5000, 1, 8, 8), np.float32)
+    small = ex.map(x[:1], progress=False).meta["chunk_rows"]
+    a = ex.map(x, max_memory="300MB", progress=False).meta["chunk_rows"]
+    b = ex.map(x, max_memory="600MB", progress=False).meta["chunk_rows"]
+    assert small == 1 and a <= b
+
+
+def test_plain_progress_lines(tmp_path, data, capsys):
+    rp.Explainer(mlp(), "gradient").map(data, out=tmp_path / "p", batch_size=20)
+    err = capsys.readouterr().err
+    assert "103/103 samples (100.0%)" in err and "samples/s" in err
+    rp.Explainer(mlp(), "gradient").map(data, out=tmp_path / "p", batch_size=20)
+    assert "nothing left to compute" in capsys.readouterr().err
