@@ -143,8 +143,6 @@ def run_workload(name, net, model, x, method, peer, batch, repeat, tmp):
            f"{peer} loop": lambda: peer_loop(peer, model, path, tmp / "peer.npy", batch, True, peer_method, n_out),
            f"{peer} loop (sliced)": lambda: peer_loop(peer, model, path, tmp / "peer.npy", batch, False,
                                                       peer_method, n_out)}
-    if method == "ig32" and len(x) > 100000:  # Captum IG over 1M rows x 32 steps through a DataLoader: minutes
-        fns.pop(f"{peer} loop")
     for _ in range(repeat):
         for label, fn in fns.items():
             t = _timed(fn)
@@ -173,6 +171,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--w1-n", type=int, default=256)
     ap.add_argument("--mlp-n", type=int, default=1_000_000)
+    ap.add_argument("--ig-n", type=int, default=100_000, help="MLP rows for IG(32) (Captum's loop over 1M rows "
+                    "x 32 steps takes minutes)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--only", default="", help="comma list of workloads to run: w1, mlp")
     ap.add_argument("--out", default=None)
@@ -195,13 +195,15 @@ def main(argv=None):
             net, model = M.w2_relprop(params), M.w2_torch(params).eval()
             x = M.w2_input(args.mlp_n)
             for method, peer in (("EpsilonPlusFlat", "zennit"), ("gradient", "captum"), ("ig32", "captum")):
-                r, s = run_workload("MLP", net, model, x, method, peer, 1024, args.repeat, tmp)
+                xs = x[:args.ig_n] if method == "ig32" else x
+                r, s = run_workload(f"MLP-{len(xs)}", net, model, xs, method, peer, 1024, args.repeat, tmp)
                 rows += r
                 summaries.append(s)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     date = time.strftime("%Y-%m-%d", time.gmtime())
-    out = Path(args.out) if args.out else HERE / "results" / f"{date}-cpu-dataset.md"
+    tag = "" if not only else "-" + "-".join(sorted(only))
+    out = Path(args.out) if args.out else HERE / "results" / f"{date}-cpu-dataset{tag}.md"
     command = "python bench/dataset.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = {"cpu": REP.cpu_model(), "flags": REP.cpu_flags_summary(), "ram": REP.ram_gib(),
                "python": platform.python_version(), "relprop": REP.relprop_version(), "blas": REP.blas_info(),

@@ -421,7 +421,7 @@ class Explainer:
             ref = s
             if sums_to == "delta":
                 ref = s - self._baseline_scores(ctx, x, p, mm)[rows, T]
-            total = out.reshape(out.shape[:2] + (-1,)).astype(np.float64).sum(axis=2)
+            total = out.reshape(out.shape[:2] + (-1,)).sum(axis=2, dtype=np.float64)
             error = B.to_host(total - ref)
         if self.base is None:
             params = dict(self.params)

@@ -291,13 +291,105 @@ def test_memory_strings():
     assert parse_memory(3 * 2**20) == 3 * 2**20
 
 
-def test_auto_chunks_follow_max_memory(data):
+def test_auto_chunks_follow_max_memory(tmp_path):
     ex = rp.Explainer(cnn(), "gradient")
-    x = np.zeros((5000, 1, 8, 8), np.float32)
-    small = ex.map(x[:1], progress=False).meta["chunk_rows"]
-    a = ex.map(x, max_memory="300MB", progress=False).meta["chunk_rows"]
-    b = ex.map(x, max_memory="600MB", progress=False).meta["chunk_rows"]
-    assert small == 1 and a <= b
+    x = np.zeros((200000, 1, 8, 8), np.float32)
+    assert ex.map(x[:1], progress=False).meta["chunk_rows"] == 1
+    a = rp.runner.job.plan_job(ex, x, None, max_memory="20MB")[2]["chunk_rows"]
+    b = rp.runner.job.plan_job(ex, x, None, max_memory="40MB")[2]["chunk_rows"]
+    assert 1 < a < b < 200000
+
+
+def test_resume_after_changing_max_memory_takes_the_stores_chunks(tmp_path, data):
+    ex = rp.Explainer(mlp(), "lrp.epsilon")
+    x = np.random.default_rng(5).normal(size=(30000, 14))
+    res = ex.map(x, out=tmp_path / "m2", max_memory="20MB", batch_size="auto", progress=False)
+    rows = res.meta["chunk_rows"]
+    assert 1 < rows < 10000
+    keep = sorted((tmp_path / "m2" / "manifest").iterdir())
+    for p in keep[1:3]:
+        p.unlink()  # two chunks "not finished"
+    again = ex.map(x, out=tmp_path / "m2", max_memory="2GB", progress=False)  # auto: the store's chunks
+    assert again.meta["chunk_rows"] == rows and again.complete
+    np.testing.assert_allclose(np.asarray(again.attributions), ex(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(StoreError, match=f"pass batch_size={rows}"):
+        ex.map(x, out=tmp_path / "m2", batch_size=rows + 1, progress=False)
+
+
+def test_scores_are_the_models_scores(tmp_path):
+    """The stored scores are s_c(x) of the model's forward pass, also where the traversal's own
+    forward pass supplied them (DeepLIFT's [x; x0] batch, alpha-beta's [W+; W-] forward, several
+    targets)."""
+    x = np.random.default_rng(4).normal(size=(50, 1, 8, 8))
+    net = cnn()
+    s = rp.forward(net, x)
+    for method, kw, t in [("deeplift.rescale", {}, None), ("lrp", {"rules": rp.composites.EpsilonAlpha2Beta1()}, None),
+                          ("gradient", {}, [1, 4]), ("integrated_gradients", {"steps": 4}, None)]:
+        res = rp.Explainer(net, method, **kw).map(x, targets=t, batch_size=16, progress=False)
+        T = np.asarray(res.targets)
+        want = s[np.arange(50)[:, None], T] if t is not None else s[np.arange(50), T]
+        np.testing.assert_allclose(np.asarray(res.scores), want, rtol=1e-12, atol=1e-12, err_msg=method)
+        if t is None:
+            np.testing.assert_array_equal(T, s.argmax(1))
+
+
+def test_parameters_inside_rules_are_part_of_the_job(tmp_path):
+    x = np.random.default_rng(4).uniform(-2, 2, size=(30, 1, 8, 8))
+    lo = np.full((1, 8, 8), -3.0)
+    ex = rp.Explainer(cnn(), "lrp", rules=[rp.rules.ZBox(lo, -lo), rp.rules.Epsilon()])
+    ex.map(x, out=tmp_path / "zb", progress=False)
+    lo2 = lo.copy()
+    lo2[0, 0, 0] = -4.0
+    other = rp.Explainer(cnn(), "lrp", rules=[rp.rules.ZBox(lo2, -lo), rp.rules.Epsilon()])
+    with pytest.raises(StoreError, match="another job \\(params"):
+        other.map(x, out=tmp_path / "zb", progress=False)
+    eps = rp.Explainer(cnn(), "lrp", rules=rp.composites.EpsilonPlusFlat())
+    eps.map(x, out=tmp_path / "c", progress=False)
+    with pytest.raises(StoreError, match="another job \\(params"):
+        rp.Explainer(cnn(), "lrp", rules=rp.composites.EpsilonPlusFlat(stabilizer=1e-3)).map(
+            x, out=tmp_path / "c", progress=False)
+    with pytest.raises(StoreError, match="another job \\(allow_tf32"):
+        rp.Explainer(cnn(), "lrp", rules=rp.composites.EpsilonPlusFlat(), allow_tf32=True).map(
+            x, out=tmp_path / "c", progress=False)
+
+
+def test_never_deletes_what_is_not_a_relprop_store(tmp_path, data):
+    ex = rp.Explainer(mlp(), "gradient")
+    mine = tmp_path / "results"
+    mine.mkdir()
+    np.save(mine / "targets.npy", np.arange(3))  # a user's file named like a store column
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="deletes only its own stores"):
+            ex.map(data, out=mine, overwrite=overwrite, progress=False)
+    assert (mine / "targets.npy").exists()
+
+
+def test_a_failing_writer_stops_the_job_with_its_error(tmp_path, data, monkeypatch):
+    """A disk error in the writer thread ends the job with that error (no hang), and the
+    chunks written before it stay recorded."""
+    import errno
+
+    from relprop.runner import stores
+
+    real = stores.NpyStore._put
+
+    def put(self, name, sl, a):
+        if sl.start >= 40:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, name, sl, a)
+
+    monkeypatch.setattr(stores.NpyStore, "_put", put)
+    with pytest.raises(OSError, match="No space left"):
+        rp.Explainer(mlp(), "gradient").map(data, out=tmp_path / "full", batch_size=10, progress=False)
+    assert open_attributions(tmp_path / "full").finished_rows().sum() == 40
+
+
+def test_a_shuffling_dataloader_is_refused(tmp_path, data):
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(data)), batch_size=8,
+                                         shuffle=True)
+    with pytest.raises(SourceError, match="shuffle=False"):
+        rp.Explainer(mlp(), "gradient").map(loader, out=tmp_path / "s", progress=False)
 
 
 def test_plain_progress_lines(tmp_path, data, capsys):

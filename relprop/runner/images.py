@@ -38,7 +38,7 @@ from .sources import ArraySource, SourceError, _check_labels
 IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 IDX_MAX_NDIM = 8
-MAX_BYTES = 4 * 2**30  # largest decompressed .gz payload read into memory by default
+MAX_BYTES = 2**30  # largest decompressed .gz payload read into memory by default (raw files are memory-mapped)
 GZ_PIECE = 16 * 2**20  # bytes decompressed per step
 
 # formats Pillow may decode: the common raster ones (never EPS, which runs Ghostscript)
@@ -188,7 +188,7 @@ def read_idx(path, max_bytes=MAX_BYTES):
     Parameters
     ----------
     path : str or path, ``*.gz`` for a gzip-compressed file
-    max_bytes : int, the largest decompressed payload accepted (default 4 GiB)
+    max_bytes : int, the largest decompressed payload accepted (default 1 GiB)
 
     Returns
     -------
@@ -277,7 +277,7 @@ def idx_source(path, labels=None, *, scale=None, mean=None, std=None, max_bytes=
     scale : pixel factor; default 1/255 for uint8 data (images in [0, 1]), else 1
     mean, std : subtracted, then divided, after scaling: numbers, or one per channel for
         samples (C, H, W) (the first axis of a 3-D sample is taken as the channel axis)
-    max_bytes : the largest decompressed ``.gz`` payload read (default 4 GiB); raw files are
+    max_bytes : the largest decompressed ``.gz`` payload read (default 1 GiB); raw files are
         memory-mapped and need no limit
 
     Samples keep the file's shape ((28, 28) for MNIST); a job adds the size-1 channel axis for

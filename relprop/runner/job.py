@@ -100,7 +100,7 @@ def model_shape(net, shape, where):
                    f"change such as channels-last to channels-first must be done by the source)")
 
 
-def _jsonable(v):
+def _jsonable(v, depth=0):
     """A JSON value identifying a parameter value (arrays by content hash)."""
     if v is None or isinstance(v, (bool, str)):
         return v
@@ -109,7 +109,7 @@ def _jsonable(v):
     if isinstance(v, numbers.Real):
         return float(v)
     if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in sorted(v.items())}
+        return {str(k): _jsonable(u, depth + 1) for k, u in sorted(v.items(), key=lambda t: str(t[0]))}
     if hasattr(v, "shape") and hasattr(v, "dtype"):
         a = np.ascontiguousarray(np.asarray(v))
         if a.size <= 8:
@@ -117,7 +117,13 @@ def _jsonable(v):
         return {"array_sha256": hashlib.sha256(memoryview(a).cast("B")).hexdigest(), "shape": list(a.shape),
                 "dtype": str(a.dtype)}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(u) for u in v]
+        return [_jsonable(u, depth + 1) for u in v]
+    if depth < 8 and (hasattr(v, "__dict__") or hasattr(v, "__slots__")):
+        # rules, composites, fitted patterns: their type and every attribute (arrays by content)
+        names = sorted(getattr(v, "__dict__", None) or
+                       {k: None for c in type(v).__mro__ for k in getattr(c, "__slots__", ())})
+        return {"type": f"{type(v).__module__}.{type(v).__qualname__}",
+                **{k: _jsonable(getattr(v, k, None), depth + 1) for k in names if not k.startswith("__")}}
     return repr(v)
 
 
@@ -254,7 +260,7 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
     net = ex.net
     shape = model_shape(net, src.shape, "the dataset")
     if dtype is None:
-        dtype = np.float64 if src.dtype == np.float64 else np.float32
+        dtype = np.float64 if (src.dtype.kind == "f" and src.dtype.itemsize == 8) else np.float32
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -275,6 +281,7 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
         cols["error"] = [list(kshape), "<f8"]
     rows = _chunk_rows(ex, shapes, shape, src, dtype, T.k, batch_size, max_memory)
     identity = {"method": ex.method.name, "params": _jsonable(ex.job_params()),
+                "backend": ex.backend, "allow_tf32": ex.allow_tf32,
                 "model": fingerprint(net), "dtype": dtype.str, "targets": T.describe(),
                 "source": {**{k: v for k, v in src.describe().items() if k not in ("kind", "path", "labels_file")},
                            "n": src.n, "shape": list(src.shape), "dtype": str(src.dtype), "labels": has_labels,
@@ -303,6 +310,8 @@ def _sample_digest(src):
         h.update(np.ascontiguousarray(x).tobytes())
         if y is not None:
             h.update(np.ascontiguousarray(y).astype(np.int64).tobytes())
+    if src.random_access and src.labels is not None:  # all labels: cheap, and they may be the targets
+        h.update(np.ascontiguousarray(src.labels, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -333,7 +342,8 @@ def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
     size = int(np.prod(shape))
     per = row_bytes(shapes, dtype.itemsize) * (2 if ex.runs.mode == DEEPLIFT else 1)
     engine_rows = ex.batch_size or budget.BUDGET.rows(per, False)
-    engine = 4 * engine_rows * per + budget.BUDGET.expand  # activations, backward buffers, expanded copies
+    expands = ex.runs.mode is None or ex.base is not None  # path points, perturbed or noisy copies
+    engine = 4 * engine_rows * per + (budget.BUDGET.expand if expands else 0)  # activations, backward, copies
     src_item = np.dtype(src.dtype).itemsize if src.dtype is not None else dtype.itemsize
     in_row = size * (src_item + dtype.itemsize)  # as read, and as cast
     convert = size * 8  # the reader's float64 conversion buffer of integer pixels (one chunk)
@@ -369,7 +379,7 @@ def run_job(ex, source, out=None, *, target=None, targets=None, batch_size="auto
             raise JobError("scheduler= needs out= (a store the workers write to)")
         store, done = stores.MemoryStore(meta), set()
     else:
-        store, done = stores.prepare(out, meta, overwrite)
+        store, done = stores.prepare(out, meta, overwrite, auto_rows=batch_size in (None, "auto"))
     try:
         if scheduler is not None:
             from .. import dask as rdask
@@ -438,7 +448,10 @@ def _run_local(chunk, src, store, done, progress):
     ok = False
     try:
         while not failure:
-            item = inq.get()
+            try:
+                item = inq.get(timeout=0.1)  # polled: a failed writer stops the reader before its end mark
+            except queue.Empty:
+                continue
             if item is None:
                 break
             i, x, y = item

@@ -16,6 +16,7 @@ Each source describes itself (:meth:`describe`) for the store's metadata.
 """
 from __future__ import annotations
 
+import json
 import mmap
 import os
 from pathlib import Path
@@ -92,6 +93,10 @@ class IterableSource:
     def __init__(self, iterable, n=None):
         if isinstance(iterable, (str, bytes, dict)):
             raise SourceError(f"a dataset iterable must yield batches x or (x, y), got a {type(iterable).__name__}")
+        sampler = getattr(iterable, "sampler", None)
+        if type(sampler).__name__ in ("RandomSampler", "SubsetRandomSampler", "WeightedRandomSampler"):
+            raise SourceError("the DataLoader shuffles (its sampler is a RandomSampler): a job must see the samples in "
+                              "the same order on every pass to store and resume them; use shuffle=False")
         self.iterable = iterable
         ds = getattr(iterable, "dataset", None)
         if n is None and ds is not None and hasattr(ds, "__len__"):
@@ -220,6 +225,10 @@ def _from_path(path, labels, **options):
             arr = zarr.open_array(str(path.resolve()), mode="r")
         except Exception as e:  # zarr raises several types for a folder that is not an array
             raise SourceError(f"dataset {str(path)!r} is not a readable zarr array ({e})") from None
+        codecs = json.dumps(_zarr_codecs(arr), default=str).lower()
+        if "pickle" in codecs or '"object"' in codecs:
+            raise SourceError(f"dataset {str(path)!r}: its zarr codecs include pickle/object encoding, which would "
+                              f"run code from the file when read; store numbers with numeric codecs")
         return ArraySource(arr, labels, {"kind": "zarr", "path": str(path.resolve())})
     if path.is_dir():
         return images.ImageFolder(path, labels=labels, **options)
@@ -234,6 +243,16 @@ def _from_path(path, labels, **options):
         return images.idx_source(path, labels, **options)
     raise SourceError(f"dataset {str(path)!r}: unknown format (expected .npy, .zarr, IDX '*-ubyte[.gz]' files or a "
                       f"folder of images)")
+
+
+def _zarr_codecs(arr):
+    """The codec and filter declarations of a zarr array (v2 or v3 metadata), as JSON values."""
+    md = arr.metadata
+    try:
+        d = md.to_dict()
+    except Exception:  # noqa: BLE001 - metadata classes differ between zarr versions
+        d = {}
+    return {k: d.get(k) for k in ("codecs", "filters", "compressor", "compressors", "dtype", "data_type")}
 
 
 def _no_options(options, path):

@@ -29,6 +29,7 @@ import numpy as np
 FORMAT = "relprop-attributions/1"
 META = "meta.json"
 MANIFEST = "manifest"
+CREATING = ".relprop-creating"  # written first, removed once meta.json is in place
 COLUMNS = ("attributions", "targets", "scores", "error")
 
 
@@ -67,34 +68,43 @@ def read_meta(out):
         raise StoreError(f"{str(p)!r} is not readable relprop metadata ({e}); pass overwrite=True to start over") \
             from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise StoreError(f"{str(p)!r} is not a relprop attribution store (format {meta.get('format')!r:.40} "
-                         f"where {FORMAT!r} was expected)")
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise StoreError(f"{str(p)!r} is not a relprop attribution store (format {fmt!r:.40} where {FORMAT!r} was "
+                         f"expected)")
     return meta
 
 
-def prepare(out, meta, overwrite):
+def prepare(out, meta, overwrite, auto_rows=False):
     """Make ``out`` ready for the job ``meta``: a new store, or the existing store of the same
-    job (resume). Refuses another job's store unless ``overwrite``. Returns (store, finished
-    chunk ids)."""
+    job (resume). Refuses another job's store unless ``overwrite``; never deletes a folder that
+    is not a relprop store (or one whose creation was interrupted, marked by ``CREATING``).
+    ``auto_rows``: the chunk rows were chosen automatically, so a resumed job takes the store's.
+    Returns (store, finished chunk ids)."""
     out = Path(out)
     old = None
     if out.exists():
         if not out.is_dir():
             raise StoreError(f"output {str(out)!r} exists and is not a folder")
+        ours = _ours(out)
         try:
             old = read_meta(out)
         except StoreError:
-            if not overwrite:
+            if not (overwrite and ours):
                 raise
-        if old is None and not overwrite and _half_made(out):
+        if old is None and any(out.iterdir()):
+            if not ours:
+                raise StoreError(f"output folder {str(out)!r} exists, is not empty and holds no relprop store; "
+                                 f"choose another path (relprop deletes only its own stores, even with overwrite)")
             overwrite = True  # a store whose creation was killed before its metadata: start it again
-        if old is None and any(out.iterdir()) and not overwrite:
-            raise StoreError(f"output folder {str(out)!r} exists, is not empty and holds no relprop store; "
-                             f"choose another path (or overwrite=True to replace its contents)")
     if old is not None and not overwrite:
+        if auto_rows and old.get("job") == meta["job"]:
+            meta = {**meta, "chunk_rows": old.get("chunk_rows")}
         diff = [k for k in ("job", "columns", "n", "chunk_rows") if old.get(k) != meta.get(k)]
         if diff:
             k = diff[0]
+            if k == "chunk_rows":
+                raise StoreError(f"output {str(out)!r} holds this job with chunks of {old.get(k)} samples; pass "
+                                 f"batch_size={old.get(k)} (or 'auto') to resume it, or overwrite=True to start over")
             raise StoreError(f"output {str(out)!r} holds the results of another job ({_what_differs(k, old, meta)}); "
                              f"refusing to mix them: choose another output, or overwrite=True to start over")
         store = open_store(out, old, mode="r+")
@@ -102,16 +112,23 @@ def prepare(out, meta, overwrite):
     if out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / CREATING, meta["job"].encode())
     store = (ZarrStore if meta["store"] == "zarr" else NpyStore).create(out, meta)
     atomic_write(out / META, json.dumps(meta, indent=1, sort_keys=True).encode())
+    (out / CREATING).unlink()
     return store, set()
 
 
-def _half_made(out):
-    """Only files a store's creation makes, and no metadata yet (creation was interrupted)."""
-    names = [p.name for p in out.iterdir()]
-    ours = {f"{c}.npy" for c in COLUMNS} | {"zarr.json", MANIFEST} | set(COLUMNS)
-    return bool(names) and all(n in ours or (n.startswith(".") and n.endswith(".tmp")) for n in names)
+def _ours(out):
+    """Whether ``out`` is a relprop store (its metadata names the format), or one whose
+    creation was interrupted (the ``CREATING`` marker is the first thing a store gets)."""
+    if (out / CREATING).exists():
+        return True
+    try:
+        return isinstance(json.loads((out / META).read_text()), dict) and \
+            json.loads((out / META).read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
 
 
 def _what_differs(key, old, new):
@@ -165,9 +182,22 @@ class _Store:
                 raise StoreError(f"chunk {i}: column {name!r} shaped {tuple(a.shape)}, the store expects {want}")
             self._put(name, sl, a)
         self._sync(sl)
+        self._check_same_job()
         (self.path / MANIFEST).mkdir(exist_ok=True)
         atomic_write(self.path / MANIFEST / f"{i:08d}.json",
                      json.dumps({"rows": [sl.start, sl.stop], **(info or {})}).encode())
+
+
+    def _check_same_job(self):
+        """The store on disk is still this job's (not replaced by an ``overwrite=True`` run while
+        this writer, e.g. a cluster task of the old job, was still computing)."""
+        try:
+            now = read_meta(self.path)
+        except StoreError:
+            now = None
+        if now is None or now.get("job") != self.meta["job"] or now.get("created") != self.meta.get("created"):
+            raise StoreError(f"store {str(self.path)!r} was replaced by another run while this chunk was computed; "
+                             f"its result is not recorded")
 
 
 class NpyStore(_Store):
@@ -282,7 +312,7 @@ class ZarrStore(_Store):
     @classmethod
     def create(cls, out, meta):
         zarr = _zarr()
-        g = zarr.open_group(str(out), mode="w")
+        g = zarr.open_group(str(out), mode="a")  # not "w": it would wipe the folder (and its CREATING marker)
         n, rows = int(meta["n"]), int(meta["chunk_rows"])
         for name, (shape, dtype) in meta["columns"].items():
             g.create_array(name, shape=(n,) + tuple(shape), chunks=(rows,) + tuple(shape), dtype=np.dtype(dtype),
