@@ -129,9 +129,10 @@ def run_workload(name, net, model, x, method, peer, batch, repeat, tmp):
     ex.explain(x[: min(len(x), 64)])  # compile (Numba) and derive weights once, outside the timings
     cases = {}
 
-    def runner():
-        shutil.rmtree(tmp / "store", ignore_errors=True)
-        ex.map(path, out=tmp / "store", progress=False)
+    runs = iter(range(1000))
+
+    def runner():  # a new store each time; the old ones are deleted outside the timings
+        ex.map(path, out=tmp / f"store-{name}-{method}-{next(runs):03d}", progress=False)
 
     xin = np.load(path)
 
@@ -147,8 +148,10 @@ def run_workload(name, net, model, x, method, peer, batch, repeat, tmp):
         for label, fn in fns.items():
             t = _timed(fn)
             cases[label] = min(cases.get(label, np.inf), t)
+            for old in sorted(tmp.glob(f"store-{name}-{method}-*"))[:-1]:
+                shutil.rmtree(old)
     # agreement of the peer with relprop on what both computed (first rows)
-    got = np.load(tmp / "store" / "attributions.npy", mmap_mode="r")
+    got = np.load(sorted(tmp.glob(f"store-{name}-{method}-*"))[-1] / "attributions.npy", mmap_mode="r")
     ref = np.load(tmp / "peer.npy", mmap_mode="r")
     k = min(len(x), 2000)
     agree = float(np.linalg.norm(got[:k] - ref[:k]) / max(np.linalg.norm(ref[:k]), 1e-30))

@@ -5,7 +5,7 @@
 Each case runs in a fresh process: import relprop, build the model, one warm-up call (Numba
 compiled, weights derived) -> the fixed overhead (resident memory then); then
 ``Explainer.map(x.npy, out=folder, max_memory=M)`` over ``n`` rows -> the peak resident memory
-(``ru_maxrss``). The job's own memory is peak - overhead; it must stay under M. Writes
+(``VmHWM`` of the process). The job's own memory is peak - overhead; it must stay under M. Writes
 ``bench/results/<date>-cpu-dataset-memory.md``.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import relprop as rp
 path, out, features, hidden, method, mem = sys.argv[1:7]
@@ -36,16 +36,16 @@ net = rp.Sequential(rp.Dense(rng.normal(0, (2 / features) ** 0.5, (hidden, featu
 ex = rp.Explainer(net, "lrp", rules=rp.composites.EpsilonPlusFlat()) if method == "EpsilonPlusFlat" else \
     rp.Explainer(net, method)
 ex.explain(rng.normal(size=(64, features)).astype(np.float32))
-def rss():
+def status(key):  # this process's own counters (ru_maxrss would include the parent's RSS at fork)
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-base = rss()
-base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = status("VmRSS")
+base_peak = status("VmHWM")
 t0 = time.perf_counter()
 res = ex.map(path, out=out, max_memory=mem, progress=False)
 t = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM")
 print(json.dumps({"overhead": base, "overhead_peak": base_peak, "peak": peak, "seconds": t,
                   "chunk_rows": res.meta["chunk_rows"], "n": res.n}))
 """
@@ -59,7 +59,7 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="relprop-bench-mem-"))
     cases = [(14, 64, "EpsilonPlusFlat", "64MB"), (14, 64, "EpsilonPlusFlat", "2GB"),
              (256, 256, "EpsilonPlusFlat", "256MB"), (256, 256, "EpsilonPlusFlat", "1GB"),
-             (256, 256, "integrated_gradients", "256MB")]
+             (14, 64, "integrated_gradients", "512MB")]
     rows = []
     try:
         for features, hidden, method, mem in cases:
@@ -73,7 +73,9 @@ def main(argv=None):
                 del x
             shutil.rmtree(tmp / "store", ignore_errors=True)
             r = subprocess.run([sys.executable, "-c", CHILD, str(path), str(tmp / "store"), str(features), str(hidden),
-                                method, mem], capture_output=True, text=True, check=True)
+                                method, mem], capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(f"case {features}-{hidden} {method} {mem} failed:\n{r.stderr[-3000:]}")
             d = json.loads(r.stdout.strip().splitlines()[-1])
             from relprop.runner import parse_memory
 
@@ -94,7 +96,7 @@ def main(argv=None):
              f"Command: `python bench/dataset_memory.py {' '.join(argv if argv is not None else sys.argv[1:])}`", "",
              f"Machine: {REP.cpu_model()}, {REP.ram_gib()}, relprop {REP.relprop_version()}, {REP.blas_info()}", "",
              "Fixed overhead = resident memory after import, model and one warm-up call (interpreter, numpy, "
-             "Numba and the compiled kernels, BLAS buffers). Job = peak resident memory (ru_maxrss) - overhead.",
+             "Numba and the compiled kernels, BLAS buffers). Job = peak resident memory (VmHWM) - overhead.",
              "", "| model | method | rows | input on disk | max_memory | chunk rows | fixed overhead | peak RSS | "
              "job (peak - overhead) | job / max_memory | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for d in rows:

@@ -73,10 +73,10 @@ CHILD = textwrap.dedent("""
         cls._put = put
     elif mode == "before-manifest":  # chunk 5's data are synced, its manifest entry not written
         orig = stores.atomic_write
-        def atomic(path, data_):
+        def atomic(path, data_, **kw):
             if str(path).endswith("%%08d.json" %% 5):
                 stop_here("before-manifest")
-            return orig(path, data_)
+            return orig(path, data_, **kw)
         stores.atomic_write = atomic
     net = rp.load(model)
     ex = rp.Explainer(net, "lrp", rules=rp.composites.EpsilonPlusFlat())

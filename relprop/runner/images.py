@@ -130,7 +130,12 @@ class PixelSource(ArraySource):
 
     def read(self, start, stop):
         x, y = super().read(start, stop)
-        return self.pixels(x, self.dtype), y
+        x = self.pixels(x, self.dtype)  # a converted copy: the stored rows are done with
+        super().release(start, stop)
+        return x, y
+
+    def release(self, start, stop):
+        pass
 
 
 # -- IDX files -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from . import stores
 from .sources import IterableSource, SourceError, as_source
 
 QUEUE = 2  # chunks read ahead, and chunks waiting for the writer
+COMMIT_EVERY = 1.0  # at most this many seconds of finished chunks wait for a commit (a kill loses them)
 MAX_CHUNK_ROWS = 65536
 MAX_CHUNK_BYTES = 64 * 2**20
 
@@ -427,20 +428,35 @@ def _run_local(chunk, src, store, done, progress):
             put(inq, None)
 
     def writer():
+        pending, last = [], time.perf_counter()
+        ended = False
         try:
             while True:
                 item = outq.get()
                 if item is None:
+                    ended = True
+                    store.commit(pending)
                     return
                 i, cols, info = item
-                store.write(i, cols, info)
+                try:
+                    store.put(i, cols)
+                except BaseException:
+                    store.commit(pending)  # the chunks before this one are whole: keep them
+                    raise
+                pending.append((i, info))
                 bar.update(_rows(store, i))
+                # commit while idle (the sync overlaps the kernels); when chunks queue up, group them
+                # into one commit, at least every COMMIT_EVERY seconds
+                if outq.empty() or time.perf_counter() - last >= COMMIT_EVERY:
+                    store.commit(pending)
+                    pending, last = [], time.perf_counter()
         except BaseException as e:  # noqa: BLE001
             failure.append(e)
             stop.set()
-            while outq.get() is not None:  # drain so the compute side never blocks
+            while not ended and outq.get() is not None:  # drain so the compute side never blocks
                 pass
 
+    release = getattr(src, "release", lambda start, stop: None)
     rd = threading.Thread(target=reader, name="relprop-reader", daemon=True)
     wr = threading.Thread(target=writer, name="relprop-writer", daemon=True)
     rd.start()
@@ -458,6 +474,8 @@ def _run_local(chunk, src, store, done, progress):
             sl = store.chunk_slice(i)
             t0 = time.perf_counter()
             cols = chunk.compute(x, y, sl)
+            del x
+            release(sl.start, sl.stop)
             info = {"seconds": round(time.perf_counter() - t0, 4), "run": run, "pid": os.getpid()}
             if not put(outq, (i, cols, info)):
                 break

@@ -57,27 +57,43 @@ class ArraySource:
         return d
 
     def read(self, start, stop):
-        x = np.array(self.data[start:stop])  # a copy: the job's own memory, not the file's pages
+        """Rows ``start:stop`` and their labels. numpy arrays (memory maps included) give a view,
+        no copy: for a memory map the kernel is asked to read the rows ahead now
+        (``MADV_WILLNEED``, asynchronous) and :meth:`release` drops them after use."""
+        if isinstance(self.data, np.ndarray):
+            _advise(self.data, start, stop, "MADV_WILLNEED")
+            x = self.data[start:stop]
+        else:
+            x = np.asarray(self.data[start:stop])
         y = None if self.labels is None else np.asarray(self.labels[start:stop])
-        _drop_pages(self.data, start, stop)
         return x, y
 
+    def release(self, start, stop):
+        """The rows ``start:stop`` are no longer needed (their chunk is computed)."""
+        _advise(self.data, start, stop, "MADV_DONTNEED")
 
-def _drop_pages(data, start, stop):
-    """Tell the kernel this process no longer needs the memory-mapped pages of rows
-    ``start:stop`` (they were copied): a job streaming a large ``.npy`` keeps its resident
-    memory bounded by its chunks instead of growing with the file."""
+
+def _advise(data, start, stop, advice):
+    """``madvise`` the memory-mapped pages of rows ``start:stop`` of a whole ``np.memmap``:
+    ``MADV_WILLNEED`` starts reading them ahead; ``MADV_DONTNEED`` tells the kernel this process
+    no longer needs them, so a job streaming a large ``.npy`` keeps its resident memory bounded
+    by its chunks instead of growing with the file (the file is unchanged: it is mapped
+    shared, and only ever read)."""
     mm = getattr(data, "base", None)  # a whole np.memmap (as np.load gives) has the mmap as its base
-    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or not data.flags.c_contiguous:
+    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, advice) or not data.flags.c_contiguous:
         return
     row = data.itemsize * int(np.prod(data.shape[1:]))
     skip = int(data.offset) % mmap.ALLOCATIONGRANULARITY  # numpy maps from the granule below the offset
     lo, hi = skip + start * row, skip + stop * row
     page = mmap.PAGESIZE
-    lo, hi = -(-lo // page) * page, hi // page * page  # whole pages inside the rows read only
+    if advice == "MADV_DONTNEED":
+        lo, hi = -(-lo // page) * page, hi // page * page  # only whole pages inside these rows
+    else:
+        lo, hi = lo // page * page, -(-hi // page) * page
+    hi = min(hi, len(mm))
     if hi > lo:
         try:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            mm.madvise(getattr(mmap, advice), lo, hi - lo)
         except (OSError, ValueError):
             pass  # advice only
 

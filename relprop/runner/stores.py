@@ -37,16 +37,18 @@ class StoreError(ValueError):
     """A store that cannot be used as asked (another job's results, a damaged or foreign folder)."""
 
 
-def atomic_write(path, data):
-    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder, flushed
-    to disk, then renamed over ``path``: readers see the old file or the whole new one."""
+def atomic_write(path, data, sync=True):
+    """Write ``data`` (bytes) to ``path`` through a temporary file in the same folder (flushed
+    to disk when ``sync``), then renamed over ``path``: readers see the old file or the whole
+    new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -173,20 +175,38 @@ class _Store:
         return done
 
     def write(self, i, columns, info=None):
-        """Write chunk ``i`` (a dict column -> array of the chunk's rows), make it durable,
-        then record it in the manifest."""
+        """Write chunk ``i`` (a dict column -> array of the chunk's rows) and record it."""
+        self.put(i, columns)
+        self.commit([(i, info)])
+
+    def put(self, i, columns):
+        """Write chunk ``i``'s data (not yet recorded: see :meth:`commit`)."""
         sl = self.chunk_slice(i)
         for name, a in columns.items():
             want = (sl.stop - sl.start,) + self.columns[name][0]
             if tuple(a.shape) != want:
                 raise StoreError(f"chunk {i}: column {name!r} shaped {tuple(a.shape)}, the store expects {want}")
             self._put(name, sl, a)
-        self._sync(sl)
-        self._check_same_job()
-        (self.path / MANIFEST).mkdir(exist_ok=True)
-        atomic_write(self.path / MANIFEST / f"{i:08d}.json",
-                     json.dumps({"rows": [sl.start, sl.stop], **(info or {})}).encode())
 
+    def commit(self, entries):
+        """Record the chunks ``entries`` ((i, info) pairs, their data already put) as finished:
+        the data files are synced first, then one manifest file per chunk is created by
+        rename and the manifest folder synced once (a group commit: one sync for many chunks)."""
+        if not entries:
+            return
+        self._sync(None)
+        self._check_same_job()
+        d = self.path / MANIFEST
+        d.mkdir(exist_ok=True)
+        for i, info in entries:
+            sl = self.chunk_slice(i)
+            atomic_write(d / f"{i:08d}.json", json.dumps({"rows": [sl.start, sl.stop], **(info or {})}).encode(),
+                         sync=False)  # the folder's sync below makes the renames durable
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _check_same_job(self):
         """The store on disk is still this job's (not replaced by an ``overwrite=True`` run while
@@ -297,10 +317,12 @@ class MemoryStore(_Store):
     def _sync(self, sl):
         pass
 
-    def write(self, i, columns, info=None):
+    def put(self, i, columns):
         for name, a in columns.items():
             self._put(name, self.chunk_slice(i), a)
-        self._done.add(i)
+
+    def commit(self, entries):
+        self._done.update(i for i, _ in entries)
 
     def close(self):
         pass
