@@ -14,6 +14,7 @@ Layout conventions shared by all kernels:
 import numpy as xp
 
 from .conv import im2col, col2im_gather, conv_out_shape
+from .shifted import AVAILABLE as SHIFTED, crop_wide, gemm_taps, pad_flat, taps, wide_geometry
 from .elementwise import (
     bias_act_from_gemm,
     bias_act_rows,
@@ -41,6 +42,7 @@ OOM = ()  # out-of-memory exceptions the API answers by splitting the batch (hos
 __all__ = [
     "xp", "name", "OOM",
     "im2col", "col2im_gather", "conv_out_shape",
+    "SHIFTED", "pad_flat", "crop_wide", "gemm_taps", "taps", "wide_geometry",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
     "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",

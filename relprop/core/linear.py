@@ -42,6 +42,41 @@ def release_scratch():
     _WORK.clear()
 
 
+def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm"):
+    """``wmat @ im2col(x)``: (R, N*Ho*Wo) for ``x`` (N, C, H, W) and a weight (R, C*kh*kw).
+
+    The lowering is chosen per call from the geometry and the backend: on the CPU a stride-1
+    window runs as ``kh*kw`` shifted GEMMs over the padded input (``relprop.kernels.cpu.shifted``;
+    no im2col copy, the taps of ``wmat`` derived once per model under ``taps_key``), anything
+    else as im2col + one GEMM. Both compute the same sums (to BLAS rounding)."""
+    xp = k.xp
+    n, c, h, w = x.shape
+    if taps_key is not None and sh == 1 and sw == 1 and getattr(k, "SHIFTED", False) and kh * kw > 1 \
+            and _wide_waste(h, w, kh, kw, ph, pw) <= WIDE_WASTE:
+        hp, wp, ho, wo, tail = k.wide_geometry(h, w, kh, kw, ph, pw)
+        xf = scratch("xflat", (c, n * hp * wp + tail), x.dtype, xp)
+        k.pad_flat(x, ph, pw, xf)
+        taps = m.host(("taps",) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: k.taps(wmat, c, kh, kw))
+        zw = scratch("wide", (wmat.shape[0], n * hp * wp), x.dtype, xp)
+        k.gemm_taps(taps, xf, wp, kw, zw)
+        out = scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp)
+        k.crop_wide(zw, n, hp, wp, ho, wo, out)
+        return out
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    cols = scratch("cols", (c * kh * kw, n * ho * wo), x.dtype, xp)
+    k.im2col(x, kh, kw, sh, sw, ph, pw, cols)
+    return xp.matmul(wmat, cols, out=scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp))
+
+
+WIDE_WASTE = 1.3  # measured: shifted GEMMs win up to about this much extra (padded-grid) work
+
+
+def _wide_waste(h, w, kh, kw, ph, pw):
+    """Positions of the padded grid per valid output position (the shifted GEMMs compute all)."""
+    hp, wp = h + 2 * ph, w + 2 * pw
+    return hp * wp / max(1, (hp - kh + 1) * (wp - kw + 1))
+
+
 def chunks(n, per_sample_bytes):
     step = max(1, int(budget.BUDGET.cols // max(per_sample_bytes, 1)))  # one im2col buffer at most
     return [(i, min(n, i + step)) for i in range(0, n, step)]
@@ -67,15 +102,14 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     p = ho * wo
     want_plus = plus_rule is not None
     Wm, summed = m.stacked_plus(k, node, plus_rule) if want_plus else (W.reshape(o, -1), False)
+    taps_key = ("wplus", node.name, getattr(plus_rule, "key", None)) if want_plus else ("W", node.name)
     a = xp.empty((n, o, ho, wo), dtype)
     z = xp.empty_like(a) if (store_z and act) else a
     extra = Wm.shape[0] - (0 if summed else o)  # rows of the second product: O (W+ a) or G*O (B a)
     pz = xp.empty((n, extra, ho, wo), dtype) if want_plus else None
     zero = xp.zeros(extra, dtype) if want_plus else None
     for i0, i1 in chunks(n, c * kh * kw * p * a.itemsize):
-        cols = scratch("cols", (c * kh * kw, (i1 - i0) * p), dtype, xp)
-        k.im2col(xin[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = xp.matmul(Wm, cols, out=scratch("gemm", (Wm.shape[0], (i1 - i0) * p), dtype, xp))
+        zg = conv_gemm(k, m, xin[i0:i1], Wm, taps_key, kh, kw, sh, sw, ph, pw)
         zw = zg[:o] + zg[o:2 * o] if summed else zg[:o]  # W a = W+ a + W- a when the blocks add up to W
         k.bias_act_from_gemm(zw, b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
                              store_z and act != 0)
@@ -159,9 +193,11 @@ def stride1(layer):
     return layer.stride == (1, 1) and layer.padding[0] <= kh - 1 and layer.padding[1] <= kw - 1
 
 
-def transposed_conv(k, layer, s, Bt, xs, mods, out):
+def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None):
     """``out = combine(xs, conv^T(s))`` for NCHW ``s`` (N, Co, Ho, Wo) and ``out`` (N, C, H, W);
-    ``Bt`` is the flipped-transposed block weight (stride 1) or the plain block ``B`` (else)."""
+    ``Bt`` is the flipped-transposed block weight (stride 1) or the plain block ``B`` (else).
+    ``m, taps_key``: the model state and the plan key of ``Bt``, for the shifted-GEMM lowering
+    of the stride-1 case (:func:`conv_gemm`)."""
     kh, kw = layer.weight.shape[2:]
     (sh, sw), (ph, pw) = layer.stride, layer.padding
     n, co, ho, wo = s.shape
@@ -170,9 +206,7 @@ def transposed_conv(k, layer, s, Bt, xs, mods, out):
     ct = Bt.shape[0] if stride1(layer) else Bt.shape[1] // (kh * kw)
     if stride1(layer) and co <= 4 * ct:  # else (few input channels, e.g. the RGB layer) the
         # col2im route below unfolds ct*kh*kw rows instead of co*kh*kw: far less memory traffic
-        cols = scratch("cols", (co * kh * kw, n * h * w), s.dtype, xp)
-        k.im2col(s, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, cols)
-        cg = xp.matmul(Bt, cols, out=scratch("gemm", (Bt.shape[0], n * h * w), s.dtype, xp))
+        cg = conv_gemm(k, m, s, Bt, taps_key if m is not None else None, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw)
         k.combine_from_gemm(cg, xs.reshape(n, -1, h * w), mods, out.reshape(n, c, h * w))
         return
     rows = scratch("rows", (co, n * ho * wo), s.dtype, xp)
@@ -203,8 +237,9 @@ def grad(k, m, node, g, in_shape):
     else:
         Bt = W.reshape(o, -1)
     gin = k.xp.empty((n, c, h, w), g.dtype)
+    key = ("wt", node.name) if stride1(node.layer) else None
     for i0, i1 in chunks(n, o * kh * kw * h * w * g.itemsize):
-        transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1])
+        transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1], m, key)
     return gin
 
 
@@ -275,7 +310,8 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
         k.lrp_ratio(zg, zp, zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
                     r[i0:i1].reshape(nc, o, p), st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
         del zg
-        transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1])
+        key = ("rule-Bt", node.name, rule.key, bool(nonneg)) if stride1(node.layer) else None
+        transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1], m, key)
     return out
 
 
