@@ -1,5 +1,6 @@
-"""The shifted-GEMM lowering of stride-1 convolutions (``relprop.kernels.cpu.shifted``) against
-an independent numpy convolution, the im2col route, and whole models run both ways."""
+"""The CPU lowerings of stride-1 convolutions, shifted GEMMs (``relprop.kernels.cpu.shifted``)
+and Winograd F(2x2, 3x3) (``relprop.kernels.cpu.winograd``; Lavin & Gray 2016), against an
+independent numpy convolution, the im2col route, and whole models run each way."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,12 +58,41 @@ def test_shifted_conv_equals_a_numpy_convolution(dtype, tol, n, c, o, h, w, kh, 
     assert_blas_close(via_cols.reshape(o, n, ho, wo).transpose(1, 0, 2, 3), got)
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 3e-6)])
+@pytest.mark.parametrize("n,c,o,h,w,ph,pw", [(2, 16, 5, 7, 9, 1, 1), (3, 16, 4, 6, 6, 0, 0), (1, 20, 3, 5, 8, 2, 2),
+                                             (2, 32, 8, 16, 16, 1, 1), (2, 16, 3, 4, 3, 1, 2), (1, 16, 2, 1, 1, 1, 1)])
+def test_winograd_equals_a_numpy_convolution(dtype, tol, n, c, o, h, w, ph, pw, monkeypatch):
+    """Odd and even output sizes (a last half tile), padding 0..2, in the two dtypes."""
+    monkeypatch.setattr(cpu, "SHIFTED", False)
+    rng = np.random.default_rng(h * 3 + ph)
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    wt = rng.normal(size=(o, c, 3, 3)).astype(dtype)
+    calls = []
+    real = cpu.winograd_input
+    monkeypatch.setattr(cpu, "winograd_input", lambda *a: calls.append(1) or real(*a))
+    got = linear.conv_gemm(cpu, _M(), x, wt.reshape(o, -1), ("t",), 3, 3, 1, 1, ph, pw)
+    assert calls, "the Winograd route was not taken"
+    ref = numpy_conv(x.astype(np.float64), wt.astype(np.float64), ph, pw)
+    ho, wo = ref.shape[2:]
+    got = got.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
+    assert np.max(np.abs(got - ref)) <= tol * np.max(np.abs(ref))
+
+
+def test_winograd_buffers_are_checked():
+    x = np.ones((2, 3, 4, 4))
+    with pytest.raises(ValueError, match="winograd_input"):
+        cpu.winograd_input(x, 1, 1, 2, 2, np.empty((16, 3, 7)))
+    with pytest.raises(ValueError, match="winograd_output"):
+        cpu.winograd_output(np.empty((16, 5, 8)), 2, 2, 2, 5, 4, np.empty((5, 40)))
+
+
 def test_small_maps_take_im2col(monkeypatch):
     """On an 8x8 map a 3x3 window's padded grid holds 1.56 positions per output: im2col is used."""
     def boom(*a):
         raise AssertionError("shifted GEMMs used")
 
     monkeypatch.setattr(cpu, "gemm_taps", boom)
+    monkeypatch.setattr(cpu, "WINOGRAD", False)
     x = np.ones((2, 4, 8, 8))
     linear.conv_gemm(cpu, _M(), x, np.ones((3, 36)), ("t",), 3, 3, 1, 1, 1, 1)
     with pytest.raises(AssertionError, match="shifted"):
@@ -89,6 +119,7 @@ def _cnn(dtype):
         rp.Conv2d(rng.normal(0, 0.3, (8, 3, 3, 3)), rng.normal(0, 0.1, 8), padding=1), rp.ReLU(),
         rp.Conv2d(rng.normal(0, 0.2, (8, 8, 3, 3)), rng.normal(0, 0.1, 8), padding=1), rp.ReLU(), rp.MaxPool2d(2),
         rp.Conv2d(rng.normal(0, 0.2, (16, 8, 5, 5)), rng.normal(0, 0.1, 16), padding=2), rp.ReLU(),
+        rp.Conv2d(rng.normal(0, 0.1, (16, 16, 3, 3)), rng.normal(0, 0.1, 16), padding=1), rp.ReLU(),
         rp.Flatten(), rp.Dense(rng.normal(0, 0.05, (10, 16 * 16 * 16)), rng.normal(0, 0.1, 10)))
 
 
@@ -99,10 +130,16 @@ def _cnn(dtype):
 def test_models_give_the_same_attributions_both_ways(method, kw, dtype, monkeypatch):
     x = np.random.default_rng(1).uniform(-2, 2, size=(5, 3, 32, 32)).astype(dtype)
     net = _cnn(dtype)
-    on = rp.attribute(net, x, method, **kw)
-    monkeypatch.setattr(cpu, "SHIFTED", False)
-    off = rp.attribute(_cnn(dtype), x, method, **kw)
-    if dtype == np.float64:
-        assert np.max(np.abs(on - off)) <= 1e-10 * np.max(np.abs(off))
-    else:
-        assert_blas_close(on, off)
+    t = rp.forward(net, x.astype(np.float64)).argmax(1)  # one target for all routes (no argmax flips)
+    res = {}
+    for route, (shifted, winograd) in {"shifted+winograd": (True, True), "shifted": (True, False),
+                                       "im2col": (False, False)}.items():
+        monkeypatch.setattr(cpu, "SHIFTED", shifted)
+        monkeypatch.setattr(cpu, "WINOGRAD", winograd)
+        res[route] = rp.attribute(_cnn(dtype), x, method, target=t, **kw)
+    off = res.pop("im2col")
+    for route, on in res.items():
+        if dtype == np.float64:
+            assert np.max(np.abs(on - off)) <= 1e-10 * np.max(np.abs(off)), route
+        else:
+            assert_blas_close(on, off)

@@ -47,7 +47,7 @@ from .pool import (
 )
 
 name = "gpu"  # backend name (device caches are keyed by it)
-SHIFTED = False  # the shifted-GEMM lowering is a CPU kernel choice; here im2col + cuBLAS serves every conv
+SHIFTED = WINOGRAD = False  # CPU lowerings (shifted GEMMs, Winograd); here im2col + cuBLAS serves every conv
 OOM = (xp.cuda.memory.OutOfMemoryError,)  # the API answers these by splitting the batch
 
 
