@@ -162,7 +162,7 @@ def _reads_input_directly(net, node):
     src = node.inputs[0]
     while src != "input":
         prev = net.by_name[src]
-        if prev.layer.kind not in ("Flatten", "Reshape", "Identity", "Dropout"):
+        if not prev.layer.passes_values:
             return False
         src = prev.inputs[0]
     return True

@@ -90,7 +90,13 @@ def _weight(arr, name, layer, ndim):
 class Layer:
     """Base class of the IR's layer types. ``kind`` names the layer family; ``n_inputs`` is
     the number of inputs (None: two or more); ``hyper`` lists the constructor arguments that
-    are not arrays (used by save/load)."""
+    are not arrays (used by save/load).
+
+    Traits the engine, the checks and the methods read instead of lists of kinds:
+    ``input_rank`` (the per-sample rank the layer reads, None: any), ``passes_values`` (values
+    pass unchanged, only the shape may change: Flatten, Reshape, Identity, Dropout),
+    ``identity`` (values and shape unchanged: Identity, Dropout), ``activation`` (an
+    elementwise monotone nonlinearity: DeepLIFT's RevealCancel applies to it)."""
 
     kind = "Layer"
     linear = False
@@ -98,6 +104,10 @@ class Layer:
     hyper = ()
     arrays = ()
     version = 0
+    input_rank = None
+    passes_values = False
+    identity = False
+    activation = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -136,6 +146,7 @@ class Dense(Layer):
     """Fully connected layer ``z = W a + b``; ``weight`` (out, in), ``bias`` (out,)."""
 
     kind = "Dense"
+    input_rank = 1
     linear = True
     arrays = ("weight", "bias")
 
@@ -161,6 +172,7 @@ class Conv2d(Layer):
     """2-D convolution (NCHW, zero padding); ``weight`` (out, in, kh, kw), ``bias`` (out,)."""
 
     kind = "Conv2d"
+    input_rank = 3
     linear = True
     arrays = ("weight", "bias")
     hyper = ("stride", "padding")
@@ -224,18 +236,21 @@ class MaxPool2d(_Pool2d):
     """Max pooling; relevance and gradient go to the window's winner."""
 
     kind = "MaxPool2d"
+    input_rank = 3
 
 
 class AvgPool2d(_Pool2d):
     """Average pooling (zero padding counted, as torch's default)."""
 
     kind = "AvgPool2d"
+    input_rank = 3
 
 
 class Flatten(Layer):
     """Flatten all but the batch axis (C order, as ``torch.flatten(x, 1)``)."""
 
     kind = "Flatten"
+    passes_values = True
 
     def out_shape(self, in_shape):
         return (math.prod(in_shape),)
@@ -243,18 +258,22 @@ class Flatten(Layer):
 
 class ReLU(Layer):
     kind = "ReLU"
+    activation = True
 
 
 class Tanh(Layer):
     kind = "Tanh"
+    activation = True
 
 
 class Sigmoid(Layer):
     kind = "Sigmoid"
+    activation = True
 
 
 class Identity(Layer):
     kind = "Identity"
+    passes_values = identity = True
 
 
 class Softmax(Layer):
@@ -272,6 +291,7 @@ class LeakyReLU(Layer):
     """``max(z, 0) + negative_slope * min(z, 0)``."""
 
     kind = "LeakyReLU"
+    activation = True
     hyper = ("negative_slope",)
 
     def __init__(self, negative_slope=0.01):
@@ -285,6 +305,7 @@ class Softplus(Layer):
     """``log(1 + exp(beta z)) / beta``, linear above ``threshold`` (torch's semantics)."""
 
     kind = "Softplus"
+    activation = True
     hyper = ("beta", "threshold")
 
     def __init__(self, beta=1.0, threshold=20.0):
@@ -300,6 +321,7 @@ class Dropout(Layer):
     """Identity at inference (kept so imported graphs keep their node names)."""
 
     kind = "Dropout"
+    passes_values = identity = True
     hyper = ("p",)
 
     def __init__(self, p=0.5):
@@ -353,6 +375,7 @@ class GlobalAvgPool2d(Layer):
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), as AdaptiveAvgPool2d(1)."""
 
     kind = "GlobalAvgPool2d"
+    input_rank = 3
 
     def out_shape(self, in_shape):
         if len(in_shape) != 3:
@@ -364,6 +387,7 @@ class Reshape(Layer):
     """Reshape every sample to ``shape`` (the batch axis is kept; one -1 allowed)."""
 
     kind = "Reshape"
+    passes_values = True
     hyper = ("shape",)
 
     def __init__(self, shape):
@@ -514,10 +538,8 @@ class Graph:
     def input_rank(self):
         """Per-sample rank the graph input must have, when the first reader fixes it."""
         for node in self.consumers_of("input"):
-            if node.layer.kind in ("Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d"):
-                return 3
-            if node.layer.kind == "Dense":
-                return 1
+            if node.layer.input_rank is not None:
+                return node.layer.input_rank
         return None
 
     def consumers_of(self, name):

@@ -43,9 +43,6 @@ def needs(graph, mode, rules=None, reveal=()):
     return keep, idx
 
 
-REVEAL_CANCEL_ACTS = ("ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Softplus")
-
-
 def reveal_cancel_nodes(graph, conv_rule="rescale"):
     """Activation nodes that take DeepLIFT's RevealCancel rule: those fed by a Dense layer
     (and by a Conv2d layer when ``conv_rule == "reveal_cancel"``) whose output feeds nothing
@@ -55,7 +52,7 @@ def reveal_cancel_nodes(graph, conv_rule="rescale"):
     kinds = ("Dense", "Conv2d") if conv_rule == "reveal_cancel" else ("Dense",)
     out = []
     for node in graph.nodes:
-        if node.layer.kind not in REVEAL_CANCEL_ACTS:
+        if not node.layer.activation:
             continue
         src = node.inputs[0]
         if src == "input":

@@ -159,15 +159,17 @@ def guided_gradcam(ctx, x, target, layer, interpolate):
     return (gb * up[:, None]).astype(x.dtype, copy=False)
 
 
-def multi(method):
+def multi(cam_map, guided=False):
+    """``run_multi`` of a CAM method: ``cam_map(A, g, relu)`` the class map from the layer's
+    activations and gradients; ``guided``: times guided backprop (Guided Grad-CAM)."""
     def run(ctx, x, targets, **params):
-        return _multi(ctx, x, targets, method, params)
+        return _multi(ctx, x, targets, cam_map, guided, params)
 
-    run.__doc__ = f"{method} for the targets (N, K) from one forward pass"
+    run.__doc__ = f"{cam_map.__name__} for the targets (N, K) from one forward pass"
     return run
 
 
-def _multi(ctx, x, targets, method, params):
+def _multi(ctx, x, targets, cam_map, guided, params):
     """Attributions for the classes ``targets`` (N, K) from ONE forward pass: (N, K, C, H, W)
     (one collecting backward, plus one guided backward for guided_gradcam, per class)."""
     layer, mode = params["layer"], params["interpolate"]
@@ -177,13 +179,12 @@ def _multi(ctx, x, targets, method, params):
     for j in range(targets.shape[1]):
         start = onehot(score, targets[:, j], False)
         A, g = _layer_grad(ctx, tape, start.copy(), layer)
-        if method == "guided_gradcam":
+        if guided:
             gb = engine.backward(ctx.m, tape, start, GRAD, relu="guided")
-            up = upsample(gradcam_map(A, g, True), x.shape[2:], mode).astype(x.dtype, copy=False)
+            up = upsample(cam_map(A, g, True), x.shape[2:], mode).astype(x.dtype, copy=False)
             out[:, j] = gb * up[:, None]
         else:
-            fn = gradcam_map if method == "gradcam" else gradcam_pp_map
-            out[:, j] = _spread(fn(A, g, params["relu_attributions"]), x, mode)
+            out[:, j] = _spread(cam_map(A, g, params["relu_attributions"]), x, mode)
     return out
 
 
@@ -275,11 +276,11 @@ def _validator(method):
 _CAM_PARAMS = {"layer": None, "relu_attributions": True, "interpolate": "bilinear"}
 
 register(Method("gradcam", "Grad-CAM (Captum LayerGradCam, upsampled to the input, repeated over its channels)",
-                dict(_CAM_PARAMS), validate=_validator("gradcam"), run=gradcam, run_multi=multi("gradcam"),
+                dict(_CAM_PARAMS), validate=_validator("gradcam"), run=gradcam, run_multi=multi(gradcam_map),
                 family="cam"))
 register(Method("gradcam_pp", "Grad-CAM++ (exp-score closed form, upsampled to the input, repeated over its "
                 "channels)", dict(_CAM_PARAMS), validate=_validator("gradcam_pp"), run=gradcam_pp,
-                run_multi=multi("gradcam_pp"), family="cam"))
+                run_multi=multi(gradcam_pp_map), family="cam"))
 register(Method("guided_gradcam", "Guided Grad-CAM (Captum GuidedGradCam): guided backprop times the upsampled "
                 "Grad-CAM map", {"layer": None, "interpolate": "bilinear"}, validate=_validator("guided_gradcam"),
-                run=guided_gradcam, run_multi=multi("guided_gradcam"), family="cam"))
+                run=guided_gradcam, run_multi=multi(gradcam_map, guided=True), family="cam"))

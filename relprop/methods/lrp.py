@@ -24,53 +24,58 @@ from .base import Method, register
 
 GPU = frozenset({"cpu", "gpu"})
 
-# "lrp.<rule>": one rule of relprop.core.rules on every layer (z^B needs bounds: only in rule lists)
-RULE_METHODS = {f"lrp.{name}": cls for name, cls in R.RULES.items() if cls is not R.ZBox}
+def _rules_given(graph, p):
+    """``lrp``: the composite's rules for this graph, or the list given."""
+    rules = p["rules"]
+    if rules is None:
+        raise TypeError("method 'lrp' needs rules=: a composite (rp.composites.*) or a list of rules, "
+                        "one per Dense/Conv2d layer")
+    if isinstance(rules, C.Composite):
+        return rules.rules_for(graph)
+    if not isinstance(rules, (list, tuple)):
+        raise TypeError(f"rules must be a composite or a list of rules, got {type(rules).__name__}")
+    nlin = len(graph.linear_nodes())
+    if len(rules) != nlin:
+        raise ValueError(f"rules has {len(rules)} entries but the model has {nlin} Dense/Conv2d layers (one rule each)")
+    for i, r in enumerate(rules):
+        if not isinstance(r, R.Rule):
+            raise TypeError(f"rules[{i}] must be a rule from rp.rules, got {type(r).__name__}")
+    return list(rules)
+
+
+def _rules_deep_taylor(graph, p):
+    """Montavon et al. 2017: w^2 (or z^B) on the first layer, z+ above; no bias term in any."""
+    if (p["low"] is None) != (p["high"] is None):
+        raise ValueError("deep_taylor: give both low and high (z^B first layer) or neither (w^2 first layer)")
+    low, high = p["low"], p["high"]
+    first = R.WSquare(p["epsilon"], include_bias=False) if low is None else R.ZBox(low, high, p["epsilon"])
+    return [first] + [R.ZPlus(p["epsilon"], include_bias=False) for _ in range(len(graph.linear_nodes()) - 1)]
+
+
+def _rules_excitation(graph, p):
+    return [R.ZPlus(p["epsilon"], p["include_bias"])] * len(graph.linear_nodes())
+
+
+def _one_rule(cls):
+    """``lrp.<rule>``: the rule ``cls(**params)`` on every layer."""
+    def build(graph, p):
+        return [cls(**p)] * len(graph.linear_nodes())
+    return build
 
 
 def rules_for(graph, method, params):
-    """The per-layer rule list of an LRP-family call."""
-    nlin = len(graph.linear_nodes())
-    p = dict(params)
-    if method == "lrp":
-        rules = p["rules"]
-        if isinstance(rules, C.Composite):
-            return rules.rules_for(graph)
-        return list(rules)
-    if method == "deep_taylor":  # Montavon et al. 2017: the w^2, z^B and z+ rules have no bias term
-        low, high = p["low"], p["high"]
-        first = R.WSquare(p["epsilon"], include_bias=False) if low is None else R.ZBox(low, high, p["epsilon"])
-        return [first] + [R.ZPlus(p["epsilon"], include_bias=False) for _ in range(nlin - 1)]
-    if method == "excitation_backprop":
-        return [R.ZPlus(p["epsilon"], p["include_bias"])] * nlin
-    rule = RULE_METHODS[method](**p)
-    return [rule] * nlin
+    """The per-layer rule list of an LRP-family method (its declared rule builder)."""
+    return _BUILDERS[method](graph, dict(params))
 
 
-def _validator(name):
+def _validator(name, build):
     def validate(graph, x, p):
         """Builds (and so checks) the rule list; checks z^B bounds against x where x is the layer input."""
-        if name == "lrp":
-            rules = p["rules"]
-            nlin = len(graph.linear_nodes())
-            if rules is None:
-                raise TypeError("method 'lrp' needs rules=: a composite (rp.composites.*) or a list of rules, "
-                                "one per Dense/Conv2d layer")
-            if not isinstance(rules, C.Composite):
-                if not isinstance(rules, (list, tuple)):
-                    raise TypeError(f"rules must be a composite or a list of rules, got {type(rules).__name__}")
-                if len(rules) != nlin:
-                    raise ValueError(f"rules has {len(rules)} entries but the model has {nlin} Dense/Conv2d layers "
-                                     f"(one rule each)")
-                for i, r in enumerate(rules):
-                    if not isinstance(r, R.Rule):
-                        raise TypeError(f"rules[{i}] must be a rule from rp.rules, got {type(r).__name__}")
-        if name == "deep_taylor" and (p["low"] is None) != (p["high"] is None):
-            raise ValueError("deep_taylor: give both low and high (z^B first layer) or neither (w^2 first layer)")
         try:
-            rules = rules_for(graph, name, p)
+            rules = build(graph, dict(p))
         except TypeError as e:
-            raise TypeError(f"method {name!r}: {e}") from None
+            msg = str(e)
+            raise TypeError(msg if msg.startswith("method ") else f"method {name!r}: {msg}") from None
         for node, rule in zip(graph.linear_nodes(), rules):
             if not isinstance(rule, R.Rule):
                 raise TypeError(f"the rule for layer {node.name!r} ({node.layer.kind}) must be a rule instance from "
@@ -90,21 +95,28 @@ def _rules(graph, p):
     return p["rules"]
 
 
-def _lrp(name, params, doc, start="score", sums_to="score"):
-    register(Method(name, doc, params, validate=_validator(name), mode=LRP, start=start, rules=_rules, backends=GPU,
+_BUILDERS = {}
+
+
+def _lrp(name, params, doc, build, start="score", sums_to="score"):
+    """Register an LRP-family method: its parameters and the function building its rule list."""
+    _BUILDERS[name] = build
+    register(Method(name, doc, params, validate=_validator(name, build), mode=LRP, start=start, rules=_rules, backends=GPU,
                     sums_to=sums_to, family="lrp"))
 
 
-_lrp("lrp.z", {"include_bias": True}, "LRP-0: R_i = sum_j a_i w_ij / z_j R_j")
-_lrp("lrp.epsilon", {"epsilon": 1e-6, "include_bias": True}, "LRP-epsilon")
-_lrp("lrp.gamma", {"gamma": 0.25, "epsilon": 1e-6, "include_bias": True}, "LRP-gamma (positive weights favoured)")
+_lrp("lrp.z", {"include_bias": True}, "LRP-0: R_i = sum_j a_i w_ij / z_j R_j", _one_rule(R.Z))
+_lrp("lrp.epsilon", {"epsilon": 1e-6, "include_bias": True}, "LRP-epsilon", _one_rule(R.Epsilon))
+_lrp("lrp.gamma", {"gamma": 0.25, "epsilon": 1e-6, "include_bias": True}, "LRP-gamma (positive weights favoured)",
+     _one_rule(R.Gamma))
 _lrp("lrp.alpha_beta", {"alpha": 1.0, "beta": 0.0, "epsilon": 1e-6, "include_bias": True},
-     "LRP-alpha-beta (positive and negative contributions weighted alpha and beta)")
-_lrp("lrp.z_plus", {"epsilon": 1e-6, "include_bias": True}, "LRP z+ (positive contributions only)")
-_lrp("lrp.flat", {"epsilon": 1e-6}, "LRP flat (uniform over the receptive field)")
-_lrp("lrp.w_square", {"epsilon": 1e-6, "include_bias": True}, "LRP w^2 (squared weights)")
-_lrp("lrp", {"rules": None}, "LRP with a composite or one rule per Dense/Conv2d layer (rules=)")
+     "LRP-alpha-beta (positive and negative contributions weighted alpha and beta)", _one_rule(R.AlphaBeta))
+_lrp("lrp.z_plus", {"epsilon": 1e-6, "include_bias": True}, "LRP z+ (positive contributions only)",
+     _one_rule(R.ZPlus))
+_lrp("lrp.flat", {"epsilon": 1e-6}, "LRP flat (uniform over the receptive field)", _one_rule(R.Flat))
+_lrp("lrp.w_square", {"epsilon": 1e-6, "include_bias": True}, "LRP w^2 (squared weights)", _one_rule(R.WSquare))
+_lrp("lrp", {"rules": None}, "LRP with a composite or one rule per Dense/Conv2d layer (rules=)", _rules_given)
 _lrp("deep_taylor", {"low": None, "high": None, "epsilon": 1e-6},
-     "Deep Taylor Decomposition: z+ above the first layer, w^2 or z^B (low/high) on the first")
+     "Deep Taylor Decomposition: z+ above the first layer, w^2 or z^B (low/high) on the first", _rules_deep_taylor)
 _lrp("excitation_backprop", {"epsilon": 1e-6, "include_bias": True}, "excitation backprop (z+ from e_c)",
-     start="unit", sums_to=None)
+     _rules_excitation, start="unit", sums_to=None)

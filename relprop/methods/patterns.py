@@ -243,7 +243,7 @@ def estimator_for(graph, node):
         kind = cons[0].layer.kind
         if kind == "ReLU":
             return "relu"
-        if kind not in ("Identity", "Dropout"):
+        if not cons[0].layer.identity:
             return "linear"
         name = cons[0].name
 

@@ -103,7 +103,7 @@ def plan(graph):
                 f"code defines it for Dense, Conv2d, ReLU, max/average pooling, BatchNorm2d, Add and Concat; "
                 f"supported here: {', '.join(STEPS)})")
     out = graph.by_name[graph.score_node]
-    while out.layer.kind in ("Identity", "Dropout") and out.inputs[0] != "input":
+    while out.layer.identity and out.inputs[0] != "input":
         out = graph.by_name[out.inputs[0]]
     if out.layer.kind != "Dense":
         raise ValueError(
