@@ -13,7 +13,7 @@ from relprop.core.backend import kernels_for
 from tolerance import assert_blas_close
 
 cpu = kernels_for(np.zeros(1))
-pytestmark = pytest.mark.skipif(not cpu.SHIFTED, reason="numpy's BLAS exports no CBLAS gemm (im2col is used)")
+needs_cblas = pytest.mark.skipif(not cpu.SHIFTED, reason="numpy's BLAS exports no CBLAS gemm (no shifted route)")
 
 
 def numpy_conv(x, w, ph, pw):
@@ -39,6 +39,7 @@ class _M:  # the plan's host cache, as conv_gemm uses it
         return self.c[key]
 
 
+@needs_cblas
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 @pytest.mark.parametrize("n,c,o,h,w,kh,kw,ph,pw", [
     (2, 3, 5, 7, 9, 3, 3, 1, 1), (3, 4, 2, 6, 6, 3, 3, 0, 0), (1, 2, 3, 8, 5, 5, 5, 2, 2),
@@ -86,6 +87,7 @@ def test_winograd_buffers_are_checked():
         cpu.winograd_output(np.empty((16, 5, 8)), 2, 2, 2, 5, 4, np.empty((5, 40)))
 
 
+@needs_cblas
 def test_small_maps_take_im2col(monkeypatch):
     """On an 8x8 map a 3x3 window's padded grid holds 1.56 positions per output: im2col is used."""
     def boom(*a):
@@ -99,6 +101,7 @@ def test_small_maps_take_im2col(monkeypatch):
         linear.conv_gemm(cpu, _M(), np.ones((2, 4, 32, 32)), np.ones((3, 36)), ("t",), 3, 3, 1, 1, 1, 1)
 
 
+@needs_cblas
 def test_buffers_are_checked():
     x = np.ones((2, 3, 4, 4))
     with pytest.raises(ValueError, match="pad_flat"):
@@ -131,15 +134,42 @@ def test_models_give_the_same_attributions_both_ways(method, kw, dtype, monkeypa
     x = np.random.default_rng(1).uniform(-2, 2, size=(5, 3, 32, 32)).astype(dtype)
     net = _cnn(dtype)
     t = rp.forward(net, x.astype(np.float64)).argmax(1)  # one target for all routes (no argmax flips)
+    taken = []
+    for fn in ("gemm_taps", "winograd_input", "im2col"):
+        real = getattr(cpu, fn)
+        monkeypatch.setattr(cpu, fn, (lambda real, fn: lambda *a: taken.append(fn) or real(*a))(real, fn))
     res = {}
-    for route, (shifted, winograd) in {"shifted+winograd": (True, True), "shifted": (True, False),
-                                       "im2col": (False, False)}.items():
+    routes = {"shifted+winograd": (True, True), "shifted": (True, False), "im2col": (False, False)}
+    if not cpu.SHIFTED:
+        routes = {"winograd": (False, True), "im2col": (False, False)}
+    for route, (shifted, winograd) in routes.items():
         monkeypatch.setattr(cpu, "SHIFTED", shifted)
         monkeypatch.setattr(cpu, "WINOGRAD", winograd)
+        taken.clear()
         res[route] = rp.attribute(_cnn(dtype), x, method, target=t, **kw)
+        assert ("gemm_taps" in taken) == shifted and ("winograd_input" in taken) == winograd, (route, set(taken))
     off = res.pop("im2col")
     for route, on in res.items():
         if dtype == np.float64:
             assert np.max(np.abs(on - off)) <= 1e-10 * np.max(np.abs(off)), route
         else:
             assert_blas_close(on, off)
+
+
+@pytest.mark.parametrize("rule", [rp.rules.ZPlus(include_bias=False), rp.rules.AlphaBeta(1.0, 0.0)])
+def test_lrp_backward_keeps_exact_zeros_on_sparse_maps(rule):
+    """A zero weight contributes exactly nothing: where a z+ denominator is zero the ratio is
+    R / epsilon (~1e4 x R), and a lowering that mixes taps (Winograd's G g G^T) would leak its
+    rounding onto inputs the rule gives nothing. float32 stays at float32 rounding of the
+    float64 result; the relevance sum is unchanged."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.3, (16, 16, 3, 3))
+    w[:, 0, :, 0] = -np.abs(w[:, 0, :, 0])  # outputs right of the input column see it through negative weights only
+    net = rp.Sequential(rp.Conv2d(w, np.abs(rng.normal(0, 0.1, 16)) + 0.1, padding=1), rp.ReLU(), rp.Flatten(),
+                        rp.Dense(np.abs(rng.normal(0, 0.1, (4, 16 * 12 * 12))), np.zeros(4)))
+    x = np.zeros((3, 16, 12, 12))
+    x[:, 0, :, 5] = rng.uniform(0.5, 1.0, (3, 12))
+    rules = [rule, rp.rules.Epsilon()]
+    ref = rp.attribute(net, x, "lrp", rules=rules, target=0)
+    got = rp.attribute(net, x.astype(np.float32), "lrp", rules=rules, target=0)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * np.max(np.abs(ref))

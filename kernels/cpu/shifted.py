@@ -35,9 +35,9 @@ def _find_cblas():
     here = os.path.dirname(np.__file__)
     libs = sorted(glob.glob(os.path.join(os.path.dirname(here), "numpy.libs", "libscipy_openblas*.so*")))
     for path in libs:
-        try:
-            lib = ctypes.CDLL(path)  # already loaded by numpy: the same handle, no second copy
-        except OSError:
+        try:  # only the copy numpy has loaded (RTLD_NOLOAD): never a second OpenBLAS with its own threads
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
+        except (OSError, AttributeError):
             continue
         for prefix, suffix, it in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
                                    ("scipy_cblas_", "", ctypes.c_int32), ("cblas_", "", ctypes.c_int32)):

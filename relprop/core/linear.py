@@ -42,7 +42,7 @@ def release_scratch():
     _WORK.clear()
 
 
-def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm"):
+def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", winograd=True):
     """``wmat @ im2col(x)``: (R, N*Ho*Wo) for ``x`` (N, C, H, W) and a weight (R, C*kh*kw).
 
     The lowering is chosen per call from the geometry and the backend: on the CPU a 3x3 stride-1
@@ -50,11 +50,13 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm"):
     GEMMs, 2.25x fewer multiplications), other stride-1 windows as ``kh*kw`` shifted GEMMs over
     the padded input (``relprop.kernels.cpu.shifted``; no im2col copy), anything else as
     im2col + one GEMM; the transformed weights are derived once per model under ``taps_key``.
-    All compute the same sums (to rounding)."""
+    All compute the same sums (to rounding). ``winograd=False`` where products with zero weights
+    must stay exactly zero (LRP's backward: Winograd's transformed filters mix the taps, and a
+    ratio blown up by a zero denominator would leak rounding onto inputs that get nothing)."""
     xp = k.xp
     n, c, h, w = x.shape
-    if taps_key is not None and (kh, kw, sh, sw) == (3, 3, 1, 1) and getattr(k, "WINOGRAD", False) \
-            and c >= WINOGRAD_MIN_CHANNELS:
+    if winograd and taps_key is not None and (kh, kw, sh, sw) == (3, 3, 1, 1) and getattr(k, "WINOGRAD", False) \
+            and c >= WINOGRAD_MIN_CHANNELS and wmat.dtype == x.dtype:
         ho, wo = k.conv_out_shape(h, w, 3, 3, 1, 1, ph, pw)
         if ho * wo <= WINOGRAD_MAX_OUTPUTS:
             th, tw = k.winograd_tiles(ho, wo)
@@ -213,7 +215,7 @@ def stride1(layer):
     return layer.stride == (1, 1) and layer.padding[0] <= kh - 1 and layer.padding[1] <= kw - 1
 
 
-def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None):
+def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None, winograd=True):
     """``out = combine(xs, conv^T(s))`` for NCHW ``s`` (N, Co, Ho, Wo) and ``out`` (N, C, H, W);
     ``Bt`` is the flipped-transposed block weight (stride 1) or the plain block ``B`` (else).
     ``m, taps_key``: the model state and the plan key of ``Bt``, for the shifted-GEMM lowering
@@ -226,7 +228,8 @@ def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None):
     ct = Bt.shape[0] if stride1(layer) else Bt.shape[1] // (kh * kw)
     if stride1(layer) and co <= 4 * ct:  # else (few input channels, e.g. the RGB layer) the
         # col2im route below unfolds ct*kh*kw rows instead of co*kh*kw: far less memory traffic
-        cg = conv_gemm(k, m, s, Bt, taps_key if m is not None else None, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw)
+        cg = conv_gemm(k, m, s, Bt, taps_key if m is not None else None, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw,
+                       winograd=winograd)
         k.combine_from_gemm(cg, xs.reshape(n, -1, h * w), mods, out.reshape(n, c, h * w))
         return
     rows = scratch("rows", (co, n * ho * wo), s.dtype, xp)
@@ -331,7 +334,7 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
                     r[i0:i1].reshape(nc, o, p), st.coefs, st.masks, st.eps, s.reshape(nc, go, p))
         del zg
         key = ("rule-Bt", node.name, rule.key, bool(nonneg)) if stride1(node.layer) else None
-        transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1], m, key)
+        transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1], m, key, winograd=False)
     return out
 
 
