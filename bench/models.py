@@ -36,6 +36,17 @@ W1_INPUT_SHAPE = (3, 64, 64)
 W1_BATCH = 16
 W1_CLASSES = 200
 
+# A CIFAR-10-shaped CNN (the small CNN users bring): conv32-conv32-pool-conv64-conv64-pool-fc256-fc10
+C10_SPEC = (
+    ("conv", 32), ("conv", 32), ("pool",),
+    ("conv", 64), ("conv", 64), ("pool",),
+    ("flatten",),
+    ("dense", 256), ("dense", 10),
+)
+C10_INPUT_SHAPE = (3, 32, 32)
+C10_BATCH = 256
+C10_CLASSES = 10
+
 W2_SPEC = (("dense", 64), ("dense", 64), ("dense", 2))
 W2_IN_FEATURES = 14
 W2_ROWS = 100_000
@@ -155,6 +166,26 @@ def w1_relprop(params=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# C10 (CIFAR-10-shaped CNN)
+# ----------------------------------------------------------------------------------------------
+def c10_params(seed=SEED + 4):
+    return _he_params(C10_SPEC, C10_INPUT_SHAPE, seed)
+
+
+def c10_input(batch=C10_BATCH, seed=SEED + 5):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.standard_normal((batch,) + C10_INPUT_SHAPE, dtype=np.float32), -3.0, 3.0)
+
+
+def c10_torch(params=None):
+    return _build_torch(C10_SPEC, c10_params() if params is None else params)
+
+
+def c10_relprop(params=None):
+    return _build_relprop(C10_SPEC, c10_params() if params is None else params)
+
+
+# ----------------------------------------------------------------------------------------------
 # W2
 # ----------------------------------------------------------------------------------------------
 def w2_params(seed=SEED + 2):
@@ -208,7 +239,7 @@ def zennit_epsilon_composite(epsilon=1e-6):
     return LayerMapComposite(layer_map=layer_map_base() + [(Linear, Epsilon(epsilon=epsilon))])
 
 
-def zennit_composite(name, batch=None, low=-3.0, high=3.0):
+def zennit_composite(name, batch=None, low=-3.0, high=3.0, shape=None):
     import torch
     from zennit import composites as zc
 
@@ -219,7 +250,7 @@ def zennit_composite(name, batch=None, low=-3.0, high=3.0):
     if name == "EpsilonAlpha2Beta1":
         return zc.EpsilonAlpha2Beta1()
     if name == "EpsilonGammaBox":
-        shape = (batch,) + W1_INPUT_SHAPE
+        shape = (batch,) + (W1_INPUT_SHAPE if shape is None else tuple(shape))
         return zc.EpsilonGammaBox(low=torch.full(shape, low), high=torch.full(shape, high))
     raise ValueError(name)
 

@@ -53,7 +53,8 @@ def w1():
     params = M.w1_params()
     x = M.w1_input()
     tm = M.w1_torch(params)
-    return SimpleNamespace(params=params, x=x, torch=tm, target=M.torch_targets(tm, x))
+    return SimpleNamespace(params=params, x=x, torch=tm, target=M.torch_targets(tm, x), workload=WORKLOAD,
+                           classes=M.W1_CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +62,10 @@ def w1_rp(w1, relprop_mod):
     return M.w1_relprop(w1.params)
 
 
-def _info(benchmark, method, impl, peer, x):
-    benchmark.group = f"{WORKLOAD} {method}"
+def _info(benchmark, method, impl, peer, x, workload=WORKLOAD):
+    benchmark.group = f"{workload} {method}"
     benchmark.extra_info.update(
-        workload=WORKLOAD, method=method, impl=impl, peer=peer, items=int(len(x)),
+        workload=workload, method=method, impl=impl, peer=peer, items=int(len(x)),
         unit="images", batch=int(len(x)), rounds=ROUNDS_IG if method == "IG32" else ROUNDS)
 
 
@@ -92,23 +93,24 @@ def test_w1(benchmark, request, w1, method, peer, impl):
 
 def run_peer(benchmark, w1, method, peer):
     x, t, model = w1.x, w1.target, w1.torch
-    _info(benchmark, method, "peer", peer, x)
+    _info(benchmark, method, "peer", peer, x, w1.workload)
     if method == "gradient":
         out = _pedantic(benchmark, method, lambda: M.torch_input_gradient(model, x, t))
     elif method == "IG32":
         from captum.attr import IntegratedGradients
 
         ig = IntegratedGradients(model)
-        benchmark.extra_info["internal_batch_size"] = CAPTUM_INTERNAL_BATCH
+        ib = getattr(w1, "captum_internal_batch", CAPTUM_INTERNAL_BATCH)
+        benchmark.extra_info["internal_batch_size"] = ib
         n = WARMUP_IG_IMAGES
-        out = _pedantic(benchmark, method, lambda: M.captum_ig(ig, x, t, IG_STEPS, CAPTUM_INTERNAL_BATCH),
-                        lambda: M.captum_ig(ig, x[:n], t[:n], IG_STEPS, CAPTUM_INTERNAL_BATCH))
+        out = _pedantic(benchmark, method, lambda: M.captum_ig(ig, x, t, IG_STEPS, ib),
+                        lambda: M.captum_ig(ig, x[:n], t[:n], IG_STEPS, ib))
     else:
         from zennit.attribution import Gradient
 
-        comp = M.zennit_composite(method, batch=len(x), low=-3.0, high=3.0)
+        comp = M.zennit_composite(method, batch=len(x), low=-3.0, high=3.0, shape=x.shape[1:])
         with Gradient(model=model, composite=comp) as attributor:
-            out = _pedantic(benchmark, method, lambda: M.zennit_lrp(attributor, x, t, M.W1_CLASSES))
+            out = _pedantic(benchmark, method, lambda: M.zennit_lrp(attributor, x, t, w1.classes))
     assert out.shape == x.shape and np.isfinite(out).all()
     PEER_OUT[method] = out
 
@@ -133,7 +135,7 @@ def relprop_call(rp, method):
 def run_relprop(benchmark, w1, rp, w1_rp, method, peer):
     x, t = w1.x, w1.target
     name, kw = relprop_call(rp, method)
-    _info(benchmark, method, "relprop", peer, x)
+    _info(benchmark, method, "relprop", peer, x, w1.workload)
     n = WARMUP_IG_IMAGES
     out = _pedantic(benchmark, method, lambda: rp.attribute(w1_rp, x, name, target=t, **kw),
                     lambda: rp.attribute(w1_rp, x[:n], name, target=t[:n], **kw))
