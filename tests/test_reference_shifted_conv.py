@@ -65,6 +65,7 @@ def test_shifted_conv_equals_a_numpy_convolution(dtype, tol, n, c, o, h, w, kh, 
 def test_winograd_equals_a_numpy_convolution(dtype, tol, n, c, o, h, w, ph, pw, monkeypatch):
     """Odd and even output sizes (a last half tile), padding 0..2, in the two dtypes."""
     monkeypatch.setattr(cpu, "SHIFTED", False)
+    monkeypatch.setattr(linear, "WINOGRAD_MIN_CHANNELS", 1)  # small test layers: take the route anyway
     rng = np.random.default_rng(h * 3 + ph)
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     wt = rng.normal(size=(o, c, 3, 3)).astype(dtype)
@@ -134,6 +135,7 @@ def test_models_give_the_same_attributions_both_ways(method, kw, dtype, monkeypa
     x = np.random.default_rng(1).uniform(-2, 2, size=(5, 3, 32, 32)).astype(dtype)
     net = _cnn(dtype)
     t = rp.forward(net, x.astype(np.float64)).argmax(1)  # one target for all routes (no argmax flips)
+    monkeypatch.setattr(linear, "WINOGRAD_MIN_CHANNELS", 16)  # the test net's 16-channel 16x16 layer takes it
     taken = []
     for fn in ("gemm_taps", "winograd_input", "im2col"):
         real = getattr(cpu, fn)
@@ -157,11 +159,12 @@ def test_models_give_the_same_attributions_both_ways(method, kw, dtype, monkeypa
 
 
 @pytest.mark.parametrize("rule", [rp.rules.ZPlus(include_bias=False), rp.rules.AlphaBeta(1.0, 0.0)])
-def test_lrp_backward_keeps_exact_zeros_on_sparse_maps(rule):
+def test_lrp_backward_keeps_exact_zeros_on_sparse_maps(rule, monkeypatch):
     """A zero weight contributes exactly nothing: where a z+ denominator is zero the ratio is
     R / epsilon (~1e4 x R), and a lowering that mixes taps (Winograd's G g G^T) would leak its
     rounding onto inputs the rule gives nothing. float32 stays at float32 rounding of the
     float64 result; the relevance sum is unchanged."""
+    monkeypatch.setattr(linear, "WINOGRAD_MIN_CHANNELS", 1)  # Winograd eligible for this 16-channel layer
     rng = np.random.default_rng(0)
     w = rng.normal(0, 0.3, (16, 16, 3, 3))
     w[:, 0, :, 0] = -np.abs(w[:, 0, :, 0])  # outputs right of the input column see it through negative weights only

@@ -85,12 +85,13 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", wino
 
 
 WIDE_WASTE = 1.3  # measured: shifted GEMMs win up to about this much extra (padded-grid) work
-# Winograd F(2x2, 3x3) for 3x3 stride-1 windows on maps of at most 16x16 outputs and >= 16 input
-# channels: measured on VGG layers (batch 16, float32) 16x16x256: 21 ms vs 26 (shifted), 8x8x512:
+# Winograd F(2x2, 3x3) for 3x3 stride-1 windows on maps of at most 16x16 outputs and >= 128 input
+# channels (with 32-64 channels, a CIFAR-sized CNN, its transforms cost more than the small GEMMs
+# save: 0.445 s vs 0.339 s for a batch of 256): measured on VGG layers (batch 16, float32) 16x16x256: 21 ms vs 26 (shifted), 8x8x512:
 # 17 ms vs 32 (im2col); on larger maps its input transform costs more than the GEMMs it saves (with
 # a staged input transform, 32x32 maps won 20% alone but lost 15% in W1's gradient as a whole)
 WINOGRAD_MAX_OUTPUTS = 256
-WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 128
 
 
 def _wide_waste(h, w, kh, kw, ph, pw):
