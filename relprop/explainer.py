@@ -23,7 +23,8 @@ import numpy as np
 from .core import backend as B
 from .core import engine
 from .core import rules as R
-from .core.checks import _check_model, _check_seed, _check_target, _check_x, _reads_input_directly
+from .core.checks import (_check_model, _check_seed, _check_target, _check_targets, _check_x,
+                          _reads_input_directly)
 from .core import budget
 from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
@@ -167,6 +168,11 @@ class Explainer:
         return f"Explainer({name}, {len(self.net.nodes)} nodes)"
 
     @property
+    def configured_seed(self):
+        """The seed given for the random draws (smoothgrad's own for smoothgrad), or None."""
+        return self.own["seed"] if self.base is not None else self.params.get("seed")
+
+    @property
     def runs(self):
         """The declaration of the method that runs per copy (the base of smoothgrad)."""
         return self.base or self.method
@@ -225,7 +231,7 @@ class Explainer:
         ``self`` for methods that draw no random numbers."""
         if not (self.method.random or self.runs.random):
             return self
-        cur = self.own["seed"] if self.base is not None else self.params.get("seed")
+        cur = self.configured_seed
         if seed is None:
             seed = cur if cur is not None else int(np.random.SeedSequence().entropy)
         _check_seed(self.runs.name, seed)
@@ -343,23 +349,10 @@ class Explainer:
         if targets is None:
             t = _check_target(target, n, classes)
             return (None if t is None else t[:, None]), True
-        if isinstance(targets, str):
-            if targets != "all":
-                raise ValueError(f"targets must be a list of class indices or 'all', got {targets!r}")
-            tk = np.arange(classes)
-        else:
-            tk = np.asarray(targets)
-            if tk.size == 0 or tk.ndim not in (1, 2) or not np.issubdtype(tk.dtype, np.integer):
-                raise TypeError(f"targets must be a non-empty list of class indices, 'all', or an int array (N, K), "
-                                f"got {targets!r}")
-            if tk.min() < 0 or tk.max() >= classes:
-                raise ValueError(f"targets must lie in 0..{classes - 1} for a model with {classes} outputs, "
-                                 f"got {targets!r}")
-            if tk.ndim == 2:
-                if tk.shape[0] != n:
-                    raise ValueError(f"a targets array must have one row per sample, shape ({n}, K), got {tk.shape}")
-                return tk.astype(np.int64), False
-        return np.ascontiguousarray(np.broadcast_to(tk.astype(np.int64), (n, len(tk)))), False
+        tk = _check_targets(targets, n, classes)
+        if tk.ndim == 2:
+            return tk, False
+        return np.ascontiguousarray(np.broadcast_to(tk, (n, len(tk)))), False
 
     def _validated(self, x):
         mm = self.runs
@@ -377,7 +370,7 @@ class Explainer:
 
     def _seed(self):
         """The seed of this call's random draws (drawn fresh when the method's seed is None)."""
-        seed = self.own["seed"] if self.base is not None else self.params.get("seed")
+        seed = self.configured_seed
         if not (self.method.random or self.runs.random):
             return None
         return int(np.random.SeedSequence().entropy) if seed is None else int(seed)

@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 import relprop as rp
+
+import runner_models
+from runner_models import cnn
+from tolerance import assert_blas_close
 from relprop import cli
 from relprop.cli import main, parse_value
 from relprop.runner import open_attributions
@@ -21,16 +25,7 @@ from relprop.runner import job as runner_job
 
 
 def mlp(seed=0, d=6, h=8, c=3):
-    rng = np.random.default_rng(seed)
-    return rp.Sequential(rp.Dense(rng.normal(0, 0.5, (h, d)), rng.normal(0, 0.1, h)), rp.ReLU(),
-                         rp.Dense(rng.normal(0, 0.5, (c, h)), rng.normal(0, 0.1, c)))
-
-
-def cnn(seed=0):
-    rng = np.random.default_rng(seed)
-    return rp.Sequential(rp.Conv2d(rng.normal(0, 0.4, (4, 1, 3, 3)), rng.normal(0, 0.1, 4), stride=1, padding=1),
-                         rp.ReLU(), rp.MaxPool2d(2), rp.Flatten(),
-                         rp.Dense(rng.normal(0, 0.3, (5, 4 * 4 * 4)), rng.normal(0, 0.1, 5)))
+    return runner_models.mlp(seed, d, h, c)
 
 
 @pytest.fixture
@@ -80,7 +75,7 @@ def test_explain_composite_equals_api(files, capsys):
     ex = rp.Explainer(files["net"], "lrp", rules=rp.composites.EpsilonPlusFlat())
     res = assert_store_equals(out, ex.explain(files["x"]))
     mem = ex.map(files["x"], batch_size=16, progress=False)
-    np.testing.assert_array_equal(np.asarray(res.attributions), mem.attributions)
+    assert_blas_close(np.asarray(res.attributions), mem.attributions)
     line = capsys.readouterr().out.strip()
     assert line.startswith("relprop: 40 samples (40 computed) in ") and "samples/s" in line and "'" + str(out) in line
 

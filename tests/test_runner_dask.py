@@ -19,14 +19,14 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("zarr")
 import relprop.dask as rdask  # noqa: E402  (our own module: an import error must fail, not skip)
+from tolerance import assert_blas_close  # noqa: E402
+import runner_models  # noqa: E402
 
 N, D, C = 61, 14, 3
 
 
 def mlp(seed=0, d=D):
-    rng = np.random.default_rng(seed)
-    return rp.Sequential(rp.Dense(rng.normal(0, 0.5, (24, d)), rng.normal(0, 0.1, 24)), rp.ReLU(),
-                         rp.Dense(rng.normal(0, 0.5, (C, 24)), rng.normal(0, 0.1, C)))
+    return runner_models.mlp(seed, d, 24, C)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_attribute_seed_none_is_fixed_once(x):
     """seed=None: one seed for all chunks, kept in the graph (computing twice agrees)."""
     R = rdask.attribute(mlp(), chunked(x), "smoothgrad", samples=3)
     a, b = R.compute(), R.compute()
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # a fresh seed per compute would differ by O(1)
 
 
 def test_attribute_on_the_cluster(cluster, x):
@@ -142,8 +142,11 @@ def columns(path):
 def assert_same_store(a, b):
     ca, cb = columns(a), columns(b)
     assert ca.keys() == cb.keys()
-    for c in ca:
-        assert np.array_equal(ca[c], cb[c]), c
+    for c in ca:  # the same chunks through the same code; workers may run BLAS with other thread counts
+        if np.issubdtype(ca[c].dtype, np.integer):
+            np.testing.assert_array_equal(ca[c], cb[c], err_msg=c)
+        else:
+            assert_blas_close(ca[c], cb[c])
     assert open_attributions(a).meta["job"] == open_attributions(b).meta["job"]
 
 

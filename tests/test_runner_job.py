@@ -13,18 +13,7 @@ from relprop.runner import JobError, SourceError, StoreError, open_attributions,
 
 pytest.importorskip("zarr")
 
-
-def mlp(seed=0, d=14, h=24, c=3):
-    rng = np.random.default_rng(seed)
-    return rp.Sequential(rp.Dense(rng.normal(0, 0.5, (h, d)), rng.normal(0, 0.1, h)), rp.ReLU(),
-                         rp.Dense(rng.normal(0, 0.5, (c, h)), rng.normal(0, 0.1, c)))
-
-
-def cnn(seed=0):
-    rng = np.random.default_rng(seed)
-    return rp.Sequential(rp.Conv2d(rng.normal(0, 0.4, (4, 1, 3, 3)), rng.normal(0, 0.1, 4), stride=1, padding=1),
-                         rp.ReLU(), rp.MaxPool2d(2), rp.Flatten(), rp.Dense(rng.normal(0, 0.3, (5, 4 * 4 * 4)),
-                                                                           rng.normal(0, 0.1, 5)))
+from runner_models import cnn, mlp  # noqa: E402
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import pytest
 import relprop as rp
 from relprop.runner import open_attributions
 
+from tolerance import assert_blas_close
+
 ROWS = 40  # samples per chunk
 N = 400    # 10 chunks
 
@@ -145,15 +147,19 @@ def test_killed_job_resumes_to_the_uninterrupted_result(job_files, tmp_path, mod
         part = open_attributions(out)
         done = part.finished_rows()
         assert done.sum() == len(before) * ROWS and not part.complete
-        np.testing.assert_array_equal(np.asarray(part.attributions)[done], ref[store]["attributions"][done])
+        assert_blas_close(np.asarray(part.attributions)[done], ref[store]["attributions"][done])
     else:
         assert mode == "creating" and not before
     # rerun the same job: it continues and ends equal to the uninterrupted run
     ex = rp.Explainer(rp.load(d / "model.npz"), "lrp", rules=rp.composites.EpsilonPlusFlat())
     res = ex.map(d / "x.npy", out=out, batch_size=ROWS, progress=False)
     assert res.complete
-    for c, want in ref[store].items():
-        np.testing.assert_array_equal(np.asarray(getattr(res, c)), want, err_msg=c)
+    for c, want in ref[store].items():  # computed in another process: equal to BLAS rounding, targets exactly
+        got = np.asarray(getattr(res, c))
+        if np.issubdtype(want.dtype, np.integer):
+            np.testing.assert_array_equal(got, want, err_msg=c)
+        else:
+            assert_blas_close(got, want)
     after = _manifest(out)
     assert len(after) == N // ROWS
     for name, info in before.items():  # finished chunks were not computed again

@@ -42,6 +42,24 @@ def _check_x(net, x, name="x", scores=True):
     return x, shapes
 
 
+def _check_targets(targets, n, classes):
+    """Several classes per sample: ``"all"`` or a list of K classes -> int64 (K,); an int array
+    (n, K) -> int64 (n, K)."""
+    if isinstance(targets, str):
+        if targets != "all":
+            raise ValueError(f"targets must be a list of class indices or 'all', got {targets!r}")
+        return np.arange(classes, dtype=np.int64)
+    tk = np.asarray(targets)
+    if tk.size == 0 or tk.ndim not in (1, 2) or not np.issubdtype(tk.dtype, np.integer):
+        raise TypeError(f"targets must be a non-empty list of class indices, 'all', or an int array (N, K), "
+                        f"got {targets!r:.80}")
+    if tk.min() < 0 or tk.max() >= classes:
+        raise ValueError(f"targets must lie in 0..{classes - 1} for a model with {classes} outputs, got {targets!r:.80}")
+    if tk.ndim == 2 and tk.shape[0] != n:
+        raise ValueError(f"a targets array must have one row per sample, shape ({n}, K), got {tk.shape}")
+    return tk.astype(np.int64)
+
+
 def _check_target(target, n, classes):
     if target is None:
         return None

@@ -31,6 +31,7 @@ import numpy as np
 from ..core import budget
 from ..core.execute import row_bytes
 from ..core.modes import DEEPLIFT
+from ..core.checks import _check_targets
 from ..core.plan import fingerprint
 from . import stores
 from .sources import IterableSource, SourceError, as_source
@@ -140,21 +141,8 @@ class Targets:
             raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
         self.kind, self.value = "pred", None
         if self.multi:
-            if isinstance(targets, str):
-                if targets != "all":
-                    raise ValueError(f"targets must be a list of class indices, 'all' or an int array (n, K), "
-                                     f"got {targets!r}")
-                self.kind, self.value = "list", np.arange(classes)
-            else:
-                t = np.asarray(targets)
-                if t.size == 0 or t.ndim not in (1, 2) or not np.issubdtype(t.dtype, np.integer):
-                    raise TypeError(f"targets must be a non-empty list of class indices, 'all' or an int array "
-                                    f"(n, K), got {targets!r:.80}")
-                if t.min() < 0 or t.max() >= classes:
-                    raise ValueError(f"targets must lie in 0..{classes - 1} for a model with {classes} outputs")
-                if t.ndim == 2 and t.shape[0] != n:
-                    raise ValueError(f"a targets array must have one row per sample, ({n}, K), got {t.shape}")
-                self.kind, self.value = ("array2" if t.ndim == 2 else "list"), t.astype(np.int64)
+            self.value = _check_targets(targets, n, classes)
+            self.kind = "array2" if self.value.ndim == 2 else "list"
             self.k = self.value.shape[-1]
             return
         self.k = 1
@@ -320,7 +308,7 @@ def _recorded_seed(ex, out):
     """The seed an existing store of a random method recorded, when ``ex``'s own seed is None."""
     if out is None or not (ex.method.random or ex.runs.random):
         return None
-    if (ex.own["seed"] if ex.base is not None else ex.params.get("seed")) is not None:
+    if ex.configured_seed is not None:
         return None
     try:
         meta = stores.read_meta(out)

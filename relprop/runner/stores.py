@@ -127,10 +127,10 @@ def _ours(out):
     if (out / CREATING).exists():
         return True
     try:
-        return isinstance(json.loads((out / META).read_text()), dict) and \
-            json.loads((out / META).read_text()).get("format") == FORMAT
+        meta = json.loads((out / META).read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _what_differs(key, old, new):
