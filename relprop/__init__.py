@@ -5,7 +5,7 @@
 >>> R = rp.attribute(net, x, "lrp.epsilon")                                # doctest: +SKIP
 """
 from .core import composites, rules
-from .api import attribute, forward
+from .api import attribute, forward, scores
 from .explainer import Explainer, Explanation
 from .core.graph import (
     Add,
@@ -40,7 +40,7 @@ from .runner import open_attributions
 __version__ = "0.1.0"
 
 __all__ = [
-    "attribute", "forward", "Explainer", "Explanation", "METHODS", "rules", "composites",
+    "attribute", "forward", "scores", "Explainer", "Explanation", "METHODS", "rules", "composites",
     "Graph", "Node", "Sequential", "Dense", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
     "ReLU", "Tanh", "Sigmoid", "Softmax", "Identity",
     "Add", "Concat", "BatchNorm2d", "GlobalAvgPool2d", "Reshape", "LeakyReLU", "Softplus", "Dropout",

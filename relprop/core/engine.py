@@ -7,7 +7,7 @@ for every method (Ancona et al. 2018, Table 1): a ``mode`` picks each kind's ste
 """
 from __future__ import annotations
 
-from . import backend
+from . import backend, reuse
 from .layers import DEEPLIFT_EPS, OPS, POOL_STABILIZER, Backward, Forward, step  # noqa: F401
 from .linear import release_scratch  # noqa: F401  (re-exported)
 
@@ -21,6 +21,9 @@ class Tape:
         self.idx = {}
         self.plus = {}  # Conv2d name -> W+ a (N, O, Ho, Wo), computed with the forward GEMM
         self.nonneg = {}  # linear node name -> whether its input had no negative entry (checked once)
+
+
+_TAPE_FIELDS = ("idx", "plus", "nonneg")  # what a node's forward writes on the tape besides its kept outputs
 
 
 def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
@@ -42,11 +45,27 @@ def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
     remaining = {name: len(c) for name, c in graph.consumers.items()}
     if "input" in keep:
         tape.out["input"] = x
+    cache = reuse.current()
+    if cache is not None:
+        pass_key, sigs = cache.begin(graph, x, keep, idx_nodes, plus, m.dtype, fw.k.name)
     for node in graph.nodes:
         if node.name in fw.skip:
             continue
-        out = OPS[node.layer.kind].forward(fw, node, [live[s] for s in node.inputs])
-        outs = out if isinstance(out, dict) else {node.name: out}
+        got = cache.lookup(pass_key, sigs, node.name) if cache is not None else None
+        if got is not None:  # the same prefix on the same input ran before (relprop.core.reuse)
+            outs, parts, skipped = got
+            for field, part in parts.items():
+                getattr(tape, field).update(part)
+            fw.skip.update(skipped)
+        else:
+            if cache is not None:
+                before = {f: set(getattr(tape, f)) for f in _TAPE_FIELDS}
+                skip0 = set(fw.skip)
+            out = OPS[node.layer.kind].forward(fw, node, [live[s] for s in node.inputs])
+            outs = out if isinstance(out, dict) else {node.name: out}
+            if cache is not None:
+                parts = {f: {k: v for k, v in getattr(tape, f).items() if k not in before[f]} for f in _TAPE_FIELDS}
+                cache.store(pass_key, sigs, node.name, outs, parts, fw.skip - skip0)
         for name, val in outs.items():
             if val is not None:
                 live[name] = val

@@ -110,14 +110,28 @@ def check_batch_size(batch_size):
 def forward(net, x, backend=None, batch_size=None):
     """The model's output for ``x`` (softmax applied when the last layer is Softmax), as ``x``'s
     array type; ``backend`` as in ``relprop.attribute``."""
+    return _run_forward(net, x, backend, batch_size, scores=False)
+
+
+def scores(net, x, backend=None, batch_size=None):
+    """The score vectors explanations start from, (N, classes): the model's output, or the input of
+    a final Softmax (the logits); ``x``'s array type, ``backend`` as in ``relprop.attribute``."""
+    return _run_forward(net, x, backend, batch_size, scores=True)
+
+
+def _run_forward(net, x, backend, batch_size, scores):
     from . import backend as B
 
     _check_model(net)
     step = check_batch_size(batch_size)
     x, back = to_backend(x, backend)
-    x, shapes = _check_x(net, x, scores=False)
+    x, shapes = _check_x(net, x, scores=scores)
     m = compiled(net, x.dtype)
     if step is None:
         step = BUDGET.rows(row_bytes(shapes, x.itemsize), B.is_device(B.kernels_for(x)))
+    if scores:
+        keep, key, pick = (net.score_node,), ("scores",), 0
+    else:
+        keep, key, pick = (), ("forward",), 1
     with B.LOCK:
-        return back(run_batches(m, x, step, ("forward",), lambda sl, st: engine.forward(m, x[sl], (), (), shapes)[1]))
+        return back(run_batches(m, x, step, key, lambda sl, st: engine.forward(m, x[sl], keep, (), shapes)[pick]))

@@ -520,8 +520,9 @@ class Progress:
     """A tqdm bar (samples/s, ETA) on a terminal when tqdm is installed; otherwise a plain line
     every ``every`` seconds and at the end (``enabled=False``: silent)."""
 
-    def __init__(self, total, initial, enabled, every=10.0, stream=None):
+    def __init__(self, total, initial, enabled, every=10.0, stream=None, unit="sample", desc="relprop"):
         self.total, self.count, self.enabled, self.every = total, initial, bool(enabled), every
+        self.unit, self.desc = unit, desc
         self.stream = stream or sys.stderr
         self.t0 = self.last = time.perf_counter()
         self.start = initial
@@ -531,8 +532,8 @@ class Progress:
             try:
                 from tqdm.auto import tqdm
 
-                self.bar = tqdm(total=total, initial=initial, unit="sample", unit_scale=True, file=self.stream,
-                                desc="relprop", smoothing=0.1)
+                self.bar = tqdm(total=total, initial=initial, unit=unit, unit_scale=True, file=self.stream,
+                                desc=desc, smoothing=0.1)
             except ImportError:
                 pass
 
@@ -551,10 +552,12 @@ class Progress:
         left = (self.total - self.count) / rate if rate > 0 else float("inf")
         eta = "" if final else f", ETA {left:.0f} s" if np.isfinite(left) else ""
         if final and self.count == self.start:
-            print(f"relprop: {self.count}/{self.total} samples, nothing left to compute", file=self.stream, flush=True)
+            print(f"{self.desc}: {self.count}/{self.total} {self.unit}s, nothing left to compute", file=self.stream,
+                  flush=True)
             return
-        print(f"relprop: {self.count}/{self.total} samples ({100 * self.count / max(self.total, 1):.1f}%), "
-              f"{rate:.0f} samples/s{eta}", file=self.stream, flush=True)
+        speed = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+        print(f"{self.desc}: {self.count}/{self.total} {self.unit}s ({100 * self.count / max(self.total, 1):.1f}%), "
+              f"{speed} {self.unit}s/s{eta}", file=self.stream, flush=True)
 
     def close(self):
         if self.bar is not None:

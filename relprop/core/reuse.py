@@ -1,0 +1,127 @@
+"""Forward-pass reuse across models that share layers (model-parameter randomization).
+
+A randomization study (Adebayo et al. 2018) explains the same inputs with a sequence of models
+that differ from the original in a few layers: cascading randomization replaces the top ``t``
+layers, independent randomization one layer. Every node whose ancestors are all unchanged
+computes exactly what it computed for the original model, so its forward output and what it
+stored on the tape can be reused.
+
+:class:`ForwardReuse` keeps those per-node results. While it is active
+(``with reuse.active(): ...``) the engine's forward pass looks each node up before computing
+it. An entry is keyed by
+
+- the content of the pass's input (a BLAKE2 digest of its bytes, shape and dtype: methods build
+  their inputs afresh each call -- IG's path points, DeepLIFT's ``[x; baseline]`` -- so identity
+  would never match),
+- the node's *prefix signature*: the identities and weight versions of the node's layer, of every
+  layer upstream of it, and of its consumers (a fused activation is computed with it),
+- what the method asks the pass to keep (stored outputs, max-pool winners, ``W+ a`` products),
+  the dtype and the backend.
+
+Entries are admitted only for nodes whose prefix lies wholly in the ``base`` model (only those
+can recur: a prefix containing a randomized layer never does), until ``max_bytes`` is reached;
+then new entries are refused rather than evicting old ones (an LRU would evict each batch just
+before the next step asks for it). The entries hold only layers of ``base``, which the cache holds,
+so no layer id in an entry can be reused by a new layer while the cache lives. Reused arrays are the same
+objects the original pass produced; nothing in the engine writes into a forward output.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import weakref
+
+import numpy as np
+
+from . import backend
+
+_ACTIVE = contextvars.ContextVar("relprop_forward_reuse", default=None)
+
+
+def current():
+    """The active :class:`ForwardReuse`, or None."""
+    return _ACTIVE.get()
+
+
+class ForwardReuse:
+    """Per-node forward results of ``base`` (and of any model sharing its layers) for reuse.
+
+    Parameters
+    ----------
+    base : relprop model whose layers later models share
+    max_bytes : bound on the arrays held (outputs and tape entries); beyond it, new entries are
+        not admitted (the computation then simply runs)
+    """
+
+    def __init__(self, base, max_bytes=2 << 30):
+        self.base_layers = {id(n.layer): n.layer for n in base.nodes}
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self.entries = {}
+        self.hits = self.misses = 0
+        self._sigs = weakref.WeakKeyDictionary()  # graph -> (version, {node: (signature, in base?)})
+
+    @contextlib.contextmanager
+    def active(self):
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def clear(self):
+        self.entries.clear()
+        self._sigs.clear()
+        self.bytes = 0
+
+    # -- used by relprop.core.engine.forward ---------------------------------------------
+    def begin(self, graph, x, keep, idx_nodes, plus, dtype, kname):
+        """The per-pass part of the keys, or None when this pass is not reusable."""
+        host = np.ascontiguousarray(backend.to_host(x))
+        h = hashlib.blake2b(memoryview(host).cast("B"), digest_size=20)
+        h.update(f"{host.dtype.str}{host.shape}".encode())
+        cfg = (frozenset(keep), frozenset(idx_nodes), tuple(sorted((n, r.key) for n, r in plus.items())))
+        return (h.digest(), cfg, np.dtype(dtype).str, kname), self._signatures(graph)
+
+    def lookup(self, pass_key, sigs, name):
+        sig, _ = sigs[name]
+        got = self.entries.get((pass_key, name, sig))
+        if got is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return got
+
+    def store(self, pass_key, sigs, name, outs, tape_parts, skipped):
+        sig, in_base = sigs[name]
+        if not in_base:
+            return
+        size = sum(_nbytes(v) for v in outs.values()) + sum(_nbytes(v) for part in tape_parts.values()
+                                                                for v in part.values())
+        if self.bytes + size > self.max_bytes:
+            return
+        self.bytes += size
+        self.entries[(pass_key, name, sig)] = (outs, tape_parts, skipped)
+
+    def _signatures(self, graph):
+        got = self._sigs.get(graph)
+        if got is not None and got[0] == graph.version:
+            return got[1]
+        sigs, up = {}, {"input": ((), True)}
+        for node in graph.nodes:
+            ids, in_base = (id(node.layer), node.layer.version), id(node.layer) in self.base_layers
+            anc = [ids]
+            for src in node.inputs:
+                anc.extend(up[src][0])
+                in_base = in_base and up[src][1]
+            anc = tuple(sorted(set(anc)))
+            up[node.name] = (anc, in_base)
+            cons = tuple((c.name, id(c.layer), c.layer.version) for c in graph.consumers_of(node.name))
+            sigs[node.name] = ((node.name, anc, cons), in_base)
+        self._sigs[graph] = (graph.version, sigs)
+        return sigs
+
+
+def _nbytes(v):
+    return int(getattr(v, "nbytes", 0) or 0)
