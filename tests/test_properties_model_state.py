@@ -89,3 +89,34 @@ def test_a_valid_reassignment_is_normalized_and_versioned():
     d = rp.Dense(np.ones((3, 2)))
     d.weight = np.full((3, 2), 2, np.int64)
     assert d.weight.dtype == np.float32 and not d.weight.flags.writeable and d.version == 1
+
+
+def _conv_net(seed=3):
+    r = np.random.default_rng(seed)
+    return rp.Sequential(rp.Conv2d(r.normal(size=(4, 2, 3, 3)), r.normal(size=4), padding=1), rp.ReLU(),
+                         rp.Conv2d(r.normal(size=(130, 4, 3, 3)) * 0.3, r.normal(size=130), padding=1), rp.ReLU(),
+                         rp.Conv2d(r.normal(size=(5, 130, 3, 3)) * 0.1, r.normal(size=5), padding=1), rp.ReLU(),
+                         rp.Flatten(), rp.Dense(r.normal(size=(3, 5 * 6 * 6)) * 0.1))
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp.epsilon", "lrp.z_plus"])
+def test_models_sharing_layer_objects_share_derived_state_and_nothing_goes_stale(method):
+    """Derived per-layer state (weights in the dtype, flipped/transposed and Winograd-transformed
+    filters, rule states) is shared by models holding the same layer object under the same name
+    (plan._LAYER_STATE), and keyed by the layer's version: a reassigned weight is derived again."""
+    a = _conv_net()
+    x = np.random.default_rng(0).normal(size=(2, 2, 6, 6))
+    rp.attribute(a, x, method, target=0)
+    b = rp.Graph([rp.Node(n.name, n.layer, n.inputs) for n in a.nodes])  # the same layer objects
+    cache = plan._LAYER_STATE[a.nodes[2].layer]
+    n0 = len(cache)
+    assert_blas_close(rp.attribute(b, x, method, target=0), rp.attribute(a, x, method, target=0))
+    assert len(plan._LAYER_STATE[a.nodes[2].layer]) == n0  # b derived nothing again for that layer
+    # a new weight on the shared layer reaches both models, derived afresh
+    layer = a.nodes[4].layer
+    layer.weight = layer.weight * -2.0
+    fresh = _conv_net()
+    fresh.nodes[4].layer.weight = fresh.nodes[4].layer.weight * -2.0
+    want = rp.attribute(fresh, x, method, target=0)
+    assert_blas_close(rp.attribute(a, x, method, target=0), want)
+    assert_blas_close(rp.attribute(b, x, method, target=0), want)

@@ -29,11 +29,13 @@ def numpy_conv(x, w, ph, pw):
     return z
 
 
-class _M:  # the plan's host cache, as conv_gemm uses it
+class _M:  # the plan's host cache, as conv_gemm uses it (no model: per-layer sharing is not exercised)
+    graph = None
+
     def __init__(self):
         self.c = {}
 
-    def host(self, key, build):
+    def host(self, key, build, node=None):
         if key not in self.c:
             self.c[key] = build()
         return self.c[key]

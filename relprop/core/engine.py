@@ -65,7 +65,7 @@ def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
             outs = out if isinstance(out, dict) else {node.name: out}
             if cache is not None:
                 parts = {f: {k: v for k, v in getattr(tape, f).items() if k not in before[f]} for f in _TAPE_FIELDS}
-                cache.store(pass_key, sigs, node.name, outs, parts, fw.skip - skip0)
+                cache.store(graph, pass_key, sigs, node.name, outs, parts, fw.skip - skip0)
         for name, val in outs.items():
             if val is not None:
                 live[name] = val

@@ -60,7 +60,8 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", wino
         ho, wo = k.conv_out_shape(h, w, 3, 3, 1, 1, ph, pw)
         if ho * wo <= WINOGRAD_MAX_OUTPUTS:
             th, tw = k.winograd_tiles(ho, wo)
-            u = m.host(("winograd",) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: k.winograd_filter(wmat, c))
+            u = m.host(("winograd",) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: k.winograd_filter(wmat, c),
+                       _taps_node(m, taps_key))
             v = scratch("wino_v", (16, c, n * th * tw), x.dtype, xp)
             k.winograd_input(x, ph, pw, th, tw, v)
             mm = xp.matmul(u, v, out=scratch("wino_m", (16, wmat.shape[0], n * th * tw), x.dtype, xp))
@@ -72,7 +73,8 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", wino
         hp, wp, ho, wo, tail = k.wide_geometry(h, w, kh, kw, ph, pw)
         xf = scratch("xflat", (c, n * hp * wp + tail), x.dtype, xp)
         k.pad_flat(x, ph, pw, xf)
-        taps = m.host(("taps",) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: k.taps(wmat, c, kh, kw))
+        taps = m.host(("taps",) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: k.taps(wmat, c, kh, kw),
+                      _taps_node(m, taps_key))
         zw = scratch("wide", (wmat.shape[0], n * hp * wp), x.dtype, xp)
         k.gemm_taps(taps, xf, wp, kw, zw)
         out = scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp)
@@ -82,6 +84,13 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", wino
     cols = scratch("cols", (c * kh * kw, n * ho * wo), x.dtype, xp)
     k.im2col(x, kh, kw, sh, sw, ph, pw, cols)
     return xp.matmul(wmat, cols, out=scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp))
+
+
+def _taps_node(m, taps_key):
+    """The node whose layer alone the transformed weights under ``taps_key`` (``(kind, node name,
+    ...)``) derive from: they are shared by every model holding that layer (``Compiled.host``)."""
+    graph = m.graph
+    return None if graph is None else graph.by_name.get(taps_key[1])
 
 
 WIDE_WASTE = 1.3  # measured: shifted GEMMs win up to about this much extra (padded-grid) work

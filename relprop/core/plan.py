@@ -185,14 +185,28 @@ class Compiled:
     def __reduce__(self):
         return compiled, (self.graph, self.dtype)
 
-    def host(self, key, build):
+    def host(self, key, build, node=None):
+        """``build()`` once per key. With ``node``: the value depends on that node's layer alone
+        (its weights, hyper-parameters and this dtype), and is shared by every model that holds
+        the same layer object under the same name (``_LAYER_STATE``): a randomization study's
+        models, which differ from the original in a few layers, derive only those again."""
         got = self._host.get(key)
         if got is None:
-            got = self._host[key] = build()
+            if node is not None:
+                per = _LAYER_STATE.get(node.layer)
+                if per is None:
+                    per = _LAYER_STATE[node.layer] = {}
+                lkey = (node.layer.version, self.dtype.str) + tuple(key)
+                got = per.get(lkey)
+                if got is None:
+                    got = per[lkey] = build()
+            else:
+                got = build()
+            self._host[key] = got
         return got
 
-    def on(self, k, key, build):
-        value = self.host(key, build)
+    def on(self, k, key, build, node=None):
+        value = self.host(key, build, node)
         if not backend.is_device(k):
             return value
         dkey = (k.name,) + key
@@ -206,13 +220,13 @@ class Compiled:
         """(weight, bias) of ``node`` in this dtype."""
         L = node.layer
         return self.on(k, ("params", node.name), lambda: (np.ascontiguousarray(L.weight, dtype=self.dtype),
-                                                          np.ascontiguousarray(L.bias, dtype=self.dtype)))
+                                                          np.ascontiguousarray(L.bias, dtype=self.dtype)), node)
 
     def rule(self, k, node, rule, nonneg):
         """(host RuleState, the same on ``k``'s device) of ``rule`` on ``node``."""
         key = ("rule", node.name, rule.key, bool(nonneg))
         build = lambda: rule_state(node, rule, self.dtype, nonneg)  # noqa: E731
-        return self.host(key, build), self.on(k, key, build)
+        return self.host(key, build, node), self.on(k, key, build, node)
 
     def _nonneg_state(self, node, rule):
         return self.rule(_HOST, node, rule, True)[0]
@@ -247,7 +261,7 @@ class Compiled:
             return np.ascontiguousarray(np.concatenate([Wm, B.astype(Wm.dtype)])), False
 
         key = ("wplus", node.name) + ((rule.key,) if direct else ())
-        W, summed = self.host(key, build)
+        W, summed = self.host(key, build, node)
         return (self.on(k, key + ("W",), lambda: W) if backend.is_device(k) else W), summed
 
     def weight_t(self, k, node):
@@ -257,13 +271,13 @@ class Compiled:
             o, c, kh, kw = W.shape
             return flipped_transpose(W.reshape(o, -1), o, c, kh, kw)
 
-        return self.on(k, ("wt", node.name), build)
+        return self.on(k, ("wt", node.name), build, node)
 
     def bn(self, k, node, ndim):
         """Batch norm's (scale, shift) shaped to broadcast over (N, C, ...)."""
         shape = (-1,) + (1,) * (ndim - 2)
         return self.on(k, ("bn", node.name, ndim),
-                       lambda: tuple(v.astype(self.dtype).reshape(shape) for v in node.layer.scale_shift))
+                       lambda: tuple(v.astype(self.dtype).reshape(shape) for v in node.layer.scale_shift), node)
 
 
 def _direct_on_a(st):
@@ -292,6 +306,9 @@ def _move(xp, v):
 
 
 _COMPILED = {}  # id(graph) -> (weakref to the graph, {dtype: Compiled})
+# layer -> {(layer version, dtype, key): derived value}: what depends on one layer alone, shared by
+# the models holding that layer object; dropped with the layer
+_LAYER_STATE = weakref.WeakKeyDictionary()
 _COMPILED_LOCK = threading.Lock()
 
 

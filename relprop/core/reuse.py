@@ -14,15 +14,17 @@ it. An entry is keyed by
   their inputs afresh each call -- IG's path points, DeepLIFT's ``[x; baseline]`` -- so identity
   would never match),
 - the node's *prefix signature*: the identities and weight versions of the node's layer, of every
-  layer upstream of it, and of its consumers (a fused activation is computed with it),
+  layer upstream of it, and of the activation fused into its epilogue (computed with it),
 - what the method asks the pass to keep (stored outputs, max-pool winners, ``W+ a`` products),
   the dtype and the backend.
 
-Entries are admitted only for nodes whose prefix lies wholly in the ``base`` model (only those
-can recur: a prefix containing a randomized layer never does), until ``max_bytes`` is reached;
+Entries are admitted for nodes whose prefix lies wholly in the ``base`` model (they recur in
+every later step), and, between ``begin_step(graph)`` calls, for the nodes of that step's model
+(they recur across the methods explained at that step), until ``max_bytes`` is reached;
 then new entries are refused rather than evicting old ones (an LRU would evict each batch just
-before the next step asks for it). The entries hold only layers of ``base``, which the cache holds,
-so no layer id in an entry can be reused by a new layer while the cache lives. Reused arrays are the same
+before the next step asks for it). Base entries name only layers of ``base``, which the cache holds,
+so no layer id in them can be reused by a new layer while the cache lives; a step's entries
+are dropped at the next step, while the step's model (and its layers) may still be referenced. Reused arrays are the same
 objects the original pass produced; nothing in the engine writes into a forward output.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ import weakref
 import numpy as np
 
 from . import backend
+from .layers import fusable_activation
 
 _ACTIVE = contextvars.ContextVar("relprop_forward_reuse", default=None)
 
@@ -60,6 +63,7 @@ class ForwardReuse:
         self.bytes = 0
         self.entries = {}
         self.hits = self.misses = 0
+        self.step_entries, self._step_bytes, self._step_graph = {}, 0, None
         self._sigs = weakref.WeakKeyDictionary()  # graph -> (version, {node: (signature, in base?)})
 
     @contextlib.contextmanager
@@ -72,8 +76,9 @@ class ForwardReuse:
 
     def clear(self):
         self.entries.clear()
+        self.step_entries.clear()
         self._sigs.clear()
-        self.bytes = 0
+        self.bytes = self._step_bytes = 0
 
     # -- used by relprop.core.engine.forward ---------------------------------------------
     def begin(self, graph, x, keep, idx_nodes, plus, dtype, kname):
@@ -84,25 +89,41 @@ class ForwardReuse:
         cfg = (frozenset(keep), frozenset(idx_nodes), tuple(sorted((n, r.key) for n, r in plus.items())))
         return (h.digest(), cfg, np.dtype(dtype).str, kname), self._signatures(graph)
 
+    def begin_step(self, graph):
+        """Explanations of ``graph`` follow (one study step, several methods): admit its nodes too
+        until the next step, so that methods with the same forward configuration share even the
+        nodes above the randomized layers. The previous step's entries are dropped."""
+        self.bytes -= self._step_bytes
+        self.step_entries, self._step_bytes = {}, 0
+        self._step_graph = weakref.ref(graph) if graph is not None else None
+
     def lookup(self, pass_key, sigs, name):
         sig, _ = sigs[name]
-        got = self.entries.get((pass_key, name, sig))
+        key = (pass_key, name, sig)
+        got = self.entries.get(key)
+        if got is None:
+            got = self.step_entries.get(key)
         if got is None:
             self.misses += 1
         else:
             self.hits += 1
         return got
 
-    def store(self, pass_key, sigs, name, outs, tape_parts, skipped):
+    def store(self, graph, pass_key, sigs, name, outs, tape_parts, skipped):
         sig, in_base = sigs[name]
-        if not in_base:
+        step = not in_base and self._step_graph is not None and self._step_graph() is graph
+        if not in_base and not step:
             return
         size = sum(_nbytes(v) for v in outs.values()) + sum(_nbytes(v) for part in tape_parts.values()
                                                                 for v in part.values())
         if self.bytes + size > self.max_bytes:
             return
         self.bytes += size
-        self.entries[(pass_key, name, sig)] = (outs, tape_parts, skipped)
+        if step:
+            self._step_bytes += size
+            self.step_entries[(pass_key, name, sig)] = (outs, tape_parts, skipped)
+        else:
+            self.entries[(pass_key, name, sig)] = (outs, tape_parts, skipped)
 
     def _signatures(self, graph):
         got = self._sigs.get(graph)
@@ -117,7 +138,9 @@ class ForwardReuse:
                 in_base = in_base and up[src][1]
             anc = tuple(sorted(set(anc)))
             up[node.name] = (anc, in_base)
-            cons = tuple((c.name, id(c.layer), c.layer.version) for c in graph.consumers_of(node.name))
+            fused = fusable_activation(graph, node) if node.layer.linear else None  # computed with the node
+            cons = () if fused is None else (fused.name, id(fused.layer), fused.layer.version)
+            in_base = in_base and (fused is None or id(fused.layer) in self.base_layers)
             sigs[node.name] = ((node.name, anc, cons), in_base)
         self._sigs[graph] = (graph.version, sigs)
         return sigs

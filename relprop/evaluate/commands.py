@@ -37,7 +37,7 @@ the default), he_normal, glorot_uniform.
 BENCHMARK_EPILOG = """\
 Examples:
   relprop benchmark model.npz images.npy --out bench/
-  relprop benchmark model.npz rows.npy --samples 64 --metrics aopc_morf,completeness \\
+  relprop benchmark tabular.npz rows.npy --samples 64 --metrics aopc_morf,completeness \\
       --method gradient --method lrp.epsilon --method lrp:composite=EpsilonPlusFlat --out bench/
 
 Metrics: aopc_morf, aopc_lerf (pixel flipping, Samek et al. 2017), sensitivity_n (Ancona et al.

@@ -104,6 +104,7 @@ def randomized_models(net, layers=None, mode="cascading", seed=0, init="torch"):
     layers = _check_layers(net, layers)
     _check_choice("mode", mode, MODES)
     _check_init(init)
+    seed = _check_seed(seed)
     done = {}
     for name in reversed(layers):
         new = _draw(net.by_name[name].layer, name, seed, init)
@@ -221,7 +222,7 @@ class RandomizationResult:
 
 def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measures=("ssim", "spearman_abs"),
                         target=None, layers=None, init="torch", reduce="sum", normalize="max", keep_maps=4,
-                        backend=None, batch_size=None, reuse_forward=True, max_memory="2GB", progress=False):
+                        backend=None, batch_size=None, reuse_forward=True, max_memory="auto", progress=False):
     """Model-parameter randomization test (Adebayo et al. 2018), cascading or independent.
 
     Parameters
@@ -243,7 +244,9 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
     backend, batch_size : as in ``relprop.attribute``
     reuse_forward : reuse the original model's forward outputs below the randomized layers
         (results are the same either way; it only saves time)
-    max_memory : bound on what the forward reuse holds (bytes or a string like ``"2GB"``)
+    max_memory : bound on what the forward reuse holds: bytes, a string like ``"2GB"``, or
+        ``"auto"`` (half the memory available when the study starts, :func:`available_memory`;
+        integrated gradients' path points on a VGG-sized model want several GB to be reused)
     progress : show a progress bar (tqdm when installed)
 
     Returns
@@ -261,7 +264,16 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
     layers = _check_layers(net, layers)
     if isinstance(keep_maps, bool) or not isinstance(keep_maps, (int, np.integer)) or keep_maps < 0:
         raise ValueError(f"keep_maps must be an int >= 0, got {keep_maps!r}")
-    budget = parse_memory(max_memory) if isinstance(max_memory, str) else int(max_memory)
+    _check_measures_fit(measures, x)
+    if isinstance(max_memory, str) and max_memory == "auto":
+        budget = available_memory() // 2
+    elif isinstance(max_memory, (int, np.integer)) and not isinstance(max_memory, (bool, np.bool_)):
+        if max_memory < 0:
+            raise ValueError(f"max_memory must be >= 0 bytes (0: no forward reuse) or a string like '2GB', got "
+                             f"{max_memory}")
+        budget = int(max_memory)
+    else:
+        budget = parse_memory(max_memory)
     t0 = time.perf_counter()
     explainers = {label: Explainer(net, m, backend=backend, batch_size=batch_size, **p) for label, (m, p) in specs.items()}
     first = next(iter(explainers.values()))
@@ -289,6 +301,8 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
                 maps[i, 0] = originals[label][:kept]
         for j, seed in enumerate(seeds):
             for s, (name, model) in enumerate(randomized_models(net, layers, mode, seed, init), start=1):
+                if cache is not None:
+                    cache.begin_step(model)
                 for i, (label, (m, p)) in enumerate(specs.items()):
                     ex = Explainer(model, m, backend=backend, batch_size=batch_size, **p)
                     R = prepare_maps(_host(ex.attribute(x, target=T)), reduce=reduce, normalize=normalize)
@@ -298,43 +312,58 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
                         maps[i, s, j] = R[:kept]
                     bar.update(1)
     bar.close()
+    if cache is not None:
+        cache.clear()
     return RandomizationResult(values, list(specs), ["original"] + list(reversed(layers)), list(seeds), list(measures),
                                mode, maps, time.perf_counter() - t0,
                                (cache.hits, cache.misses) if cache is not None else (0, 0),
                                dict(init=init, reduce=reduce, normalize=normalize, n=N))
 
 
-def class_sensitivity(net, x, methods, *, classes="top2", measures=("ssim", "spearman"), reduce="sum",
-                      normalize="max", backend=None, batch_size=None):
+def class_sensitivity(net, x, methods, *, classes="top2", target=None, seed=0, measures=("ssim", "spearman"),
+                      reduce="sum", normalize="max", backend=None, batch_size=None):
     """Similarity between the explanations of two classes of the same input (Gu et al. 2018;
-    Sixt et al. 2020, "When explanations lie"): a class-sensitive method gives dissimilar maps.
+    Sixt et al. 2020, "When explanations lie", the random-logit test): a class-sensitive method
+    gives dissimilar maps.
 
-    ``classes``: ``"top2"`` (the two highest scores of each sample) or an int array (N, 2).
-    Both classes are explained in one forward pass (``targets=``). Returns a :class:`Table`
-    with one row per (method, measure): ``value`` the mean over samples, ``std`` over samples,
-    and the per-sample values in the ``per_sample`` attribute (methods, measures, N).
+    ``classes``: ``"top2"`` (the two highest scores of each sample), ``"random"`` (``target``, or
+    the argmax, against a class drawn uniformly among the others with
+    ``np.random.default_rng(seed)``: Quantus's RandomLogit, with its own random stream), or an
+    int array (N, 2). Both classes are explained in one forward pass (``targets=``). Returns a
+    :class:`Table` with one row per (method, measure): ``value`` the mean over samples, ``std``
+    over samples, ``n_valid``; the per-sample values in its ``per_sample`` attribute (methods,
+    measures, N) and the class pairs in ``classes``.
     """
     specs = _check_methods(methods)
     measures = _check_measures(measures)
+    _check_measures_fit(measures, x)
     _check_choice("reduce", reduce, REDUCE)
     _check_choice("normalize", normalize, NORMALIZE)
     exs = {label: Explainer(net, m, backend=backend, batch_size=batch_size, **p) for label, (m, p) in specs.items()}
     first = next(iter(exs.values()))
     n = len(x)
     if isinstance(classes, str):
-        if classes != "top2":
-            raise ValueError(f"classes must be 'top2' or an int array (N, 2), got {classes!r}")
+        if classes not in ("top2", "random"):
+            raise ValueError(f"classes must be 'top2', 'random' or an int array (N, 2), got {classes!r}")
         from ..core.execute import scores
 
         s = _host(scores(net, x, backend=backend, batch_size=batch_size))
-        if s.shape[1] < 2:
-            raise ValueError(f"class sensitivity needs a model with >= 2 outputs, got {s.shape[1]}")
-        C = np.argsort(-s, axis=1, kind="stable")[:, :2]
+        k = s.shape[1]
+        if k < 2:
+            raise ValueError(f"class sensitivity needs a model with >= 2 outputs, got {k}")
+        if classes == "top2":
+            C = np.argsort(-s, axis=1, kind="stable")[:, :2]
+        else:
+            first = np.argmax(s, axis=1) if target is None else _targets(first, x, target)
+            if first.min() < 0 or first.max() >= k:
+                raise ValueError(f"target must lie in 0..{k - 1}, got {target!r:.80}")
+            other = np.random.default_rng(_check_seed(seed)).integers(0, k - 1, n)
+            other = other + (other >= first)  # uniform over the k - 1 classes != first
+            C = np.stack([first, other], axis=1)
     else:
         C = np.asarray(classes)
         if C.shape != (n, 2) or not np.issubdtype(C.dtype, np.integer):
-            raise ValueError(f"classes must be 'top2' or an int array of shape ({n}, 2), got {C.shape} {C.dtype}")
-    del first
+            raise ValueError(f"classes must be 'top2', 'random' or an int array of shape ({n}, 2), got {C.shape} {C.dtype}")
     per = np.empty((len(specs), len(measures), n))
     cols = {k: [] for k in ("method", "measure", "value", "std", "n_valid")}
     for i, (label, ex) in enumerate(exs.items()):
@@ -353,6 +382,19 @@ def class_sensitivity(net, x, methods, *, classes="top2", measures=("ssim", "spe
 
 
 # -- checks and small helpers ------------------------------------------------------------------
+def available_memory(default=4 << 30):
+    """Bytes of memory available now (``MemAvailable`` of ``/proc/meminfo``; ``default`` where
+    the system does not say)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(default)
+
+
 def _check_init(init):
     if not callable(init):
         _check_choice("init", init, INITS)
@@ -399,16 +441,34 @@ def _check_methods(methods):
     return specs
 
 
+def _check_seed(seed, what="seed"):
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{what} must be an int >= 0, got {seed!r}")
+    return int(seed)
+
+
 def _check_seeds(seeds):
-    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
         seeds = (seeds,)
-    try:
-        seeds = [int(s) for s in seeds if not isinstance(s, bool) and int(s) == s]
-    except (TypeError, ValueError):
-        seeds = []
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a non-empty sequence of distinct ints >= 0, got {seeds!r}")
+    seeds = list(seeds)
+    for s in seeds:
+        _check_seed(s, "seeds: each seed")
+    seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError("seeds must be a non-empty sequence of distinct ints")
+        raise ValueError(f"seeds must be a non-empty sequence of distinct ints >= 0, got {seeds!r}")
     return seeds
+
+
+def _check_measures_fit(measures, x):
+    """2-D measures need image attributions: refuse them for other inputs before any explanation."""
+    nd = np.ndim(x)
+    for m in measures:
+        if m in ("ssim", "hog_pearson") and nd < 3:
+            raise ValueError(f"measure {m!r} compares 2-D maps: it needs image inputs (N, C, H, W) or (N, H, W), got "
+                             f"x of shape {tuple(np.shape(x))}; use 'spearman', 'pearson' or 'topk_intersection' for "
+                             f"tabular inputs")
 
 
 def _check_measures(measures):
@@ -440,11 +500,17 @@ def _check_layers(net, layers):
 
 
 def _targets(ex, x, target):
+    """The classes explained at every step: (N,) ints (the original model's argmax for None)."""
     if target is None:
         from ..core.execute import scores
 
         return np.argmax(_host(scores(ex.net, x, backend=ex.backend, batch_size=ex.batch_size)), axis=1)
-    return target
+    t = np.asarray(_host(target))
+    n = len(x)
+    if not np.issubdtype(t.dtype, np.integer) or t.ndim > 1 or (t.ndim == 1 and len(t) != n):
+        raise ValueError(f"target must be None, an int or an int array: a target array must have shape ({n},), got "
+                         f"{target!r:.80}")
+    return np.broadcast_to(t, (n,)).astype(np.int64)
 
 
 def _host(a):
