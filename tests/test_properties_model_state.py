@@ -108,10 +108,10 @@ def test_models_sharing_layer_objects_share_derived_state_and_nothing_goes_stale
     x = np.random.default_rng(0).normal(size=(2, 2, 6, 6))
     rp.attribute(a, x, method, target=0)
     b = rp.Graph([rp.Node(n.name, n.layer, n.inputs) for n in a.nodes])  # the same layer objects
-    cache = plan._LAYER_STATE[a.nodes[2].layer]
+    version, cache = plan._LAYER_STATE[a.nodes[2].layer]
     n0 = len(cache)
     assert_blas_close(rp.attribute(b, x, method, target=0), rp.attribute(a, x, method, target=0))
-    assert len(plan._LAYER_STATE[a.nodes[2].layer]) == n0  # b derived nothing again for that layer
+    assert len(plan._LAYER_STATE[a.nodes[2].layer][1]) == n0  # b derived nothing again for that layer
     # a new weight on the shared layer reaches both models, derived afresh
     layer = a.nodes[4].layer
     layer.weight = layer.weight * -2.0
@@ -120,3 +120,4 @@ def test_models_sharing_layer_objects_share_derived_state_and_nothing_goes_stale
     want = rp.attribute(fresh, x, method, target=0)
     assert_blas_close(rp.attribute(a, x, method, target=0), want)
     assert_blas_close(rp.attribute(b, x, method, target=0), want)
+    assert plan._LAYER_STATE[layer][0] == layer.version  # the old version's state was dropped

@@ -678,3 +678,48 @@ def test_an_init_callable_with_a_wrong_return_gives_a_clear_error():
         list(R.randomized_models(net, init=itself))
     with pytest.raises(ValueError, match=r"must return a Dense with the shapes"):
         R.model_randomization(net, inputs("cnn"), ["gradient"], init=wrong_shape, measures=("spearman",))
+
+
+def test_forward_reuse_keys_on_the_wiring_not_just_the_layers():
+    """Two models holding the same layer objects under the same names but wired differently
+    (Concat(a, b) vs Concat(b, a)) must not share entries: the signature chains the inputs' own
+    signatures in order (relprop.core.reuse)."""
+    from relprop.core import reuse
+
+    rng = np.random.default_rng(11)
+    la, lb = rp.Dense(rng.normal(size=(3, 4)), rng.normal(size=3)), rp.Dense(rng.normal(size=(2, 4)), rng.normal(size=2))
+    head, cat, relu = rp.Dense(rng.normal(size=(3, 5)), rng.normal(size=3)), rp.Concat(), rp.ReLU()
+
+    def wired(order):  # every layer object shared; only the order of the Concat's inputs differs
+        return rp.Graph([rp.Node("a", la, ("input",)), rp.Node("b", lb, ("input",)), rp.Node("c", cat, order),
+                         rp.Node("r", relu, ("c",)), rp.Node("h", head, ("r",))])
+    g1, g2 = wired(("a", "b")), wired(("b", "a"))
+    x = rng.normal(size=(4, 4))
+    want = rp.attribute(g2, x, "gradient", target=0)
+    cache = reuse.ForwardReuse(g1)
+    with cache.active():
+        rp.attribute(g1, x, "gradient", target=0)
+        got = rp.attribute(g2, x, "gradient", target=0)
+    np.testing.assert_array_equal(got, want)
+    assert not np.allclose(want, rp.attribute(g1, x, "gradient", target=0))  # the wiring matters here
+
+
+def test_forward_reuse_step_entries_serve_only_their_own_model():
+    """Entries admitted for a study step's model (``begin_step``) are not seen by another model,
+    even one whose new layers could take the freed ids of the step's layers."""
+    from relprop.core import reuse
+    from relprop.evaluate.randomization import randomized_models
+
+    rng = np.random.default_rng(12)
+    net = rp.Sequential(rp.Dense(rng.normal(size=(6, 4)), rng.normal(size=6)), rp.ReLU(),
+                        rp.Dense(rng.normal(size=(3, 6)), rng.normal(size=3)))
+    x = rng.normal(size=(5, 4))
+    cache = reuse.ForwardReuse(net)
+    models = [m for _, m in randomized_models(net, mode="independent", seed=0)]
+    other = [m for _, m in randomized_models(net, mode="independent", seed=1)]
+    with cache.active():
+        cache.begin_step(models[0])
+        rp.attribute(models[0], x, "gradient", target=0)
+        assert cache.step_entries
+        got = rp.attribute(other[0], x, "gradient", target=0)
+    np.testing.assert_array_equal(got, rp.attribute(other[0], x, "gradient", target=0))

@@ -15,7 +15,8 @@ them. Measured on the development images (step 1 = the top layer randomized):
 - signed Spearman at step 1: guided backprop 0.79, DeconvNet 0.56; gradient 0.03, gradient x
   input 0.06, IG 0.02, DeepLIFT 0.02 (margin 0.50; asserted > 0.30);
 - SSIM of min-max scaled maps at step 1 (maps in [0, 1], as the thesis scales them): guided
-  backprop 0.79; the gradient family <= 0.37 (margin 0.42; asserted > 0.25);
+  backprop 0.79, DeconvNet 0.55; the gradient family <= 0.37 (margins 0.42 and 0.18; asserted
+  > 0.25 and > 0.10);
 - SSIM of |R| / max|R| maps, mean over the 4 steps: z+ 0.92 (alpha1-beta0 identical: the same
   rule), LRP-epsilon 0.65 (margin 0.27; asserted > 0.15);
 - class sensitivity (top-2 classes), SSIM of min-max scaled maps: guided backprop 0.75; gradient
@@ -75,7 +76,7 @@ def _at(res, method, measure, step):
 
 def test_guided_backprop_and_deconvnet_stay_similar_while_the_gradient_family_changes(studies):
     signed, scaled, _ = studies
-    assert signed.layers[1] == "f2" if "f2" in signed.layers else True  # step 1: the top layer
+    assert signed.layers == ["original", "f2", "f1", "c2", "c1"]  # step 1: the top layer alone
     stay = {m: _at(signed, m, "spearman", 1) for m in ("guided_backprop", "deconvnet")}
     drop = {m: _at(signed, m, "spearman", 1) for m in GRADIENT_FAMILY}
     assert min(stay.values()) - max(drop.values()) > 0.30, (stay, drop)
@@ -83,6 +84,8 @@ def test_guided_backprop_and_deconvnet_stay_similar_while_the_gradient_family_ch
     drop_ssim = {m: _at(scaled, m, "ssim", 1) for m in GRADIENT_FAMILY}
     assert gbp - max(drop_ssim.values()) > 0.25, (gbp, drop_ssim)
     assert gbp > 0.6
+    deconv = _at(scaled, "deconvnet", "ssim", 1)
+    assert deconv - max(drop_ssim.values()) > 0.10, (deconv, drop_ssim)
 
 
 def test_lrp_z_plus_and_alpha1_beta0_stay_much_more_similar_than_lrp_epsilon(studies):

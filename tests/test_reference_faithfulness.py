@@ -104,7 +104,24 @@ def _loop_curves(net, x, a, counts_of, p, order, fill, targets, seed=0, sigma=1.
 
 
 def _pf_counts(steps):
-    return lambda P: [math.floor(Fraction(k * P, steps) + Fraction(1, 2)) for k in range(steps + 1)]
+    """m_k = round(k * P / steps): the API contract's Python round (halves to even) of the exact value."""
+    def counts(P):
+        out = []
+        for k in range(steps + 1):
+            q = Fraction(k * P, steps)
+            lo = math.floor(q)
+            out.append(lo + (1 if q - lo > Fraction(1, 2) or (q - lo == Fraction(1, 2) and lo % 2 == 1) else 0))
+        return out
+    return counts
+
+
+def test_pixel_flipping_rounds_a_half_to_even(images):
+    """P = 16 patches (patch 2 on 8x8), steps = 32: k = 1 asks for 0.5 patches (0), k = 3 for 1.5 (2)."""
+    net, x, a = images
+    got = F.pixel_flipping(net, x, a, patch=2, steps=32)
+    want = _loop_curves(net, x, a, _pf_counts(32), 2, "morf", 0.0, _argmax(net, x))
+    np.testing.assert_allclose(got, want, **TOL)
+    assert _pf_counts(32)(16)[1] == 0 and _pf_counts(32)(16)[3] == 2 and _pf_counts(32)(16)[5] == 2
 
 
 # -- pixel flipping ---------------------------------------------------------------------------------

@@ -133,7 +133,15 @@ def test_benchmark_report_ranking_matches_the_csv(data, tmp_path):
     assert morf[best] == max(morf.values())
     comp = {r["method"]: r["value"] for r in t.where(metric="completeness").records()}
     best = res.ranking().where(rank_completeness=1)["method"][0]
-    assert comp[best] == min(comp.values())
+    assert comp[best] == np.nanmin(list(comp.values()))
+    # the gradient has no conservation property: its completeness is undefined (NaN) and ranked last
+    assert np.isnan(comp["gradient"]) and res.ranking().where(method="gradient")["rank_completeness"][0] >= 2
+    # lrp.epsilon's value is its own conservation error |sum R - s_c(x)| / |s_c(x)|, computed here
+    R = rp.attribute(net, x, "lrp.epsilon")
+    s = rp.scores(net, x)
+    s = s[np.arange(len(x)), np.argmax(s, 1)]
+    want = np.mean(np.abs(R.reshape(len(x), -1).sum(1) - s) / np.abs(s))
+    assert comp["lrp.epsilon"] == pytest.approx(want, rel=1e-9)
     # the AOPC numbers are aopc() of the stored curves (Samek et al. 2017, Eq. 12 computed here)
     c = res.curves[("gradient", "morf")]
     assert morf["gradient"] == pytest.approx(float(np.mean(np.mean(c[:, :1] - c, axis=1))), rel=1e-12)

@@ -46,12 +46,13 @@ def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
     if "input" in keep:
         tape.out["input"] = x
     cache = reuse.current()
-    if cache is not None:
-        pass_key, sigs = cache.begin(graph, x, keep, idx_nodes, plus, m.dtype, fw.k.name)
+    p = cache.begin(graph, x, keep, idx_nodes, plus, m.dtype, fw.k) if cache is not None else None
+    if p is None:
+        cache = None
     for node in graph.nodes:
         if node.name in fw.skip:
             continue
-        got = cache.lookup(pass_key, sigs, node.name) if cache is not None else None
+        got = cache.lookup(p, node.name) if cache is not None else None
         if got is not None:  # the same prefix on the same input ran before (relprop.core.reuse)
             outs, parts, skipped = got
             for field, part in parts.items():
@@ -65,7 +66,7 @@ def forward(m, x, keep=(), idx_nodes=(), shapes=None, plus=()):
             outs = out if isinstance(out, dict) else {node.name: out}
             if cache is not None:
                 parts = {f: {k: v for k, v in getattr(tape, f).items() if k not in before[f]} for f in _TAPE_FIELDS}
-                cache.store(graph, pass_key, sigs, node.name, outs, parts, fw.skip - skip0)
+                cache.store(p, node.name, outs, parts, fw.skip - skip0)
         for name, val in outs.items():
             if val is not None:
                 live[name] = val

@@ -194,12 +194,12 @@ class Compiled:
         if got is None:
             if node is not None:
                 per = _LAYER_STATE.get(node.layer)
-                if per is None:
-                    per = _LAYER_STATE[node.layer] = {}
-                lkey = (node.layer.version, self.dtype.str) + tuple(key)
-                got = per.get(lkey)
+                if per is None or per[0] != node.layer.version:  # a new weight: the old state goes
+                    per = _LAYER_STATE[node.layer] = (node.layer.version, {})
+                lkey = (self.dtype.str,) + tuple(key)
+                got = per[1].get(lkey)
                 if got is None:
-                    got = per[lkey] = build()
+                    got = per[1][lkey] = build()
             else:
                 got = build()
             self._host[key] = got
@@ -212,7 +212,17 @@ class Compiled:
         dkey = (k.name,) + key
         got = self._dev.get(dkey)
         if got is None:
-            got = self._dev[dkey] = _move(k.xp, value)
+            if node is not None:  # the device copy too is shared by the models holding the layer
+                per = _LAYER_STATE.get(node.layer)
+                lkey = ("device", self.dtype.str) + dkey
+                got = per[1].get(lkey) if per is not None and per[0] == node.layer.version else None
+                if got is None:
+                    got = _move(k.xp, value)
+                    if per is not None and per[0] == node.layer.version:
+                        per[1][lkey] = got
+            else:
+                got = _move(k.xp, value)
+            self._dev[dkey] = got
         return got
 
     # -- the derived weights the engine reads ------------------------------------------
@@ -306,8 +316,8 @@ def _move(xp, v):
 
 
 _COMPILED = {}  # id(graph) -> (weakref to the graph, {dtype: Compiled})
-# layer -> {(layer version, dtype, key): derived value}: what depends on one layer alone, shared by
-# the models holding that layer object; dropped with the layer
+# layer -> (layer version, {(dtype, key): derived value}): what depends on one layer alone, shared by
+# the models holding that layer object; dropped with the layer or when its weights change
 _LAYER_STATE = weakref.WeakKeyDictionary()
 _COMPILED_LOCK = threading.Lock()
 

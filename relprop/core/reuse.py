@@ -13,10 +13,11 @@ it. An entry is keyed by
 - the content of the pass's input (a BLAKE2 digest of its bytes, shape and dtype: methods build
   their inputs afresh each call -- IG's path points, DeepLIFT's ``[x; baseline]`` -- so identity
   would never match),
-- the node's *prefix signature*: the identities and weight versions of the node's layer, of every
-  layer upstream of it, and of the activation fused into its epilogue (computed with it),
+- the node's *prefix signature*: a digest of the node's name, kind, layer identity and weight
+  version, of the activation fused into its epilogue (computed with it), and of its inputs'
+  signatures in order (so it covers every layer upstream and how they are wired),
 - what the method asks the pass to keep (stored outputs, max-pool winners, ``W+ a`` products),
-  the dtype and the backend.
+  the dtype, the backend and (on a GPU) whether TF32 GEMMs are allowed.
 
 Entries are admitted for nodes whose prefix lies wholly in the ``base`` model (they recur in
 every later step), and, between ``begin_step(graph)`` calls, for the nodes of that step's model
@@ -80,38 +81,44 @@ class ForwardReuse:
         self._sigs.clear()
         self.bytes = self._step_bytes = 0
 
-    # -- used by relprop.core.engine.forward ---------------------------------------------
-    def begin(self, graph, x, keep, idx_nodes, plus, dtype, kname):
-        """The per-pass part of the keys, or None when this pass is not reusable."""
-        host = np.ascontiguousarray(backend.to_host(x))
-        h = hashlib.blake2b(memoryview(host).cast("B"), digest_size=20)
-        h.update(f"{host.dtype.str}{host.shape}".encode())
-        cfg = (frozenset(keep), frozenset(idx_nodes), tuple(sorted((n, r.key) for n, r in plus.items())))
-        return (h.digest(), cfg, np.dtype(dtype).str, kname), self._signatures(graph)
-
     def begin_step(self, graph):
         """Explanations of ``graph`` follow (one study step, several methods): admit its nodes too
         until the next step, so that methods with the same forward configuration share even the
-        nodes above the randomized layers. The previous step's entries are dropped."""
+        nodes above the randomized layers. Only passes on this very graph see those entries; the
+        previous step's are dropped."""
         self.bytes -= self._step_bytes
         self.step_entries, self._step_bytes = {}, 0
         self._step_graph = weakref.ref(graph) if graph is not None else None
 
-    def lookup(self, pass_key, sigs, name):
+    # -- used by relprop.core.engine.forward ---------------------------------------------
+    def begin(self, graph, x, keep, idx_nodes, plus, dtype, k):
+        """The per-pass state (keys, signatures, whether ``graph`` is the current step's model),
+        or None when nothing can be reused (a zero budget)."""
+        if self.max_bytes <= 0:
+            return None
+        host = np.ascontiguousarray(backend.to_host(x))
+        h = hashlib.blake2b(memoryview(host).cast("B"), digest_size=20)
+        h.update(f"{host.dtype.str}{host.shape}".encode())
+        cfg = (frozenset(keep), frozenset(idx_nodes), tuple(sorted((n, r.key) for n, r in plus.items())))
+        tf32 = _tf32_state(k)
+        step = self._step_graph is not None and self._step_graph() is graph
+        return (h.digest(), cfg, np.dtype(dtype).str, k.name, tf32), self._signatures(graph), step
+
+    def lookup(self, p, name):
+        key, sigs, step = p
         sig, _ = sigs[name]
-        key = (pass_key, name, sig)
-        got = self.entries.get(key)
-        if got is None:
-            got = self.step_entries.get(key)
+        got = self.entries.get((key, name, sig))
+        if got is None and step:
+            got = self.step_entries.get((key, name, sig))
         if got is None:
             self.misses += 1
         else:
             self.hits += 1
         return got
 
-    def store(self, graph, pass_key, sigs, name, outs, tape_parts, skipped):
+    def store(self, p, name, outs, tape_parts, skipped):
+        key, sigs, step = p
         sig, in_base = sigs[name]
-        step = not in_base and self._step_graph is not None and self._step_graph() is graph
         if not in_base and not step:
             return
         size = sum(_nbytes(v) for v in outs.values()) + sum(_nbytes(v) for part in tape_parts.values()
@@ -119,31 +126,43 @@ class ForwardReuse:
         if self.bytes + size > self.max_bytes:
             return
         self.bytes += size
-        if step:
-            self._step_bytes += size
-            self.step_entries[(pass_key, name, sig)] = (outs, tape_parts, skipped)
+        if in_base:
+            self.entries[(key, name, sig)] = (outs, tape_parts, skipped)
         else:
-            self.entries[(pass_key, name, sig)] = (outs, tape_parts, skipped)
+            self._step_bytes += size
+            self.step_entries[(key, name, sig)] = (outs, tape_parts, skipped)
 
     def _signatures(self, graph):
+        """{node: (signature, prefix wholly in base?)}: a signature digests the node's name, kind,
+        layer identity and version, its fused activation's, and its inputs' signatures in order
+        (a Merkle chain: the same layers wired differently differ)."""
         got = self._sigs.get(graph)
         if got is not None and got[0] == graph.version:
             return got[1]
-        sigs, up = {}, {"input": ((), True)}
+        sigs = {"input": (b"input", True)}
         for node in graph.nodes:
-            ids, in_base = (id(node.layer), node.layer.version), id(node.layer) in self.base_layers
-            anc = [ids]
-            for src in node.inputs:
-                anc.extend(up[src][0])
-                in_base = in_base and up[src][1]
-            anc = tuple(sorted(set(anc)))
-            up[node.name] = (anc, in_base)
             fused = fusable_activation(graph, node) if node.layer.linear else None  # computed with the node
-            cons = () if fused is None else (fused.name, id(fused.layer), fused.layer.version)
-            in_base = in_base and (fused is None or id(fused.layer) in self.base_layers)
-            sigs[node.name] = ((node.name, anc, cons), in_base)
+            h = hashlib.blake2b(digest_size=16)
+            parts = [node.name, node.layer.kind, id(node.layer), node.layer.version]
+            if fused is not None:
+                parts += [fused.name, fused.layer.kind, id(fused.layer), fused.layer.version]
+            h.update(repr(parts).encode())
+            in_base = id(node.layer) in self.base_layers and (fused is None or id(fused.layer) in self.base_layers)
+            for src in node.inputs:
+                h.update(sigs[src][0])
+                in_base = in_base and sigs[src][1]
+            sigs[node.name] = (h.digest(), in_base)
         self._sigs[graph] = (graph.version, sigs)
         return sigs
+
+
+def _tf32_state(k):
+    """Whether float32 GEMMs may use TF32 now (device kernels only; part of the key)."""
+    if not backend.is_device(k) or not hasattr(k, "set_tf32"):
+        return None
+    prev = k.set_tf32(False)
+    k.set_tf32(prev)
+    return str(prev)
 
 
 def _nbytes(v):

@@ -60,8 +60,14 @@ def add_parsers(sub, common):
     s.add_argument("--randomization", choices=("cascading", "independent", "both"), default="both",
                    help="which studies (default: both)")
     s.add_argument("--seeds", default="0,1,2", metavar="0,1,2", help="randomization seeds (default: 0,1,2)")
-    s.add_argument("--measures", default="ssim,spearman_abs,spearman", metavar="M,M",
-                   help="similarity measures (default: ssim,spearman_abs,spearman)")
+    s.add_argument("--measures", metavar="M,M",
+                   help="similarity measures (default: ssim,spearman_abs,spearman for images, spearman_abs,spearman "
+                        "otherwise)")
+    s.add_argument("--layers", metavar="NAME,NAME", help="weight layers to randomize (default: all)")
+    s.add_argument("--classes", choices=("top2", "random"), default="top2",
+                   help="class sensitivity: the top-2 classes, or the explained class vs a random other (default top2)")
+    s.add_argument("--max-memory", default="auto", metavar="SIZE|auto",
+                   help="what the forward reuse may hold (default: auto, half the available memory)")
     s.add_argument("--init", choices=INITS, default="torch", help="how layers are re-initialized (default: torch)")
     s.add_argument("--reduce", choices=REDUCE, default="sum", help="channels of image maps (default: sum)")
     s.add_argument("--normalize", choices=NORMALIZE, default="max", help="per-map scaling (default: max)")
@@ -83,6 +89,8 @@ def add_parsers(sub, common):
                    help="what removed patches become (default: 0)")
     b.add_argument("--subsets", type=int, default=50, metavar="K", help="sensitivity-n subsets per size (default 50)")
     b.add_argument("--seed", type=int, default=0, help="seed of the random subsets and fills")
+    b.add_argument("--seeds", default="0", metavar="0,1", help="randomization seeds (metric randomization; default 0)")
+    b.add_argument("--n-sizes", metavar="N,N", help="sensitivity-n subset sizes (default: 1, 5, 10, 25%% of features)")
     common(b)
     b.set_defaults(func=benchmark_command)
 
@@ -102,6 +110,9 @@ def _data_args(p):
     p.add_argument("--mean", metavar="M[,M,M]", help="image sources: subtract this (per channel)")
     p.add_argument("--std", metavar="S[,S,S]", help="image sources: divide by this (per channel)")
     p.add_argument("--mode", choices=("RGB", "L"), help="image folders: RGB (default) or L (greyscale)")
+    p.add_argument("--backend", choices=("cpu", "gpu"), help="where to compute (default: cpu)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="rows per internal batch (default: from the memory "
+                                                               "budget)")
     p.add_argument("--overwrite", action="store_true", help="replace the report in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
 
@@ -218,34 +229,48 @@ def sanity(args):
     from ..cli import UsageError
     from ..explainer import Explainer
     from . import report
-    from .randomization import _check_measures, _check_seeds, class_sensitivity, model_randomization
+    from ..runner.job import parse_memory
+    from .randomization import (_check_layers, _check_measures, _check_measures_fit, _check_seeds, class_sensitivity,
+                                model_randomization)
 
     seeds = _ints(args.seeds, "--seeds")
-    measures = [m.strip() for m in args.measures.split(",") if m.strip()]
     net, x, target = _inputs(args)
+    if args.measures is None:
+        measures = ["ssim", "spearman_abs", "spearman"] if x.ndim >= 3 and min(x.shape[-2:]) >= 7 else \
+            ["spearman_abs", "spearman"]
+    else:
+        measures = [m.strip() for m in args.measures.split(",") if m.strip()]
+    layers = None if args.layers is None else [v.strip() for v in args.layers.split(",") if v.strip()]
     methods = parse_methods(args.method, net)
     report.prepare_folder(args.out, args.overwrite)  # refuse before computing
     modes = ("cascading", "independent") if args.randomization == "both" else (args.randomization,)
+    common = dict(backend=args.backend, batch_size=args.batch_size)
     try:  # what the study refuses in the command line itself: a usage error (exit 2)
         _check_measures(measures)
+        _check_measures_fit(measures, x)
         _check_seeds(seeds)
+        _check_layers(net, layers)
+        if args.max_memory != "auto":
+            parse_memory(args.max_memory)
         for label, (m, p) in methods.items():
-            Explainer(net, m, **p)
+            Explainer(net, m, **common, **p)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     t0 = time.perf_counter()
     results = []
     for mode in modes:
         results.append(model_randomization(net, x, methods, mode=mode, seeds=seeds, measures=measures,
-                                           target=target, init=args.init, reduce=args.reduce,
-                                           normalize=args.normalize, progress=not args.no_progress))
+                                           target=target, layers=layers, init=args.init, reduce=args.reduce,
+                                           normalize=args.normalize, max_memory=args.max_memory,
+                                           progress=not args.no_progress, **common))
         print(f"relprop: {mode} randomization, {len(methods)} methods x {len(results[-1].layers) - 1} layers x "
               f"{len(seeds)} seeds in {results[-1].seconds:.1f} s", flush=True)
     cs = None
     if not args.no_class_sensitivity:
         try:
             cs = class_sensitivity(net, x, methods, measures=[m for m in measures if m != "hog_pearson"] or measures,
-                                   reduce=args.reduce, normalize=args.normalize)
+                                   classes=args.classes, target=target if args.classes == "random" else None,
+                                   reduce=args.reduce, normalize=args.normalize, **common)
         except ValueError as e:
             print(f"relprop: class sensitivity skipped: {e}", flush=True)
     files = report.sanity_report(args.out, results, class_sensitivity=cs, command=_command_line("sanity", args),
@@ -271,14 +296,20 @@ def benchmark_command(args):
     net, x, target = _inputs(args)
     methods = parse_methods(args.method, net)
     report.prepare_folder(args.out, args.overwrite)
+    seeds = _ints(args.seeds, "--seeds")
+    n_sizes = None if args.n_sizes is None else _ints(args.n_sizes, "--n-sizes")
+    common = dict(backend=args.backend, batch_size=args.batch_size)
     try:
         for label, (m, p) in methods.items():
-            Explainer(net, m, **p)
+            Explainer(net, m, **common, **p)
+        benchmark(net, x, methods, target=target, metrics=metrics, patch=args.patch, steps=args.steps, fill=fill,
+                  subsets=args.subsets, seed=args.seed, seeds=seeds, n_sizes=n_sizes, check_only=True, **common)
     except (TypeError, ValueError) as e:
         raise UsageError(str(e)) from None
     t0 = time.perf_counter()
     res = benchmark(net, x, methods, target=target, metrics=metrics, patch=args.patch, steps=args.steps,
-                    fill=fill, subsets=args.subsets, seed=args.seed, progress=not args.no_progress)
+                    fill=fill, subsets=args.subsets, seed=args.seed, seeds=seeds, n_sizes=n_sizes,
+                    progress=not args.no_progress, **common)
     files = report.benchmark_report(args.out, res, command=_command_line("benchmark", args),
                                     description=f"Model {args.model!r}, data {args.data!r} (inputs {args.start}.."
                                                 f"{args.start + len(x) - 1}).", overwrite=args.overwrite)

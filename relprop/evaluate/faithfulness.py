@@ -5,6 +5,8 @@ Every metric scores the model's *pre-softmax* target score ``s_c`` (``rp.scores`
 when the model ends in a Softmax). The perturbed inputs of all samples and all steps are built
 as one array and run through the forward pass together (in chunks of at most ``max_rows`` rows,
 by default as many as fit in about 64 MiB per array), never one sample or one step at a time.
+Every metric takes ``backend=None | "cpu" | "gpu"`` (where the passes run; arrays in and out
+stay numpy).
 
 Conventions (and how they map onto Quantus 0.6, which the peer tests check):
 
@@ -31,17 +33,51 @@ Montavon, Samek, Mueller (2018): Methods for interpreting and understanding deep
 """
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
 import numbers
+from fractions import Fraction
 
 import numpy as np
 
-from ..api import attribute, scores
+from ..api import attribute
+from ..api import scores as _api_scores
 from ..core.checks import _check_model, _check_target, _check_x
 from ..core.graph import Conv2d, Dense, Graph, Node, Sequential
 from ..methods import METHODS
 
 __all__ = ["pixel_flipping", "region_perturbation", "aopc", "sensitivity_n", "completeness",
            "input_invariance", "continuity", "shifted_model"]
+
+_BACKEND = contextvars.ContextVar("relprop_evaluate_backend", default=None)
+
+
+def scores(net, x):
+    """``rp.scores`` on the backend the public function was called with (``backend=``)."""
+    return _api_scores(net, x, backend=_BACKEND.get())
+
+
+def _on_backend(fn):
+    """Adds ``backend=None`` (None: the CPU for numpy inputs, ``"cpu"`` or ``"gpu"``: where the
+    forward and explanation passes run; inputs and results stay numpy) to a public metric."""
+    @functools.wraps(fn)
+    def wrapper(*args, backend=None, **kwargs):
+        if backend not in (None, "cpu", "gpu"):
+            raise ValueError(f"backend must be None, 'cpu' or 'gpu', got {backend!r}")
+        token = _BACKEND.set(backend)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _BACKEND.reset(token)
+
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    at = next((i for i, q in enumerate(params) if q.kind is q.VAR_KEYWORD), len(params))
+    params.insert(at, inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None))
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
+
 
 #: bytes one chunk of perturbed inputs may take (the where() result; its two operands are the
 #: same size): bounds the memory of the large batches without a Python loop per step
@@ -240,6 +276,7 @@ def _curves(net, x, base, rank, counts, t, patch, grid, max_rows):
 
 
 # -- perturbation curves ----------------------------------------------------------------------
+@_on_backend
 def pixel_flipping(net, x, attributions, target=None, *, patch=1, fill=0.0, order="morf", steps=20, seed=0,
                    blur_sigma=1.0, max_rows=None):
     """Pixel-flipping curves: the target score as ever more of the most (or least) relevant
@@ -249,8 +286,9 @@ def pixel_flipping(net, x, attributions, target=None, *, patch=1, fill=0.0, orde
     features of a tabular input (N, F) (``patch=1``); they are ranked by their summed relevance
     (over the patch's pixels and channels), descending for ``order="morf"`` (most relevant first),
     ascending for ``"lerf"``, equal sums in index order (row-major). Column ``k`` (k = 0..steps)
-    holds ``s_c`` of the input whose first ``m_k = floor(k * P / steps + 1/2)`` patches are
-    replaced by ``fill`` (P patches; rounding half up, computed in integers; column 0 is the
+    holds ``s_c`` of the input whose first ``m_k = round(k * P / steps)`` patches are
+    replaced by ``fill`` (P patches; Python's ``round`` of the exact fraction, halves to even;
+    column 0 is the
     unperturbed score, column ``steps`` the fully replaced input).
 
     Parameters
@@ -292,10 +330,11 @@ def pixel_flipping(net, x, attributions, target=None, *, patch=1, fill=0.0, orde
     base = _baseline(fill, x, seed, blur_sigma)
     t = _targets(net, x, target, classes)  # last: every parameter is checked before a forward pass
     p = int(np.prod(grid))
-    counts = [(2 * k * p + steps) // (2 * steps) for k in range(steps + 1)]
+    counts = [round(Fraction(k * p, steps)) for k in range(steps + 1)]  # exact: the contract's round()
     return _curves(net, x, base, _ranks(a, patch, grid, order), counts, t, patch, grid, rows)
 
 
+@_on_backend
 def region_perturbation(net, x, attributions, target=None, *, patch=8, fill="uniform", order="morf",
                         regions=100, seed=0, blur_sigma=1.0, max_rows=None):
     """Region perturbation (Samek et al. 2017, IEEE TNNLS 28(11), Sec. III, Eq. 10-11): regions
@@ -372,6 +411,7 @@ def aopc(curves):
 
 
 # -- sensitivity-n ------------------------------------------------------------------------------
+@_on_backend
 def sensitivity_n(net, x, attributions, target=None, *, n, subsets=100, fill=0.0, features="pixels", seed=0,
                   blur_sigma=1.0, max_rows=None):
     """Sensitivity-n (Ancona et al. 2018, ICLR, Sec. 4, Definition 4): an attribution is
@@ -459,6 +499,7 @@ def sensitivity_n(net, x, attributions, target=None, *, n, subsets=100, fill=0.0
 
 
 # -- completeness -------------------------------------------------------------------------------
+@_on_backend
 def completeness(net, x, attributions, target=None, *, baseline=0.0):
     """Completeness error per sample: ``sum_i R_i - (s_c(x) - s_c(baseline))`` (Sundararajan
     et al. 2017, ICML, Sec. 3, completeness axiom); ``baseline=None`` gives LRP's conservation
@@ -506,7 +547,8 @@ def _method(method, params):
         return lambda net, x, t: np.asarray(method(net, x, t), np.float64)
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be a name in rp.METHODS or a callable (net, x, target) -> array, got {method!r}")
-    return lambda net, x, t: np.asarray(attribute(net, x, method, target=t, **params), np.float64)
+    return lambda net, x, t: np.asarray(attribute(net, x, method, target=t, backend=_BACKEND.get(), **params),
+                                        np.float64)
 
 
 def shifted_model(net, shift, sample_shape):
@@ -560,6 +602,7 @@ def shifted_model(net, shift, sample_shape):
     return Graph(nodes, input_shape=net.input_shape)
 
 
+@_on_backend
 def input_invariance(net, x, method, *, shift=-1.0, target=None, **params):
     """Input invariance (Kindermans et al. 2019, Sec. 2): explain ``x`` with ``net`` and
     ``x + shift`` with a copy of ``net`` whose first linear layer absorbs the shift
@@ -627,6 +670,7 @@ def _translate(x, dx):
     return out
 
 
+@_on_backend
 def continuity(net, x, method, *, path, target=None, pairs="consecutive", input_norm=2, **params):
     """Explanation continuity along a path of inputs (Montavon et al. 2018, Digital Signal
     Processing 73, Sec. 5.1): ``max_{x != x'} ||R(x) - R(x')||_1 / ||x - x'||_2``, the max taken

@@ -173,6 +173,8 @@ class RandomizationResult:
         (for heatmap grids), or None
     seconds : wall time of the study
     reuse : (forward nodes reused, computed) while the study ran
+    method_seconds : {method: seconds spent explaining with it (originals included)}
+    original_seconds : {method: seconds of its explanation of the original model}
     """
 
     values: np.ndarray
@@ -185,6 +187,8 @@ class RandomizationResult:
     seconds: float = 0.0
     reuse: tuple = (0, 0)
     params: dict = field(default_factory=dict)
+    method_seconds: dict = field(default_factory=dict)
+    original_seconds: dict = field(default_factory=dict)
 
     @property
     def table(self):
@@ -266,7 +270,7 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
         raise ValueError(f"keep_maps must be an int >= 0, got {keep_maps!r}")
     _check_measures_fit(measures, x)
     if isinstance(max_memory, str) and max_memory == "auto":
-        budget = available_memory() // 2
+        budget = _auto_budget(x, backend)
     elif isinstance(max_memory, (int, np.integer)) and not isinstance(max_memory, (bool, np.bool_)):
         if max_memory < 0:
             raise ValueError(f"max_memory must be >= 0 bytes (0: no forward reuse) or a string like '2GB', got "
@@ -283,17 +287,40 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
     N = len(T)
     kept = min(int(keep_maps), N)
     values = np.empty((len(specs), steps, len(seeds), len(measures), N))
-    maps = None
     bar = Progress(len(specs) * (1 + len(seeds) * len(layers)), 0, progress, unit="explanation",
                    desc="randomization")
+    try:
+        study = _study(explainers, specs, x, T, net, layers, mode, seeds, init, measures, reduce, normalize, kept,
+                       cache, bar, backend, batch_size, values)
+    finally:
+        bar.close()
+        if cache is not None:
+            cache.clear()
+    maps, spent, originals_s = study
+    return RandomizationResult(values, list(specs), ["original"] + list(reversed(layers)), list(seeds), list(measures),
+                               mode, maps, time.perf_counter() - t0,
+                               (cache.hits, cache.misses) if cache is not None else (0, 0),
+                               dict(init=init if isinstance(init, str) else "callable", reduce=reduce,
+                                    normalize=normalize, n=N, reuse_bytes=budget), spent, originals_s)
+
+
+def _study(explainers, specs, x, T, net, layers, mode, seeds, init, measures, reduce, normalize, kept, cache, bar,
+           backend, batch_size, values):
+    """The loop of :func:`model_randomization` (arguments checked there); fills ``values``."""
+    maps = None
     with (cache.active() if cache is not None else _nothing()):
         originals = {}
+        spent = dict.fromkeys(specs, 0.0)
         for i, (label, ex) in enumerate(explainers.items()):
+            t1 = time.perf_counter()
             originals[label] = prepare_maps(_host(ex.attribute(x, target=T)), reduce=reduce, normalize=normalize)
+            spent[label] += time.perf_counter() - t1
             bar.update(1)
             for j in range(len(seeds)):
                 for q, meas in enumerate(measures):
                     values[i, 0, j, q] = compare(meas, originals[label], originals[label])
+        originals_s = dict(spent)
+        steps = values.shape[1]
         if kept:
             shape = originals[next(iter(originals))][:kept].shape
             maps = np.empty((len(specs), steps, len(seeds)) + shape, np.float32)
@@ -304,20 +331,16 @@ def model_randomization(net, x, methods, *, mode="cascading", seeds=(0,), measur
                 if cache is not None:
                     cache.begin_step(model)
                 for i, (label, (m, p)) in enumerate(specs.items()):
+                    t1 = time.perf_counter()
                     ex = Explainer(model, m, backend=backend, batch_size=batch_size, **p)
                     R = prepare_maps(_host(ex.attribute(x, target=T)), reduce=reduce, normalize=normalize)
+                    spent[label] += time.perf_counter() - t1
                     for q, meas in enumerate(measures):
                         values[i, s, j, q] = compare(meas, originals[label], R)
                     if kept:
                         maps[i, s, j] = R[:kept]
                     bar.update(1)
-    bar.close()
-    if cache is not None:
-        cache.clear()
-    return RandomizationResult(values, list(specs), ["original"] + list(reversed(layers)), list(seeds), list(measures),
-                               mode, maps, time.perf_counter() - t0,
-                               (cache.hits, cache.misses) if cache is not None else (0, 0),
-                               dict(init=init, reduce=reduce, normalize=normalize, n=N))
+    return maps, spent, originals_s
 
 
 def class_sensitivity(net, x, methods, *, classes="top2", target=None, seed=0, measures=("ssim", "spearman"),
@@ -339,6 +362,10 @@ def class_sensitivity(net, x, methods, *, classes="top2", target=None, seed=0, m
     _check_measures_fit(measures, x)
     _check_choice("reduce", reduce, REDUCE)
     _check_choice("normalize", normalize, NORMALIZE)
+    _check_seed(seed)
+    if target is not None and not (isinstance(classes, str) and classes == "random"):
+        raise ValueError("target= goes with classes='random' (the explained class against a random other one); with "
+                         "'top2' or an array of pairs, the classes are already given")
     exs = {label: Explainer(net, m, backend=backend, batch_size=batch_size, **p) for label, (m, p) in specs.items()}
     first = next(iter(exs.values()))
     n = len(x)
@@ -378,10 +405,27 @@ def class_sensitivity(net, x, methods, *, classes="top2", target=None, seed=0, m
     t = Table(cols)
     t.per_sample = per
     t.classes = C
+    t.pairs = classes if isinstance(classes, str) else "given"
     return t
 
 
 # -- checks and small helpers ------------------------------------------------------------------
+def _auto_budget(x, backend):
+    """Half the memory available where the cached arrays live: the device's free memory when the
+    study runs on a GPU (a quarter: the kernels need the rest), the host's otherwise."""
+    from ..core import backend as B
+
+    on_device = backend == "gpu" or (backend is None and B.is_device(B.kernels_for(x)))
+    if on_device:
+        try:
+            import cupy
+
+            return int(cupy.cuda.runtime.memGetInfo()[0]) // 4
+        except Exception:  # noqa: BLE001 - no device to ask: be modest
+            return 1 << 30
+    return available_memory() // 2
+
+
 def available_memory(default=4 << 30):
     """Bytes of memory available now (``MemAvailable`` of ``/proc/meminfo``; ``default`` where
     the system does not say)."""
@@ -424,6 +468,8 @@ def _check_methods(methods):
     if isinstance(methods, str):
         methods = [methods]
     if isinstance(methods, (list, tuple)):
+        if len(set(methods)) != len(methods) or not all(isinstance(m, str) for m in methods):
+            raise TypeError(f"a list of methods must hold distinct method names, got {methods!r:.80}")
         methods = {m: m for m in methods}
     if not isinstance(methods, dict) or not methods:
         raise TypeError(f"methods must be a non-empty dict label -> method or (method, params), or a list of method "
@@ -461,14 +507,23 @@ def _check_seeds(seeds):
     return seeds
 
 
+_MIN_MAP = {"ssim": 7, "hog_pearson": 24}  # SSIM's 7x7 window; HOG's 3x3 blocks of 8x8-pixel cells
+
+
 def _check_measures_fit(measures, x):
-    """2-D measures need image attributions: refuse them for other inputs before any explanation."""
-    nd = np.ndim(x)
+    """2-D measures need image attributions large enough for their window: refuse them for other
+    inputs before any explanation."""
+    shape = tuple(np.shape(x))
     for m in measures:
-        if m in ("ssim", "hog_pearson") and nd < 3:
+        if m not in _MIN_MAP:
+            continue
+        if len(shape) < 3:
             raise ValueError(f"measure {m!r} compares 2-D maps: it needs image inputs (N, C, H, W) or (N, H, W), got "
-                             f"x of shape {tuple(np.shape(x))}; use 'spearman', 'pearson' or 'topk_intersection' for "
+                             f"x of shape {shape}; use 'spearman', 'pearson' or 'topk_intersection' for "
                              f"tabular inputs")
+        if min(shape[-2:]) < _MIN_MAP[m]:
+            raise ValueError(f"measure {m!r} needs maps of at least {_MIN_MAP[m]}x{_MIN_MAP[m]} pixels, got "
+                             f"{shape[-2]}x{shape[-1]}; use 'spearman' or 'pearson' for small maps")
 
 
 def _check_measures(measures):
@@ -479,6 +534,8 @@ def _check_measures(measures):
         raise ValueError("measures must name at least one measure")
     for m in measures:
         similarity.measure(m)  # raises with the valid names
+    if len(set(measures)) != len(measures):
+        raise ValueError(f"measures are given twice: {measures}")
     return measures
 
 

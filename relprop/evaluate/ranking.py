@@ -22,8 +22,10 @@ METRICS = {
     "sensitivity_n": (True, "sensitivity-n (Ancona et al. 2018): Pearson correlation between the summed attributions "
                             "of random feature subsets and the score drop when they are removed, mean over the "
                             "subset sizes; higher is better"),
-    "completeness": (False, "mean |sum R - what it should sum to| / |s_c(x)| (conservation for LRP-type methods, "
-                            "s_c(x) - s_c(0) otherwise); lower is better"),
+    "completeness": (False, "mean |sum R - what the method should sum to| / |s_c(x)|: conservation (s_c(x)) for "
+                            "the LRP family, completeness (s_c(x) - s_c(baseline), its own baseline) for IG and "
+                            "DeepLIFT; not defined (NaN, ranked last) for methods without such a property; lower "
+                            "is better"),
     "randomization": (False, "mean similarity (spearman_abs) to the original explanation over a cascading "
                              "randomization (Adebayo et al. 2018); lower means the method depends on the model"),
 }
@@ -73,7 +75,7 @@ class BenchmarkResult:
 
 def benchmark(net, x, methods, *, target=None, metrics=("aopc_morf", "aopc_lerf", "sensitivity_n", "completeness"),
               patch=None, steps=20, fill=0.0, n_sizes=None, subsets=50, seeds=(0,), seed=0, backend=None,
-              batch_size=None, progress=False):
+              batch_size=None, progress=False, check_only=False):
     """Rank methods and rules by faithfulness and sanity metrics on the same inputs.
 
     Parameters
@@ -89,6 +91,7 @@ def benchmark(net, x, methods, *, target=None, metrics=("aopc_morf", "aopc_lerf"
     n_sizes : sensitivity-n subset sizes (default: 1%, 5%, 10% and 25% of the features, at least 1)
     subsets : random subsets per size; seed : their seed
     seeds : randomization seeds (metric ``"randomization"``)
+    check_only : validate every parameter and return None without explaining anything
 
     Returns
     -------
@@ -96,47 +99,65 @@ def benchmark(net, x, methods, *, target=None, metrics=("aopc_morf", "aopc_lerf"
     """
     from ..runner.job import Progress
     from . import faithfulness as F
-    from .randomization import _check_methods, _host, _targets, model_randomization
+    from .randomization import _check_methods, _check_seeds, _host, _targets, model_randomization
 
     specs = _check_methods(methods)
     if isinstance(metrics, str):
         metrics = (metrics,)
     metrics = list(metrics)
     bad = [m for m in metrics if m not in METRICS]
-    if bad or not metrics:
-        raise ValueError(f"metrics must be names in {list(METRICS)}, got {bad or metrics}")
+    if bad or not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics must be distinct names in {list(METRICS)}, got {bad or metrics}")
     t0 = time.perf_counter()
-    x = np.asarray(x)
+    x, _ = F._inputs(net, x)
     image = x.ndim == 4
+    # every parameter checked before the first explanation
     if patch is None:
         patch = next((p for p in (4, 2, 1) if x.shape[-1] % p == 0 and x.shape[-2] % p == 0), 1) if image else 1
+    F._layout(x, patch, "benchmark")
+    steps = F._int(steps, "steps", low=1)
+    subsets = F._int(subsets, "subsets", low=2)
+    seed = F._int(seed, "seed", low=0)
+    F._baseline(fill, x, seed, 1.0)
+    seeds = _check_seeds(seeds)
     feats = (x.shape[2] * x.shape[3]) if image else int(np.prod(x.shape[1:]))
     if n_sizes is None:
         n_sizes = sorted({max(1, int(round(f * feats))) for f in (0.01, 0.05, 0.1, 0.25)})
+    n_sizes = [F._int(k, "n_sizes: each size", low=1, high=feats) for k in np.atleast_1d(n_sizes).tolist()]
+    if not n_sizes:
+        raise ValueError("n_sizes must name at least one subset size")
     from ..explainer import Explainer
 
     exs = {label: Explainer(net, m, backend=backend, batch_size=batch_size, **p) for label, (m, p) in specs.items()}
-    T = np.broadcast_to(np.asarray(_targets(next(iter(exs.values())), x, target)), (len(x),)).astype(np.int64)
+    if check_only:
+        return None
+    T = _targets(next(iter(exs.values())), x, target)
     per, curves = {}, {}
     bar = Progress(len(specs), 0, progress, unit="method", desc="benchmark")
-    for label, ex in exs.items():
-        e = ex.explain(x, target=T)
-        R = _host(e.attribution)
-        if "aopc_morf" in metrics or "aopc_lerf" in metrics:
+    try:
+        for label, ex in exs.items():
+            e = ex.explain(x, target=T)
+            R = _host(e.attribution)
             for order in ("morf", "lerf"):
                 if f"aopc_{order}" in metrics:
-                    c = F.pixel_flipping(net, x, R, T, patch=patch, fill=fill, order=order, steps=steps, seed=seed)
+                    c = F.pixel_flipping(net, x, R, T, patch=patch, fill=fill, order=order, steps=steps, seed=seed,
+                                         backend=backend)
                     curves[(label, order)] = c
                     per[(label, f"aopc_{order}")] = F.aopc(c)
-        if "sensitivity_n" in metrics:
-            sn = np.stack([F.sensitivity_n(net, x, R, T, n=k, subsets=subsets, fill=fill, seed=seed) for k in n_sizes])
-            per[(label, "sensitivity_n")] = np.array([nan_stats(c)[0] for c in sn.T])
-        if "completeness" in metrics:
-            baseline = None if e.sums_to == "score" else 0.0
-            err = F.completeness(net, x, R, T, baseline=baseline)
-            per[(label, "completeness")] = np.abs(err) / np.maximum(np.abs(_host(e.scores)), 1e-12)
-        bar.update(1)
-    bar.close()
+            if "sensitivity_n" in metrics:
+                sn = np.stack([F.sensitivity_n(net, x, R, T, n=k, subsets=subsets, fill=fill, seed=seed, backend=backend)
+                               for k in n_sizes])
+                per[(label, "sensitivity_n")] = np.array([nan_stats(c)[0] for c in sn.T])
+            if "completeness" in metrics:
+                # the method's own property, with its own baseline: NaN where it has none (e.g. the gradient)
+                if e.error is None:
+                    per[(label, "completeness")] = np.full(len(x), np.nan)
+                else:
+                    per[(label, "completeness")] = (np.abs(_host(e.error)) /
+                                                    np.maximum(np.abs(_host(e.scores)), 1e-12))
+            bar.update(1)
+    finally:
+        bar.close()
     if "randomization" in metrics:
         res = model_randomization(net, x, specs, mode="cascading", seeds=seeds, measures=("spearman_abs",), target=T,
                                   keep_maps=0, backend=backend, batch_size=batch_size, progress=progress)

@@ -228,9 +228,13 @@ def sanity_report(out, results, *, class_sensitivity=None, title="Sanity checks:
     if class_sensitivity is not None:
         files["class_sensitivity.csv"] = class_sensitivity.to_csv(out / "class_sensitivity.csv")
         doc.heading("Class sensitivity")
-        doc.para("Similarity between the explanations of each input's two highest-scoring classes (Gu et al. 2018; "
-                 "Sixt et al. 2020). A class-sensitive method explains each class differently (low value); values "
-                 "near 1 mean the method shows the same map whatever class is asked for.")
+        pairs = getattr(class_sensitivity, "pairs", "top2")
+        which = {"top2": "each input's two highest-scoring classes",
+                 "random": "each input's explained class and a random other class (the random-logit test)"}.get(
+            pairs, "the given pairs of classes of each input")
+        doc.para(f"Similarity between the explanations of {which} (Gu et al. 2018; Sixt et al. 2020). A "
+                 "class-sensitive method explains each class differently (low value); values near 1 mean the method "
+                 "shows the same map whatever class is asked for.")
         doc.table(class_sensitivity)
     doc.heading("Files")
     doc.para("Raw numbers: randomization.csv / .json (one row per method, step, layer, seed and measure), "
