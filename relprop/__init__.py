@@ -61,3 +61,12 @@ def from_onnx(path_or_model, **kwargs):
     from .io.onnx_import import from_onnx as _from_onnx
 
     return _from_onnx(path_or_model, **kwargs)
+
+
+def __getattr__(name):
+    """``rp.data`` (shipped models and samples), ``rp.evaluate`` and ``rp.viz``, imported on first use."""
+    if name in ("data", "evaluate", "viz"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'relprop' has no attribute {name!r}")
