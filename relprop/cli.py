@@ -157,8 +157,20 @@ def build_parser():
     add_parsers(sub, lambda p: p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                               help="show the traceback of an error"))
 
-    d = sub.add_parser("demo", help="train a small MLP on sklearn digits and explain it")
-    d.add_argument("--out", default="relprop-demo", help="folder for the saved attributions")
+    d = sub.add_parser("demo", help="explain the shipped MNIST CNN and Titanic MLP: pictures and a web page",
+                       description="Explain shipped MNIST test digits with 8 methods and LRP rules, run a quick\n"
+                                   "sanity check (cascading model randomization, Adebayo et al. 2018), explain a\n"
+                                   "few Titanic passengers, and write heatmaps.png, sanity.png, titanic.png,\n"
+                                   "attributions.npz and index.html into OUT: about 10 s on 2 cores, most of it\n"
+                                   "compiling the kernels on a first run. Needs Pillow and matplotlib\n"
+                                   "(pip install 'relprop[demo]'); no PyTorch, no download.",
+                       epilog="Examples:\n  relprop demo\n  relprop demo --out relprop-demo --quick\n\n"
+                              "Then open relprop-demo/index.html in a browser.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--out", default="relprop-demo", metavar="OUT",
+                   help="folder to write the pictures, attributions.npz and index.html into (default: relprop-demo)")
+    d.add_argument("--quick", action="store_true", help="fewer samples: 4 digits, 1 randomization seed, "
+                                                        "2 passengers")
     d.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     d.set_defaults(func=demo)
     return parser
@@ -711,7 +723,7 @@ def info(args):
 def demo(args):
     from .demo import main as run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, quick=args.quick)
     return 0
 
 
