@@ -148,7 +148,8 @@ def build_parser():
     i = sub.add_parser("info", help="versions, threads, BLAS, GPU, Numba cache and optional extras",
                        description="Print what relprop runs on here: versions, the CPU kernels' threads "
                                    "(RELPROP_NUM_THREADS), BLAS, the GPU (CuPy), the Numba cache and the optional "
-                                   "extras.")
+                                   "extras.",
+                       epilog="Example:\n  relprop info", formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     i.set_defaults(func=info)
 
