@@ -30,7 +30,7 @@ from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
 from .methods import METHODS
 from .methods import smoothgrad as SG
-from .methods.base import Context, run_targets
+from .methods.base import Context, run_targets, sums_to as _sums_to
 
 
 @dataclass
@@ -45,8 +45,9 @@ class Explanation:
     method : str
     params : dict: the parameters the method ran with (defaults filled in, the seed drawn
         when ``seed=None``)
-    sums_to : ``"score"`` (conservation, ``sum R = s_c(x)``), ``"delta"`` (completeness,
-        ``sum R = s_c(x) - s_c(baseline)``) or None
+    sums_to : ``"score"`` (conservation, ``sum R = s_c(x)``), ``"one"`` (conservation from the
+        unit start ``e_c``, ``sum R = 1``: the LRP family with ``start="one_hot"``), ``"delta"``
+        (completeness, ``sum R = s_c(x) - s_c(baseline)``) or None
     error : array of the shape of ``targets``, or None: ``sum R`` minus what it should sum to
         (None when the method defines no such property)
     """
@@ -171,6 +172,12 @@ class Explainer:
     def configured_seed(self):
         """The seed given for the random draws (smoothgrad's own for smoothgrad), or None."""
         return self.own["seed"] if self.base is not None else self.params.get("seed")
+
+    @property
+    def sums_to(self):
+        """What ``sum R`` should equal for this method and parameters (``Explanation.sums_to``):
+        ``"score"``, ``"one"``, ``"delta"`` or None (None under smoothgrad)."""
+        return None if self.base is not None else _sums_to(self.method, self.params)
 
     @property
     def runs(self):
@@ -408,11 +415,13 @@ class Explainer:
         rows = xp.arange(x.shape[0])[:, None]
         s = score[rows, T]
         mm = self.method if self.base is None else None
-        sums_to = None if mm is None else mm.sums_to
+        sums_to = self.sums_to
         error = None
         if sums_to is not None:
             ref = s
-            if sums_to == "delta":
+            if sums_to == "one":  # the start e_c carries relevance 1
+                ref = xp.ones_like(s)
+            elif sums_to == "delta":
                 ref = s - self._baseline_scores(ctx, x, p, mm)[rows, T]
             total = out.reshape(out.shape[:2] + (-1,)).sum(axis=2, dtype=np.float64)
             error = B.to_host(total - ref)

@@ -167,11 +167,38 @@ def _check_bounds(low, high, x, where):
         if not np.all(np.isfinite(v)):
             raise ValueError(f"{where}: {nm} contains NaN or Inf")
         _check_fits(v, x.dtype, f"{where}: {nm}")
-    if np.any(x < lo) or np.any(x > hi):
-        raise ValueError(
-            f"{where}: x is not inside the bounds [low, high] (x range [{x.min():.4g}, {x.max():.4g}], "
-            f"low min {lo.min():.4g}, high max {hi.max():.4g}); the z^B rule needs low <= x <= high"
-        )
+    # x may pass a bound by the rounding between the bound in float64 and the same number in
+    # float32 (bounds computed as (0 - mean) / std in float64, inputs normalized in float32, or
+    # the other way round): a few float32 ulps of the bound, which change R by as little
+    slack_lo, slack_hi = (BOUND_ULPS * np.spacing(np.abs(v).astype(np.float32)).astype(np.float64) for v in (lo, hi))
+    below, above = x < lo - slack_lo, x > hi + slack_hi
+    if np.any(below) or np.any(above):
+        raise ValueError(f"{where}: x is not inside the bounds [low, high]: {_outside(x, lo, hi, below, above)}; "
+                         f"the z^B rule needs low <= x <= high (up to {BOUND_ULPS} float32 ulps of the bound)")
+
+
+#: how far x may pass a z^B bound: this many float32 units in the last place of the bound
+BOUND_ULPS = 4
+
+
+def _outside(x, lo, hi, below, above, show=3):
+    """The first ``show`` entries of x outside [lo, hi]: sample, feature index, value and bound,
+    with every digit (``repr``), and how many there are in all."""
+    bad = below | above
+    where = np.argwhere(bad)
+    parts = []
+    for idx in where[:show]:
+        idx = tuple(int(i) for i in idx)
+        v = float(x[idx])
+        bound, nm, op = (float(lo[idx]), "low", "<") if below[idx] else (float(hi[idx]), "high", ">")
+        by = f"by {abs(v - bound):.3g}"
+        if bound != 0:
+            by += f", {abs(v - bound) / float(np.spacing(np.float32(abs(bound)))):.3g} float32 ulps of the bound"
+        parts.append(f"sample {idx[0]}, feature {idx[1:] if len(idx) > 2 else idx[1]}: x = {v!r} {op} {nm} = "
+                     f"{bound!r} ({by})")
+    more = len(where) - len(parts)
+    return "; ".join(parts) + (f"; and {more} more of {x.size} values outside ({x.dtype})" if more else
+                               f" ({x.dtype} x)")
 
 
 def _reads_input_directly(net, node):

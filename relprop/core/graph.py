@@ -317,6 +317,102 @@ class Softplus(Layer):
         return f"Softplus(beta={self.beta}, threshold={self.threshold})"
 
 
+# -- further elementwise activations (torch's definitions; forward, derivative and DeepLIFT
+# rescale in ``relprop.core.layers.ParamActivation``). ``activation`` (the RevealCancel trait) is
+# set only on the monotone ones: RevealCancel splits the output difference into the parts caused
+# by the positive and by the negative input differences (Shrikumar et al. 2017, Sec. 3.5.3),
+# which presumes that a positive input difference cannot lower the output. GELU, SiLU, Mish and
+# Hardswish dip below zero before rising, so they keep the Rescale rule under RevealCancel.
+def _real(v, what, layer):
+    """``v`` unchanged when it is a real number (bools refused), else a TypeError."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{layer}: {what} must be a finite number, got {v!r} ({type(v).__name__})")
+    return v
+
+
+class ELU(Layer):
+    """``z`` for ``z > 0``, ``alpha (exp(z) - 1)`` otherwise (Clevert et al. 2016;
+    ``torch.nn.ELU``). Monotone (RevealCancel applies) when ``alpha >= 0``."""
+
+    kind = "ELU"
+    hyper = ("alpha",)
+
+    def __init__(self, alpha=1.0):
+        self.alpha = _number(_real(alpha, "alpha", "ELU"), "alpha", "ELU")
+
+    @property
+    def activation(self):
+        # alpha < 0 makes the negative branch decreasing: not monotone
+        return self.alpha >= 0
+
+    def __repr__(self):
+        return f"ELU(alpha={self.alpha})"
+
+
+#: GELU's ``approximate`` values (torch.nn.GELU)
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+class GELU(Layer):
+    """``z Phi(z)``, ``Phi`` the standard normal CDF (Hendrycks & Gimpel 2016, Sec. 2); with
+    ``approximate="tanh"`` the form ``z/2 (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))`` of the
+    same paper (Sec. 2), as ``torch.nn.GELU(approximate=...)``. Not monotone (minimum near
+    ``z = -0.75``): ``activation`` is False, RevealCancel keeps the Rescale rule here."""
+
+    kind = "GELU"
+    hyper = ("approximate",)
+
+    def __init__(self, approximate="none"):
+        if not isinstance(approximate, str):
+            raise TypeError(f"GELU: approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r} "
+                            f"({type(approximate).__name__})")
+        if approximate not in GELU_APPROXIMATIONS:
+            raise ValueError(f"GELU: approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
+        self.approximate = approximate
+
+    def __repr__(self):
+        return f"GELU(approximate={self.approximate!r})"
+
+
+class SiLU(Layer):
+    """``z sigmoid(z)`` (SiLU, Elfwing et al. 2018; Swish with beta = 1, Ramachandran et al.
+    2017; ``torch.nn.SiLU``). Not monotone (minimum near ``z = -1.28``): no RevealCancel."""
+
+    kind = "SiLU"
+
+
+#: Swish (Ramachandran et al. 2017) with beta = 1 is SiLU
+Swish = SiLU
+
+
+class Hardswish(Layer):
+    """``z relu6(z + 3) / 6`` (h-swish, Howard et al. 2019, Sec. 5.2; ``torch.nn.Hardswish``).
+    Not monotone (minimum at ``z = -1.5``): no RevealCancel."""
+
+    kind = "Hardswish"
+
+
+class Hardsigmoid(Layer):
+    """``relu6(z + 3) / 6`` (Howard et al. 2019, Sec. 5.2; ``torch.nn.Hardsigmoid``). Monotone."""
+
+    kind = "Hardsigmoid"
+    activation = True
+
+
+class ReLU6(Layer):
+    """``min(max(z, 0), 6)`` (Krizhevsky 2010; Howard et al. 2017; ``torch.nn.ReLU6``). Monotone."""
+
+    kind = "ReLU6"
+    activation = True
+
+
+class Mish(Layer):
+    """``z tanh(softplus(z))`` (Misra 2019; ``torch.nn.Mish``). Not monotone (minimum
+    near ``z = -1.19``): no RevealCancel."""
+
+    kind = "Mish"
+
+
 class Dropout(Layer):
     """Identity at inference (kept so imported graphs keep their node names)."""
 

@@ -152,9 +152,16 @@ class Activation(Op):
 
 
 class ParamActivation(Activation):
-    """LeakyReLU and Softplus (torch's formulas), with their derivatives and DeepLIFT rescale."""
+    """The elementwise activations without a kernel code: LeakyReLU, Softplus, ELU, GELU (exact
+    and tanh), SiLU, Hardswish, Hardsigmoid, ReLU6 and Mish (torch's formulas; ``evaluate`` and
+    ``derivative``). They run as array expressions of the backend's ``xp`` (numpy or cupy), so
+    CPU and GPU share this code and no kernel of their own is needed (they are not fused into a
+    linear layer's epilogue). The gradient is ``g * f'(z)`` with torch autograd's value at the
+    kinks; LRP passes relevance through (Zennit's Pass); DeepLIFT takes the Rescale multiplier
+    ``(f(z) - f(z0)) / (z - z0)`` (Shrikumar et al. 2017, Sec. 3.5.2; Ancona et al. 2018, Eq. 17),
+    ``f'(z)`` where ``|z - z0| < DEEPLIFT_EPS`` (as Captum's ``nonlinear``)."""
 
-    kinds = ("LeakyReLU", "Softplus")
+    kinds = ("LeakyReLU", "Softplus", "ELU", "GELU", "SiLU", "Hardswish", "Hardsigmoid", "ReLU6", "Mish")
 
     def store(self, node, mode, rule=None):
         if mode == GRAD:
@@ -186,6 +193,8 @@ def evaluate(xp, layer, z):
         return expit(xp, z)
     if kind == "LeakyReLU":
         return xp.where(z > 0, z, z * z.dtype.type(layer.negative_slope))
+    if kind in _FORMS:
+        return _FORMS[kind][0](xp, layer, z).astype(z.dtype, copy=False)
     bz = z * z.dtype.type(layer.beta)  # Softplus, linear above the threshold
     return xp.where(bz > layer.threshold, z, xp.logaddexp(0, bz) / z.dtype.type(layer.beta)).astype(z.dtype)
 
@@ -202,8 +211,119 @@ def derivative(xp, layer, z):
         return s * (1 - s)
     if kind == "LeakyReLU":
         return xp.where(z > 0, 1, layer.negative_slope).astype(z.dtype)
+    if kind in _FORMS:
+        return _FORMS[kind][1](xp, layer, z).astype(z.dtype, copy=False)
     bz = z * z.dtype.type(layer.beta)
     return xp.where(bz > layer.threshold, 1, expit(xp, bz)).astype(z.dtype)
+
+
+# -- ELU, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6, Mish: (f, f') as xp expressions -----------
+# Written so that large |z| (1e4 in float32, and far beyond) gives no overflow or NaN:
+# exponentials only of non-positive arguments (expit, expm1/exp of min(z, 0)), softplus as
+# logaddexp, polynomials of z clipped where the function has long saturated. At the kinks f' takes the value torch's
+# autograd gives there (checked in tests/test_models_activations.py): ELU'(0) = alpha,
+# ReLU6'(0) = ReLU6'(6) = 0, Hardsigmoid'(+-3) = 0, Hardswish'(-3) = 0, Hardswish'(3) = 1.
+_SQRT1_2 = 0.7071067811865476  # 1 / sqrt(2)
+_INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
+_GELU_K = 0.7978845608028654  # sqrt(2 / pi)
+_GELU_C = 0.044715
+# |z| beyond which GELU's tanh form is saturated in float64 (its tanh argument exceeds 3e4)
+_GELU_CLIP = 100.0
+
+
+def _erfc(xp, z):
+    """The complementary error function of the backend: scipy's on the host, cupyx's on a GPU."""
+    if getattr(xp, "__name__", "") == "cupy":
+        from cupyx.scipy.special import erfc
+    else:
+        from scipy.special import erfc
+    return erfc(z)
+
+
+def _elu(xp, layer, z):
+    c = z.dtype.type
+    return xp.where(z > 0, z, c(layer.alpha) * xp.expm1(xp.minimum(z, 0)))
+
+
+def _elu_d(xp, layer, z):
+    c = z.dtype.type  # torch: alpha exp(z) for z <= 0, so ELU'(0) = alpha
+    return xp.where(z > 0, c(1), c(layer.alpha) * xp.exp(xp.minimum(z, 0)))
+
+
+def _gelu_u(xp, z):
+    """(clipped z, 2 u) of GELU's tanh form: 1 + tanh(u) = 2 expit(2u), without cancellation."""
+    c = z.dtype.type
+    zc = xp.clip(z, c(-_GELU_CLIP), c(_GELU_CLIP))
+    return zc, c(2 * _GELU_K) * (zc + c(_GELU_C) * zc * zc * zc)
+
+
+def _gelu(xp, layer, z):
+    c = z.dtype.type
+    if layer.approximate == "tanh":  # z/2 (1 + tanh u) = z expit(2u)
+        return z * expit(xp, _gelu_u(xp, z)[1])
+    return c(0.5) * z * _erfc(xp, -z * c(_SQRT1_2))  # z Phi(z), erfc: no cancellation for z << 0
+
+
+def _gelu_d(xp, layer, z):
+    c = z.dtype.type
+    if layer.approximate == "tanh":  # d/dz z expit(2u) = s + z * 2 s (1 - s) du/dz
+        zc, u2 = _gelu_u(xp, z)
+        s, s_neg = expit(xp, u2), expit(xp, -u2)
+        return s + zc * c(2) * s * s_neg * (c(_GELU_K) * (c(1) + c(3 * _GELU_C) * zc * zc))
+    zc = xp.clip(z, c(-1e3), c(1e3))  # exp(-zc^2 / 2) is 0 there already; zc^2 cannot overflow
+    return c(0.5) * _erfc(xp, -z * c(_SQRT1_2)) + z * (c(_INV_SQRT_2PI) * xp.exp(c(-0.5) * zc * zc))
+
+
+def _silu(xp, layer, z):
+    return z * expit(xp, z)
+
+
+def _silu_d(xp, layer, z):
+    s = expit(xp, z)
+    return s + z * s * expit(xp, -z)  # s (1 + z (1 - s)), 1 - s without cancellation
+
+
+def _relu6(xp, layer, z):
+    c = z.dtype.type
+    return xp.minimum(xp.maximum(z, c(0)), c(6))
+
+
+def _relu6_d(xp, layer, z):
+    return ((z > 0) & (z < 6)).astype(z.dtype)  # torch (hardtanh): 0 at both kinks
+
+
+def _hardsigmoid(xp, layer, z):
+    c = z.dtype.type
+    return xp.minimum(xp.maximum(z + c(3), c(0)), c(6)) / c(6)
+
+
+def _hardsigmoid_d(xp, layer, z):
+    c = z.dtype.type  # torch: 1/6 on the open interval (-3, 3)
+    return xp.where((z > -3) & (z < 3), c(1 / 6), c(0))
+
+
+def _hardswish(xp, layer, z):
+    c = z.dtype.type
+    return z * xp.minimum(xp.maximum(z + c(3), c(0)), c(6)) / c(6)
+
+
+def _hardswish_d(xp, layer, z):
+    c = z.dtype.type  # torch: 0 for z <= -3, z/3 + 1/2 for -3 < z < 3, 1 for z >= 3
+    return xp.where(z <= -3, c(0), xp.where(z < 3, z / c(3) + c(0.5), c(1)))
+
+
+def _mish(xp, layer, z):
+    return z * xp.tanh(xp.logaddexp(z.dtype.type(0), z))
+
+
+def _mish_d(xp, layer, z):
+    t = xp.tanh(xp.logaddexp(z.dtype.type(0), z))  # torch: t + z sigmoid(z) (1 - t^2)
+    return t + z * expit(xp, z) * (1 - t * t)
+
+
+_FORMS = {"ELU": (_elu, _elu_d), "GELU": (_gelu, _gelu_d), "SiLU": (_silu, _silu_d),
+          "ReLU6": (_relu6, _relu6_d), "Hardsigmoid": (_hardsigmoid, _hardsigmoid_d),
+          "Hardswish": (_hardswish, _hardswish_d), "Mish": (_mish, _mish_d)}
 
 
 def reveal_cancel(bw, node, g):

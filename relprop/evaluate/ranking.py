@@ -153,8 +153,9 @@ def benchmark(net, x, methods, *, target=None, metrics=("aopc_morf", "aopc_lerf"
                 if e.error is None:
                     per[(label, "completeness")] = np.full(len(x), np.nan)
                 else:
-                    per[(label, "completeness")] = (np.abs(_host(e.error)) /
-                                                    np.maximum(np.abs(_host(e.scores)), 1e-12))
+                    # relative to what the relevance sums to: s_c, or 1 from the unit start e_c
+                    ref = 1.0 if e.sums_to == "one" else np.maximum(np.abs(_host(e.scores)), 1e-12)
+                    per[(label, "completeness")] = np.abs(_host(e.error)) / ref
             bar.update(1)
     finally:
         bar.close()

@@ -35,7 +35,8 @@ from ..core import graph as G
 FORMAT, VERSION = "relprop-model", 1
 _KINDS = {cls.kind: cls for cls in (
     G.Dense, G.Conv2d, G.MaxPool2d, G.AvgPool2d, G.Flatten, G.ReLU, G.Tanh, G.Sigmoid, G.Identity, G.Softmax,
-    G.LeakyReLU, G.Softplus, G.Dropout, G.BatchNorm2d, G.GlobalAvgPool2d, G.Reshape, G.Add, G.Concat)}
+    G.LeakyReLU, G.Softplus, G.Dropout, G.BatchNorm2d, G.GlobalAvgPool2d, G.Reshape, G.Add, G.Concat,
+    G.ELU, G.GELU, G.SiLU, G.Hardswish, G.Hardsigmoid, G.ReLU6, G.Mish)}
 
 #: default limit on the bytes of all arrays one archive may declare (``load(..., max_bytes=)``)
 MAX_BYTES = 4 * 2**30

@@ -9,7 +9,10 @@ may depend on the batch size, so static values are kept for two batch sizes (or 
 fixed one) and a ``Reshape`` must keep the batch axis for both.
 
 Only the ``onnx`` package is needed at run time. Every import is verified: the relprop forward
-pass is compared with ``ReferenceEvaluator`` on a probe input.
+pass is compared with ``ReferenceEvaluator`` on a probe input. A final ``Softmax`` /
+``LogSoftmax`` is stripped by default with a one-line ``relprop.io.ImportNotice``
+(``final_softmax=``); an op the importer does not map fails with one line naming the op type,
+the node and what to do (``relprop.io.supported_ops()["onnx"]`` lists the op types).
 
 A model file is data, never trusted to be small: only the ops in :data:`FOLDABLE` are evaluated
 on constant inputs (control flow such as ``Loop``, ``If`` or ``Scan`` never is), each folded
@@ -28,6 +31,7 @@ import warnings
 import numpy as np
 
 from ..core import graph as G
+from . import ImportNotice, apply_final_softmax, check_final_softmax
 
 MIN_OPSET = 11
 
@@ -36,11 +40,13 @@ _HANDLERS = {
     "Gemm": "_gemm", "MatMul": "_matmul", "Conv": "_conv",
     "Relu": "_activation", "LeakyRelu": "_activation", "Sigmoid": "_activation",
     "Tanh": "_activation", "Softplus": "_activation",
+    "Elu": "_activation", "Gelu": "_activation", "HardSwish": "_activation", "HardSigmoid": "_activation",
+    "Mish": "_activation", "Clip": "_clip",
     "MaxPool": "_maxpool", "AveragePool": "_avgpool", "GlobalAveragePool": "_global_avgpool",
     "ReduceMean": "_reduce_mean", "Flatten": "_flatten", "Reshape": "_reshape",
     "Squeeze": "_squeeze", "Unsqueeze": "_squeeze",
     "Add": "_add", "Sum": "_add", "Concat": "_concat", "BatchNormalization": "_batchnorm",
-    "Softmax": "_softmax", "Dropout": "_dropout", "Identity": "_identity", "Cast": "_cast",
+    "Softmax": "_softmax", "LogSoftmax": "_softmax", "Dropout": "_dropout", "Identity": "_identity", "Cast": "_cast",
     "Shape": "_shape", "Size": "_shape",
 }
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
@@ -74,7 +80,8 @@ def _import_onnx():
     return onnx
 
 
-def from_onnx(path_or_model, check="raise", canonize=True, max_elements=MAX_ELEMENTS, max_bytes=MAX_BYTES):
+def from_onnx(path_or_model, check="raise", canonize=True, max_elements=MAX_ELEMENTS, max_bytes=MAX_BYTES,
+              final_softmax="strip"):
     """Build a relprop model from an ONNX model.
 
     Parameters
@@ -97,6 +104,14 @@ def from_onnx(path_or_model, check="raise", canonize=True, max_elements=MAX_ELEM
         folded, with their size checked before they run), on the probe input and on every
         activation at the probe's batch size. Defaults ``MAX_ELEMENTS`` (2**28) and
         ``MAX_BYTES`` (1 GiB); raise them for larger models.
+    final_softmax : {"strip", "keep", "refuse"}
+        What to do with a ``Softmax`` / ``LogSoftmax`` over the classes that is the model's
+        last op. ``"strip"`` (default) drops it with a one-line ``relprop.io.ImportNotice``
+        (the graph then outputs the logits; relprop explains the pre-softmax score ``s_c``
+        either way); ``"keep"`` ends the graph with ``rp.Softmax`` (``LogSoftmax`` is
+        refused: relprop has no LogSoftmax layer); ``"refuse"`` raises. The check then
+        compares the logits with the reference evaluator's softmax input and, through the
+        softmax, with its output.
 
     Returns
     -------
@@ -106,7 +121,8 @@ def from_onnx(path_or_model, check="raise", canonize=True, max_elements=MAX_ELEM
     ------
     ValueError
         Unreadable or invalid model, an op or attribute relprop cannot represent (the message
-        names the op type, the node and what is supported), a tensor over the size limits (the
+        names the op type, the node and what to do, in one line; ``relprop.io.supported_ops()``
+        lists the op types), a tensor over the size limits (the
         message names the node and the size), external data in a model given as bytes or a
         ``ModelProto``, or a failed forward check.
 
@@ -120,19 +136,25 @@ def from_onnx(path_or_model, check="raise", canonize=True, max_elements=MAX_ELEM
     for name, v in (("max_elements", max_elements), ("max_bytes", max_bytes)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise TypeError(f"from_onnx: {name} must be an int >= 1, got {v!r}")
+    check_final_softmax(final_softmax, "from_onnx")
 
     from ..core.canonize import canonize as _canonize, importer_fold  # the package's function (rp.canonize)
 
     fold = importer_fold(canonize)
     onnx = _import_onnx()
     model = _load(onnx, path_or_model)
-    importer = _Importer(onnx, model, int(max_elements), int(max_bytes))
+    importer = _Importer(onnx, model, int(max_elements), int(max_bytes), final_softmax=final_softmax)
     net = importer.build()
     raw = net
     if fold is not None:
         net = _canonize(net, fold)
     _verify(model, importer, net, raw if fold is not None else None, check)
     net.input_shape = tuple(int(s) for s in importer.in_shape)
+    if importer.stripped is not None:
+        warnings.warn(ImportNotice(f"from_onnx: {importer.stripped}: the graph outputs the logits, which relprop "
+                                   "explains anyway; final_softmax='keep' or 'refuse' changes this, "
+                                   "warnings.filterwarnings('ignore', category=relprop.io.ImportNotice) silences it"),
+                      stacklevel=3)
     return net
 
 
@@ -304,7 +326,10 @@ class _Static(dict):
 
 
 class _Importer:
-    def __init__(self, onnx, model, max_elements=MAX_ELEMENTS, max_bytes=MAX_BYTES):
+    def __init__(self, onnx, model, max_elements=MAX_ELEMENTS, max_bytes=MAX_BYTES, final_softmax="strip"):
+        self.final_softmax = final_softmax
+        self.stripped = None  # "stripped the final <op> <node>" when final_softmax="strip" removed one
+        self.stripped_kind = None  # "softmax" / "log_softmax"
         self.onnx = onnx
         self.max_elements, self.max_bytes = max_elements, max_bytes
         g = model.graph
@@ -340,7 +365,7 @@ class _Importer:
         self.score_tensor = None  # the input of a final Softmax
         self.origin = {}  # relprop node -> the ONNX tensor it produced (moves along sole-use aliases)
         self.names = {"input"}
-        self.onnx_nodes = _fuse_softplus(onnx, list(g.node), inits)
+        self.onnx_nodes = _fuse_activations(onnx, _fuse_softplus(onnx, list(g.node), inits), inits)
         self.consumers = {}
         for n in self.onnx_nodes:
             for i in n.input:
@@ -389,14 +414,16 @@ class _Importer:
             for i in ins:
                 if i not in self.static and i not in self.data:  # pragma: no cover - checker guarantees
                     raise ValueError(f"ONNX node {self._label(node)}: input {i!r} is not defined")
-            if node.domain == "relprop":  # a pattern fused by _fuse_softplus
+            if node.domain == "relprop":  # a pattern fused by _fuse_softplus or _fuse_activations
                 handler = "_activation"
             else:
                 handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if handler is None:
                 dom = f" (domain {node.domain!r})" if node.domain not in ("", "ai.onnx") else ""
                 raise ValueError(f"ONNX node {self._label(node)}: op type {node.op_type!r}{dom} is not supported by "
-                                 f"relprop's importer; supported op types: {', '.join(SUPPORTED_OPS)}")
+                                 "relprop's importer; replace that layer in the source model by a mapped one and "
+                                 "re-export, or apply it outside the model; relprop.io.supported_ops()['onnx'] lists "
+                                 "the op types the importer maps")
             getattr(self, handler)(node)
         out = self.output_name
         if out in self.static:
@@ -858,21 +885,75 @@ class _Importer:
             # ONNX Softplus has no threshold; torch's 20 changes it by < 2e-9 (log1p(exp(-20)))
             threshold = float(a.get("threshold", 20.0)) if node.domain == "relprop" else 20.0
             layer = self._make(node, G.Softplus, beta=beta, threshold=threshold)
+        elif op == "Elu":
+            layer = self._make(node, G.ELU, alpha=float(a.get("alpha", 1.0)))
+        elif op == "Gelu":  # opset 20, or a decomposed GELU fused by _fuse_activations
+            approx = a.get("approximate", "none")
+            layer = self._make(node, G.GELU, approx.decode() if isinstance(approx, bytes) else approx)
+        elif op == "HardSigmoid":
+            alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+            # torch exports hardsigmoid as alpha = float32(1/6), beta = 0.5 (the default)
+            if abs(alpha - 1 / 6) > 1e-7 or beta != 0.5:
+                raise self._error(node, f"HardSigmoid with alpha={alpha}, beta={beta} is not supported; relprop's "
+                                        "Hardsigmoid is torch's relu6(x + 3) / 6 (alpha=1/6, beta=0.5)")
+            layer = G.Hardsigmoid()
         else:
-            layer = {"Relu": G.ReLU, "Sigmoid": G.Sigmoid, "Tanh": G.Tanh}[op]()
+            layer = {"Relu": G.ReLU, "Sigmoid": G.Sigmoid, "Tanh": G.Tanh, "HardSwish": G.Hardswish, "Mish": G.Mish,
+                     "SiLU": G.SiLU}[op]()
+        self._add_layer(node, layer, [X])
+
+    def _clip(self, node):
+        """Clip(x, 0, 6) is ReLU6 (how torch exports relu6 / hardtanh(0, 6)); Clip(x, 0) is ReLU."""
+        X = node.input[0]
+        self._data(node, X)
+        bounds = []
+        for k, what in ((1, "min"), (2, "max")):
+            name = node.input[k] if len(node.input) > k else ""
+            if not name:  # an absent bound: no clipping on that side
+                bounds.append(None)
+                continue
+            v = np.asarray(self._const(node, name, what))
+            if v.size != 1:
+                raise self._error(node, f"Clip's {what} must be a scalar, got shape {v.shape}")
+            bounds.append(float(v.reshape(-1)[0]))
+        if bounds == [0.0, 6.0]:
+            layer = G.ReLU6()
+        elif bounds == [0.0, None]:
+            layer = G.ReLU()
+        else:
+            raise self._error(node, f"Clip with min={bounds[0]}, max={bounds[1]} is not supported; relprop maps "
+                                    "Clip(x, 0, 6) to ReLU6 and Clip(x, 0) to ReLU only")
         self._add_layer(node, layer, [X])
 
     def _softmax(self, node):
         a = self._attrs(node)
         x = self._data(node, node.input[0])
+        op = node.op_type
         axis = int(a.get("axis", -1 if self.opset >= 13 else 1))
         if len(x.shape) != 1 or axis % 2 != 1:
-            raise self._error(node, f"only a softmax over the classes of (N, classes) scores is supported, got "
-                                    f"per-sample shape {x.shape} and axis {axis}")
+            raise self._error(node, f"only a {op} over the classes of (N, classes) scores is supported, got "
+                                    f"per-sample shape {x.shape} and axis {axis}; flatten the scores to (N, classes) "
+                                    "first, or apply it outside the model")
         if node.output[0] != self.output_name:
-            raise self._error(node, "Softmax must be the model's last op (relprop explains its input scores)")
-        self._add_layer(node, G.Softmax(), [node.input[0]])
+            raise self._error(node, f"{op} must be the model's last op (relprop explains its input scores); move it "
+                                    "out of the model or to its end")
+        if self.final_softmax == "refuse":
+            raise self._error(node, f"the model ends in a {op} and final_softmax='refuse'; pass final_softmax='strip' "
+                                    "to import the logits it is applied to (relprop explains the pre-softmax score "
+                                    "s_c either way)")
+        if self.final_softmax == "keep" and op == "LogSoftmax":
+            raise self._error(node, "final_softmax='keep' cannot keep a LogSoftmax: relprop has no LogSoftmax layer; "
+                                    "pass final_softmax='strip' (the graph then outputs the logits, which every method "
+                                    "explains anyway) or end the model in a Softmax")
         self.score_tensor = node.input[0]
+        if self.final_softmax == "keep":
+            self._add_layer(node, G.Softmax(), [node.input[0]])
+            return
+        if node.input[0] == self.input_name:
+            raise self._error(node, f"the model is only a {op}; there are no layers left to import after stripping it")
+        self._alias(node, node.input[0])
+        self.stripped = f"stripped the final {op} node {self._label(node)}"
+        self.stripped_kind = "log_softmax" if op == "LogSoftmax" else "softmax"
 
     def _dropout(self, node):
         a = self._attrs(node)
@@ -982,6 +1063,117 @@ def _fuse_softplus(onnx, nodes, inits):
     return out
 
 
+def _fuse_activations(onnx, nodes, inits):
+    """Replace the decomposed forms torch exports for SiLU, Mish and GELU by one relprop-domain
+    node each (ONNX has no SiLU op, Mish only from opset 18 and Gelu only from opset 20):
+
+    * SiLU: ``Mul(x, Sigmoid(x))`` (every opset, both exporters);
+    * Mish: ``Mul(x, Tanh(Softplus(x)))`` (the TorchScript exporter);
+    * GELU exact: ``0.5 * x * (1 + Erf(x / sqrt 2))`` (``Div`` by sqrt 2 or ``Mul`` by 1/sqrt 2);
+    * GELU tanh: ``0.5 * x * (1 + Tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))``, ``x^3`` as
+      ``Pow(x, 3)`` or ``x * (x * x)``.
+
+    Products match in any order and grouping of their ``Mul`` factors (each inner ``Mul`` read
+    only there); constants must equal the formula's to float32 precision. The matched nodes
+    become dead and are skipped unless something else reads them (then they import on their
+    own, or the import names the op it cannot map, e.g. ``Erf``).
+    """
+    producer = {o: n for n in nodes for o in n.output if o}
+    consts = dict(inits)
+    for n in nodes:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    uses = {}
+    for n in nodes:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+
+    def scalar(name):
+        v = consts.get(name)
+        return float(np.asarray(v).reshape(-1)[0]) if v is not None and np.asarray(v).size == 1 else None
+
+    def close(v, ref):
+        return v is not None and abs(v - ref) <= 1e-6 * abs(ref)
+
+    def op(name, *types):
+        p = producer.get(name)
+        return p if p is not None and p.op_type in types and p.domain in ("", "ai.onnx") else None
+
+    def product(name, top=False):
+        """``name`` as ``coefficient * prod(factors)`` over Mul/Div/Pow nodes read only there."""
+        if scalar(name) is not None:
+            return scalar(name), []
+        p = op(name, "Mul", "Div", "Pow")
+        if p is None or (not top and uses.get(name, 0) != 1):
+            return 1.0, [name]
+        if p.op_type == "Mul":
+            (c1, f1), (c2, f2) = product(p.input[0]), product(p.input[1])
+            return c1 * c2, f1 + f2
+        d = scalar(p.input[1])
+        if p.op_type == "Div" and d:
+            c1, f1 = product(p.input[0])
+            return c1 / d, f1
+        if p.op_type == "Pow" and d in (2.0, 3.0):
+            c1, f1 = product(p.input[0])
+            return c1 ** d, f1 * int(d)
+        return 1.0, [name]
+
+    def one_plus(name):  # Add(1, v) or Add(v, 1) -> v
+        p = op(name, "Add")
+        if p is not None:
+            for one, v in (p.input, p.input[::-1]):
+                if close(scalar(one), 1.0):
+                    return v
+        return None
+
+    def gelu(x, a):  # a = 1 + erf(x / sqrt 2) or 1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)) -> approximate
+        v = one_plus(a)
+        if op(v, "Erf") is not None:
+            c, f = product(op(v, "Erf").input[0], top=True)
+            return "none" if close(c, 1 / math.sqrt(2)) and f == [x] else None
+        if op(v, "Tanh") is not None:
+            c, f = product(op(v, "Tanh").input[0], top=True)
+            inner = op(f[0], "Add") if len(f) == 1 and close(c, math.sqrt(2 / math.pi)) else None
+            if inner is not None:
+                for lin, cube in (inner.input, inner.input[::-1]):
+                    c3, f3 = product(cube, top=True)
+                    if lin == x and close(c3, 0.044715) and f3 == [x, x, x]:
+                        return "tanh"
+        return None
+
+    def match(n):  # the final Mul of a pattern -> (op type, x, attributes) or None
+        coef, fs = product(n.output[0], top=True)
+        if len(fs) != 2:
+            return None
+        for x, other in (fs, fs[::-1]):
+            if x in consts:
+                continue
+            s = op(other, "Sigmoid")
+            if close(coef, 1.0) and s is not None and s.input[0] == x:
+                return "SiLU", x, {}
+            t = op(other, "Tanh")
+            sp = op(t.input[0], "Softplus") if t is not None else None
+            if close(coef, 1.0) and sp is not None and sp.input[0] == x:
+                return "Mish", x, {}
+            if close(coef, 0.5):
+                approx = gelu(x, other)
+                if approx is not None:
+                    return "Gelu", x, {"approximate": approx}
+        return None
+
+    out = []
+    for n in nodes:
+        m = match(n) if n.op_type == "Mul" and n.domain in ("", "ai.onnx") else None
+        if m is None:
+            out.append(n)
+            continue
+        kind, x, attrs = m
+        new = onnx.helper.make_node(kind, [x], [n.output[0]], name=n.name, domain="relprop", **attrs)
+        out.append(new)
+        producer[n.output[0]] = new
+    return out
+
+
 # -- verification ---------------------------------------------------------------------------------
 def _verify(model, importer, net, raw, check):
     """Compare the relprop forward with ReferenceEvaluator on a probe input (and the scores
@@ -996,9 +1188,16 @@ def _verify(model, importer, net, raw, check):
         _report(check, f"could not run onnx.reference.ReferenceEvaluator to verify the import: "
                        f"{type(e).__name__}: {e}")
         return
-    models = [net] + ([G.Graph(net.nodes[:-1])] if importer.score_tensor else [])
-    for what, model_, ref in zip(("output", "scores before the Softmax"), models, refs):
-        problem = _compare(model_(x), ref)
+    kind = importer.stripped_kind
+    if kind is not None:  # the graph ends at the logits: they, and their softmax against the model's output
+        checks = [(f"output through the stripped {kind}", lambda m: apply_final_softmax(m(x), kind), refs[0]),
+                  ("scores before the stripped softmax", lambda m: m(x), refs[1])]
+    else:
+        checks = [("output", lambda m: m(x), refs[0])]
+        if importer.score_tensor:
+            checks.append(("scores before the Softmax", lambda m: G.Graph(m.nodes[:-1])(x), refs[1]))
+    for what, run, ref in checks:
+        problem = _compare(run(net), ref)
         if problem and raw is not None and what == "output" and not _compare(raw(x), ref):
             problem += " (the import itself agrees; rp.canonize changed the output)"
         if problem:

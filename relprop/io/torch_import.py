@@ -13,7 +13,11 @@ padding='same' with odd kernels, 'valid')
 nn.BatchNorm1d/2d, F.batch_norm (running statistics)        BatchNorm2d (folded by ``rp.canonize``)
 nn.ReLU, F.relu, torch.relu, x.relu()                       ReLU
 nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus (+ functions) LeakyReLU, Tanh, Sigmoid, Softplus
-nn.Softmax over the last axis, as the last operation        Softmax
+nn.ELU, nn.GELU (approximate 'none' / 'tanh'), nn.SiLU,     ELU, GELU, SiLU, Hardswish,
+nn.Hardswish, nn.Hardsigmoid, nn.ReLU6, nn.Mish (+ F.*)     Hardsigmoid, ReLU6, Mish
+nn.Hardtanh(0, 6), F.hardtanh(x, 0, 6)                      ReLU6
+nn.Softmax/LogSoftmax, F.softmax/log_softmax, x.softmax()   stripped (``final_softmax="strip"``),
+over dim 1 / -1 of (N, C), as the last operation            or Softmax (``"keep"``, softmax only)
 nn.MaxPool2d (dilation 1)                                   MaxPool2d
 nn.AvgPool2d (count_include_pad=True, no divisor_override)  AvgPool2d
 nn.AdaptiveAvgPool2d(1), x.mean((2, 3))                     GlobalAvgPool2d
@@ -27,9 +31,15 @@ torch.stack([...], -1).sum(-1)  (zennit.layer.Sum)          Add
 ==========================================================  ====================================
 
 ``ceil_mode=True`` pools are accepted only where they give the same output size as
-``ceil_mode=False`` (then they are the same operation). Anything else raises a ``ValueError``
-naming the operation, the traced node and the module path. A reused module (one ``nn.ReLU``
-applied twice) becomes one IR node per call.
+``ceil_mode=False`` (then they are the same operation). Anything else raises a one-line
+``ValueError`` naming the operation, the traced node, the module path, the source line (when
+fx records it) and what to do; ``relprop.io.supported_ops()["torch"]`` lists what is mapped.
+A reused module (one ``nn.ReLU`` applied twice) becomes one IR node per call.
+
+A final softmax or log-softmax is stripped by default, with a one-line
+``relprop.io.ImportNotice`` (a ``UserWarning``): every relprop method explains the pre-softmax
+score ``s_c`` anyway, and the stripped graph's output is the logits. A softmax anywhere else is
+refused.
 
 After building, the graph and the module both run on ``example_input`` -- in float64 on both
 sides, so that only a structural difference (not float32 rounding) can fail the comparison --
@@ -40,22 +50,26 @@ from __future__ import annotations
 
 import copy
 import operator
+import os
+import re
 import warnings
 
 import numpy as np
 
 from ..core import graph as G
 from ..core.canonize import canonize as _canonize, importer_fold
+from . import ImportNotice, apply_final_softmax, check_final_softmax
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (groups=1, dilation=1, padding_mode='zeros'), nn.BatchNorm1d/2d (with running "
-    "statistics), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, Softmax (last axis, last operation), nn.MaxPool2d "
+    "statistics), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6 "
+    "(or Hardtanh(0, 6)), Mish, Softmax (last axis, last operation), nn.MaxPool2d "
     "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d(1), mean over (2, 3), "
     "Flatten / flatten(x, 1) / view or reshape keeping the batch axis, Dropout, Identity, clone, + / torch.add, "
     "torch.cat, torch.stack summed over the stacked axis (zennit.layer.Sum)")
 
 
-def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canonize=True):
+def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canonize=True, final_softmax="strip"):
     """Convert a PyTorch module into a relprop graph and check it reproduces the module.
 
     Parameters
@@ -77,6 +91,14 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
         does before LRP; ``"after_and_before"`` also folds a BatchNorm that comes before one
         (same forward pass, different LRP relevance: see :func:`relprop.canonize`); ``False``
         keeps every BatchNorm2d node.
+    final_softmax : {"strip", "keep", "refuse"}
+        What to do with a softmax / log-softmax over the classes that is the module's last
+        operation. ``"strip"`` (default) drops it with a one-line ``relprop.io.ImportNotice``
+        (the graph then outputs the logits; relprop explains the pre-softmax score ``s_c``
+        either way); ``"keep"`` ends the graph with ``rp.Softmax`` (a log-softmax is refused:
+        relprop has no LogSoftmax layer); ``"refuse"`` raises. The forward check compares the
+        stripped graph with the module's pre-softmax values and, through the softmax, with its
+        output.
 
     Returns
     -------
@@ -85,6 +107,7 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
     Examples
     --------
     >>> net = rp.from_torch(torch_model.eval(), torch.randn(2, 3, 32, 32))     # doctest: +SKIP
+    >>> import warnings; warnings.filterwarnings("ignore", category=rp.io.ImportNotice)  # doctest: +SKIP
     >>> R = rp.attribute(net, x, "lrp", rules=rp.composites.EpsilonPlusFlat())  # doctest: +SKIP
     """
     try:
@@ -98,6 +121,7 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
         raise TypeError(f"from_torch: expected a torch.nn.Module, got {type(module).__name__}")
     if not (rtol >= 0) or (atol is not None and not atol >= 0):
         raise ValueError(f"from_torch: rtol and atol must be >= 0, got rtol={rtol!r}, atol={atol!r}")
+    check_final_softmax(final_softmax, "from_torch")
     fold = importer_fold(canonize)
     x = _example_tensor(torch, module, example_input)
 
@@ -106,14 +130,17 @@ def from_torch(module, example_input, check="raise", rtol=1e-5, atol=None, canon
     try:
         with torch.no_grad():
             gm, exported = _trace(torch, module, x)
-            graph = _Converter(torch, gm, x, exported).run()
+            conv = _Converter(torch, gm, x, exported, final_softmax, module=module)
+            graph = conv.run()
             if fold is not None:
                 graph = _canonize(graph, fold)
-            _check_forward(torch, module, graph, x, check, rtol, atol)
+            _check_forward(torch, module, graph, x, check, rtol, atol, gm, conv.stripped)
             graph.input_shape = tuple(int(s) for s in x.shape[1:])
     finally:
         for m, training in modes.items():
             m.training = training
+    if conv.stripped is not None:
+        warnings.warn(ImportNotice(f"from_torch: {conv.stripped.describe()}"), stacklevel=3)
     return graph
 
 
@@ -182,7 +209,22 @@ class _Stack:
 
 
 class _Unsupported(Exception):
-    """Raised by a handler: the message says what is wrong; the converter adds where."""
+    """Raised by a handler: the message says what is wrong; the converter adds where and, unless
+    the handler gives ``todo`` (what to do instead), the general advice ``_TODO``."""
+
+    def __init__(self, msg, todo=None):
+        super().__init__(msg)
+        self.todo = todo
+
+
+_TODO = ("rewrite that step with a mapped operation, or apply it outside the model; "
+         "relprop.io.supported_ops()['torch'] lists the operations the importer maps")
+_HEAD_KIND = {"softmax": "Softmax", "log_softmax": "LogSoftmax"}
+
+
+def _one_line(msg):
+    """Error messages are one line: a handler's text may quote values that print on several."""
+    return " ".join(part.strip() for part in msg.splitlines() if part.strip())
 
 
 def _bind(names, args, kwargs, defaults):
@@ -210,8 +252,26 @@ def _pair(v):
 # --------------------------------------------------------------------------------------------
 # The converter
 # --------------------------------------------------------------------------------------------
+class _Head:
+    """A softmax / log-softmax node of the IR: what it was in torch and where, for the decision
+    taken in ``_Converter._finish`` (strip, keep or refuse it)."""
+
+    def __init__(self, kind, what, where, source_input):
+        self.kind, self.what, self.where, self.source_input = kind, what, where, source_input
+
+    def describe(self):
+        return (f"stripped the final {self.kind} ({self.what}{self.where}): the graph outputs the logits, which "
+                "relprop explains anyway; final_softmax='keep' or 'refuse' changes this, "
+                "warnings.filterwarnings('ignore', category=relprop.io.ImportNotice) silences it")
+
+
 class _Converter:
-    def __init__(self, torch, gm, x, exported):
+    def __init__(self, torch, gm, x, exported, final_softmax="strip", module=None):
+        self.final_softmax = final_softmax
+        self.module = module  # traced again, with stack traces, only to locate a node in a message
+        self._stacks = None
+        self.heads = {}  # IR node name -> _Head, for every softmax / log-softmax
+        self.stripped = None  # the _Head removed from the end of the graph
         self.torch = torch
         self.gm = gm
         self.batch = int(x.shape[0])
@@ -247,8 +307,9 @@ class _Converter:
                 try:
                     self.env[n] = self._convert(n)
                 except _Unsupported as e:
-                    raise ValueError(f"from_torch: {self._what(n)} at node {n.name!r}{self._where(n)}: {e}. "
-                                     f"Supported: {SUPPORTED}") from None
+                    raise ValueError(_one_line(
+                        f"from_torch: {self._what(n)} at node {n.name!r}{self._where(n)}{self._source(n)}: {e}; "
+                        f"{e.todo or _TODO}")) from None
         return self._finish(out)
 
     def _finish(self, out):
@@ -265,10 +326,37 @@ class _Converter:
             todo.extend(by_name[name].inputs)
         nodes = [nd for nd in self.nodes if nd.name in keep]
         for nd in nodes[:-1]:
-            if nd.layer.kind == "Softmax":
-                raise ValueError(f"from_torch: Softmax at node {nd.name!r} is not the model's last operation; relprop "
-                                 "supports Softmax only as the output layer (explanations start from its input)")
+            head = self.heads.get(nd.name)
+            if head is not None:
+                raise ValueError(_one_line(
+                    f"from_torch: {_HEAD_KIND[head.kind]} at node {nd.name!r} is not the model's last operation "
+                    f"({head.what}{head.where}); relprop supports a softmax only as the last operation (explanations "
+                    "start from its input): move it out of the model or to its end"))
+        head = self.heads.get(nodes[-1].name)
+        if head is not None:
+            nodes = self._final_softmax(nodes, head)
         return G.Graph(nodes)
+
+    def _final_softmax(self, nodes, head):
+        """The nodes with the final softmax / log-softmax stripped, kept or refused (``final_softmax``)."""
+        where = f"{head.what}{head.where}"
+        if self.final_softmax == "refuse":
+            raise ValueError(_one_line(
+                f"from_torch: the model ends in a {head.kind} ({where}) and final_softmax='refuse'; pass "
+                "final_softmax='strip' to import the logits it is applied to (relprop explains the pre-softmax "
+                "score s_c either way)"))
+        if self.final_softmax == "keep" and head.kind == "log_softmax":
+            raise ValueError(_one_line(
+                f"from_torch: final_softmax='keep' cannot keep the final log_softmax ({where}): relprop has no "
+                "LogSoftmax layer; pass final_softmax='strip' (the graph then outputs the logits, which every "
+                "method explains anyway) or end the model in a softmax"))
+        if self.final_softmax == "keep":
+            return nodes
+        if nodes[-1].inputs[0] == "input":
+            raise ValueError(f"from_torch: the model is only a {head.kind} ({where}); there are no layers left to "
+                             "import after stripping it")
+        self.stripped = head
+        return nodes[:-1]
 
     def _emit(self, base, layer, inputs, shape):
         name, k = base, 1
@@ -297,6 +385,24 @@ class _Converter:
             path = list(stack.values())[-1][0]
             return f" (inside module {path!r})" if path else ""
         return ""
+
+    def _source(self, n):
+        """`` in file:line (function)`` of the user's code that made node ``n`` (from fx's recorded stack
+        trace: the innermost frame outside the torch package), or "" when fx has none.
+        torch.export records it; symbolic_trace does not, so the module is traced once more
+        with ``record_stack_traces`` (a message is being written: the cost does not matter)."""
+        stack = n.meta.get("stack_trace")
+        if stack is None and not self.exported and self.module is not None:
+            if self._stacks is None:
+                self._stacks = {}
+                try:
+                    tracer = self.torch.fx.Tracer()
+                    tracer.record_stack_traces = True
+                    self._stacks = {m.name: m.meta.get("stack_trace") for m in tracer.trace(self.module).nodes}
+                except Exception:  # noqa: BLE001 - the location is a courtesy
+                    pass
+            stack = self._stacks.get(n.name)
+        return _source_line(self.torch, stack)
 
     def _base_name(self, n):
         if n.op == "call_module":
@@ -448,15 +554,64 @@ class _Converter:
     def op_softplus(self, n, b, shape):
         return self._activation(n, b, shape, G.Softplus(float(b["beta"]), float(b["threshold"])))
 
-    def op_softmax(self, n, b, shape):
+    def op_elu(self, n, b, shape):
+        # aten.elu's scale / input_scale (SELU, CELU decompositions) are not ELU's
+        if float(b.get("scale", 1.0)) != 1.0 or float(b.get("input_scale", 1.0)) != 1.0:
+            raise _Unsupported(f"elu with scale={b.get('scale')}, input_scale={b.get('input_scale')} (SELU/CELU); "
+                               "relprop's ELU has scale = input_scale = 1")
+        return self._activation(n, b, shape, self._layer(G.ELU, float(b["alpha"])))
+
+    def op_gelu(self, n, b, shape):
+        return self._activation(n, b, shape, self._layer(G.GELU, b.get("approximate", "none")))
+
+    def op_silu(self, n, b, shape):
+        return self._activation(n, b, shape, G.SiLU())
+
+    def op_hardswish(self, n, b, shape):
+        return self._activation(n, b, shape, G.Hardswish())
+
+    def op_hardsigmoid(self, n, b, shape):
+        return self._activation(n, b, shape, G.Hardsigmoid())
+
+    def op_relu6(self, n, b, shape):
+        return self._activation(n, b, shape, G.ReLU6())
+
+    def op_hardtanh(self, n, b, shape):
+        lo, hi = float(b["min_val"]), float(b["max_val"])
+        if (lo, hi) != (0.0, 6.0):
+            raise _Unsupported(f"hardtanh(min_val={lo}, max_val={hi}); relprop maps hardtanh only as ReLU6 "
+                               "(min_val=0, max_val=6)")
+        return self._activation(n, b, shape, G.ReLU6())
+
+    def op_mish(self, n, b, shape):
+        return self._activation(n, b, shape, G.Mish())
+
+    @staticmethod
+    def _layer(cls, *args):
+        """``cls(*args)``, a refused parameter reported as an unsupported argument."""
+        try:
+            return cls(*args)
+        except (TypeError, ValueError) as e:
+            raise _Unsupported(str(e)) from None
+
+    def op_softmax(self, n, b, shape, kind="softmax"):
         x = self._tensor(b["input"])
         dim = b.get("dim")
+        if dim is None and len(x.shape) == 2:
+            dim = 1  # torch's implicit dim for a 2-d input (F.softmax without dim, deprecated)
         if dim is None or len(x.shape) != 2 or int(dim) not in (-1, 1):
-            raise _Unsupported(f"softmax over dim={dim} of a {len(x.shape)}-d tensor; relprop supports Softmax over the "
-                               "class axis of (N, classes) scores only")
+            raise _Unsupported(f"{kind} over dim={dim} of a {len(x.shape)}-d tensor; relprop supports a softmax over "
+                               "the class axis (dim=1 or -1) of (N, classes) scores only, as the last operation",
+                               todo="flatten the scores to (N, classes) first, or apply the softmax outside the model")
         if b.get("dtype") is not None or b.get("half_to_float"):
-            raise _Unsupported("softmax with a dtype argument")
-        return self._activation(n, b, shape, G.Softmax())
+            raise _Unsupported(f"{kind} with a dtype argument", todo="drop the dtype argument (or strip the softmax)")
+        t = self._activation(n, b, shape, G.Softmax())
+        self.heads[t.name] = _Head(kind, self._what(n), self._where(n) + self._source(n),
+                                   n.all_input_nodes[0] if n.all_input_nodes else None)
+        return t
+
+    def op_log_softmax(self, n, b, shape):
+        return self.op_softmax(n, b, shape, "log_softmax")
 
     def _pool_args(self, b, x, what):
         if len(x.shape) != 4:
@@ -638,6 +793,20 @@ class _Converter:
         raise _Unsupported(f"indexing a tensor with {idx!r} is not supported")
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
+
+
+def _source_line(torch, stack_trace):
+    if not stack_trace:
+        return ""
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+    user = [m for m in _FRAME.finditer(stack_trace) if not os.path.abspath(m.group(1)).startswith(torch_dir)]
+    if not user:
+        return ""
+    path, line, func = user[-1].groups()
+    return f" in {path}:{line} ({func})"
+
+
 def _fetch_attr(gm, target):
     obj = gm
     for part in target.split("."):
@@ -685,7 +854,16 @@ _SIGS = {
     "tanh": (("input",), {}),
     "sigmoid": (("input",), {}),
     "softplus": (("input", "beta", "threshold"), {"beta": 1.0, "threshold": 20.0}),
+    "elu": (("input", "alpha", "inplace"), {"alpha": 1.0}),
+    "gelu": (("input", "approximate"), {"approximate": "none"}),
+    "silu": (("input", "inplace"), {}),
+    "hardswish": (("input", "inplace"), {}),
+    "hardsigmoid": (("input", "inplace"), {}),
+    "relu6": (("input", "inplace"), {}),
+    "hardtanh": (("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0}),
+    "mish": (("input", "inplace"), {}),
     "softmax": (("input", "dim", "dtype"), {"dim": None}),
+    "log_softmax": (("input", "dim", "dtype"), {"dim": None}),
     "max_pool2d": (("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
                    {"stride": None, "padding": 0, "dilation": 1}),
     "avg_pool2d": (("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
@@ -741,8 +919,22 @@ def _function_tables(torch):
     reg("tanh", [torch.tanh, F.tanh, aten_op("tanh")])
     reg("sigmoid", [torch.sigmoid, F.sigmoid, aten_op("sigmoid")])
     reg("softplus", [F.softplus, aten_op("softplus")])
+    reg("elu", [F.elu, getattr(F, "elu_", None)])
+    reg("elu", [aten_op("elu"), aten_op("elu_")], ("input", "alpha", "scale", "input_scale"))
+    reg("gelu", [F.gelu, aten_op("gelu")])
+    reg("silu", [F.silu, aten_op("silu"), aten_op("silu_")])
+    reg("hardswish", [F.hardswish, aten_op("hardswish"), aten_op("hardswish_")])
+    reg("hardsigmoid", [F.hardsigmoid, aten_op("hardsigmoid"), aten_op("hardsigmoid_")])
+    reg("relu6", [F.relu6, aten_op("relu6"), aten_op("relu6_")])
+    reg("hardtanh", [F.hardtanh, getattr(F, "hardtanh_", None), aten_op("hardtanh"), aten_op("hardtanh_")])
+    reg("mish", [F.mish, aten_op("mish"), aten_op("mish_")])
     reg("softmax", [torch.softmax, aten_op("softmax", "int")])
     funcs[F.softmax] = ("softmax", ("input", "dim", "_stacklevel", "dtype"), {"dim": None})
+    reg("log_softmax", [torch.log_softmax, aten_op("log_softmax", "int")])
+    funcs[F.log_softmax] = ("log_softmax", ("input", "dim", "_stacklevel", "dtype"), {"dim": None})
+    for op, t in (("softmax", aten_op("_softmax")), ("log_softmax", aten_op("_log_softmax"))):
+        if t is not None:
+            funcs[t] = (op, ("input", "dim", "half_to_float"), {"half_to_float": False})
     reg("max_pool2d", [F.max_pool2d, torch.max_pool2d, aten_op("max_pool2d")])
     reg("avg_pool2d", [F.avg_pool2d, aten_op("avg_pool2d")])
     reg("adaptive_avg_pool2d", [F.adaptive_avg_pool2d, aten_op("adaptive_avg_pool2d"),
@@ -771,6 +963,7 @@ def _function_tables(torch):
     method("tanh", ("input",), "tanh", "tanh_")
     method("sigmoid", ("input",), "sigmoid", "sigmoid_")
     method("softmax", None, "softmax")
+    method("log_softmax", None, "log_softmax")
     method("mean", None, "mean")
     method("flatten", None, "flatten")
     method("reshape", None, "view", "reshape")
@@ -811,7 +1004,16 @@ def _module_table(torch):
         nn.Tanh: ("tanh", lambda m: {}),
         nn.Sigmoid: ("sigmoid", lambda m: {}),
         nn.Softplus: ("softplus", lambda m: {"beta": m.beta, "threshold": m.threshold}),
+        nn.ELU: ("elu", lambda m: {"alpha": m.alpha}),
+        nn.GELU: ("gelu", lambda m: {"approximate": m.approximate}),
+        nn.SiLU: ("silu", lambda m: {}),
+        nn.Hardswish: ("hardswish", lambda m: {}),
+        nn.Hardsigmoid: ("hardsigmoid", lambda m: {}),
+        nn.ReLU6: ("relu6", lambda m: {}),
+        nn.Hardtanh: ("hardtanh", lambda m: {"min_val": m.min_val, "max_val": m.max_val}),
+        nn.Mish: ("mish", lambda m: {}),
         nn.Softmax: ("softmax", lambda m: {"dim": m.dim}),
+        nn.LogSoftmax: ("log_softmax", lambda m: {"dim": m.dim}),
         nn.MaxPool2d: ("max_pool2d", lambda m: pool(m, "dilation", "return_indices")),
         nn.AvgPool2d: ("avg_pool2d", lambda m: pool(m, "count_include_pad", "divisor_override")),
         nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", lambda m: {"output_size": m.output_size}),
@@ -823,11 +1025,33 @@ def _module_table(torch):
     return table
 
 
+def supported_torch_ops():
+    """The names of what the mapping tables convert (``relprop.io.supported_ops()["torch"]``):
+    module classes, functions and tensor methods, as the import errors name them; the ``aten``
+    overloads (the same ops as ``torch.export`` records them) are left out."""
+    import torch
+
+    funcs, methods = _function_tables(torch)
+    names = set()
+    for cls in _module_table(torch):
+        mod = "torch.nn" if cls.__module__.startswith("torch.nn.modules") else cls.__module__
+        names.add(f"{mod}.{cls.__qualname__}")
+    for f in funcs:
+        if isinstance(f, torch._ops.OpOverload) or type(f).__name__ == "OpOverload":
+            continue
+        names.add(_func_name(f))
+    names.update(f"Tensor.{m}()" for m in methods)
+    return sorted(names)
+
+
 # --------------------------------------------------------------------------------------------
 # The forward check
 # --------------------------------------------------------------------------------------------
-def _check_forward(torch, module, graph, x, check, rtol, atol):
-    """Run the module and the graph on ``x`` (float64 on both sides where possible) and compare."""
+def _check_forward(torch, module, graph, x, check, rtol, atol, gm=None, stripped=None):
+    """Run the module and the graph on ``x`` (float64 on both sides where possible) and compare.
+    With a final softmax ``stripped``, the graph's logits are compared with the traced module's
+    values at the softmax input (a softmax hides a shift of the scores, which the explanations
+    see) and, through the softmax, with the module's output."""
     try:
         ref = copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
         xr = x.detach().to(device="cpu", dtype=torch.float64)
@@ -839,18 +1063,16 @@ def _check_forward(torch, module, graph, x, check, rtol, atol):
         raise ValueError(f"from_torch: the module returned {type(y_ref).__name__}; relprop models return one tensor")
     y_ref = y_ref.detach().cpu().double().numpy()
     y_rp = np.asarray(graph(xr.cpu().numpy()), dtype=np.float64)
-    if y_rp.shape != y_ref.shape:
-        problem = f"output shape {y_rp.shape} differs from the module's {y_ref.shape}"
+    if stripped is None:
+        problem = _mismatch(y_rp, y_ref, rtol, atol, "output")
     else:
-        scale = float(np.max(np.abs(y_ref))) if y_ref.size else 0.0
-        a = rtol * scale if atol is None else atol
-        diff = np.abs(y_rp - y_ref)
-        bad = ~(diff <= a + rtol * np.abs(y_ref))
-        if not np.any(bad):
-            return
-        problem = (f"max |difference| = {float(np.nanmax(diff)) if np.any(np.isfinite(diff)) else float('nan'):.3e} "
-                   f"at {np.count_nonzero(bad)} of {bad.size} outputs (max |output| = {scale:.3e}, rtol={rtol}, "
-                   f"atol={a:.3e})")
+        logits = _values_at(torch, gm, xr, stripped.source_input)
+        problem = None if logits is None else _mismatch(y_rp, logits, rtol, atol, "logits (before the stripped "
+                                                                                  f"{stripped.kind})")
+        problem = problem or _mismatch(apply_final_softmax(y_rp, stripped.kind), y_ref, rtol, atol,
+                                       f"output through the stripped {stripped.kind}")
+    if problem is None:
+        return
     msg = (f"from_torch: the imported graph does not reproduce the module on example_input: {problem}. "
            "The module may use an operation whose semantics relprop does not capture (e.g. in-place ops on a "
            "tensor used twice, or Python control flow that depends on the input)")
@@ -859,4 +1081,47 @@ def _check_forward(torch, module, graph, x, check, rtol, atol):
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-__all__ = ["from_torch", "SUPPORTED"]
+def _mismatch(y_rp, y_ref, rtol, atol, what):
+    """None when ``|y_rp - y_ref| <= atol + rtol |y_ref|`` everywhere, else what differs."""
+    if y_rp.shape != y_ref.shape:
+        return f"{what} shape {y_rp.shape} differs from the module's {y_ref.shape}"
+    scale = float(np.max(np.abs(y_ref))) if y_ref.size else 0.0
+    a = rtol * scale if atol is None else atol
+    diff = np.abs(y_rp - y_ref)
+    bad = ~(diff <= a + rtol * np.abs(y_ref))
+    if not np.any(bad):
+        return None
+    return (f"{what}: max |difference| = "
+            f"{float(np.nanmax(diff)) if np.any(np.isfinite(diff)) else float('nan'):.3e} at {np.count_nonzero(bad)} "
+            f"of {bad.size} values (max |value| = {scale:.3e}, rtol={rtol}, atol={a:.3e})")
+
+
+def _values_at(torch, gm, xr, fx_node):
+    """The traced module's value at ``fx_node`` for input ``xr`` (an fx Interpreter run on a
+    copy in ``xr``'s dtype), or None when it cannot be computed (then only the output is
+    compared)."""
+    if gm is None or fx_node is None:
+        return None
+    name = fx_node.name
+
+    class Grab(torch.fx.Interpreter):
+        value = None
+
+        def run_node(self, n):
+            r = super().run_node(n)
+            if n.name == name:
+                self.value = r
+            return r
+
+    try:
+        with warnings.catch_warnings():  # torch's own deprecation notices on copying an exported module
+            warnings.simplefilter("ignore", FutureWarning)
+            it = Grab(copy.deepcopy(gm).to(device="cpu", dtype=xr.dtype))
+        it.run(xr)
+    except Exception:  # noqa: BLE001 - a graph the interpreter cannot rerun: the output check remains
+        return None
+    v = it.value
+    return v.detach().cpu().double().numpy() if isinstance(v, torch.Tensor) else None
+
+
+__all__ = ["from_torch", "supported_torch_ops", "SUPPORTED"]

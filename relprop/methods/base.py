@@ -17,7 +17,8 @@ Every method also declares its capabilities, which the API, the multi-target exe
 * ``averages_noise``: it already averages over noisy inputs (smoothgrad refuses to wrap it);
 * ``per_sample``: array parameters that may carry one row per sample (sliced with the batch);
 * ``sums_to``: ``"score"`` (relevance conservation: sum R = s_c(x)), ``"delta"``
-  (completeness / summation-to-delta: sum R = s_c(x) - s_c(baseline)) or None.
+  (completeness / summation-to-delta: sum R = s_c(x) - s_c(baseline)) or None; a call's
+  parameters may change it (:func:`sums_to`: the LRP family's ``start="one_hot"`` conserves 1).
 """
 from __future__ import annotations
 
@@ -137,6 +138,21 @@ def resolve_target(ctx, x, target):
     return target
 
 
+def start_scaled(method, params):
+    """True when the backward pass starts from ``s_c e_c``, False for ``e_c``: the call's
+    ``start=`` ("score" / "one_hot", the LRP family's parameter) where given, else the
+    method's declared start."""
+    return params.get("start", method.start) == "score"
+
+
+def sums_to(method, params):
+    """What ``sum R`` of ``method`` run with ``params`` should equal: its declared ``sums_to``,
+    with ``"one"`` (sum R = 1) for a conserving method started from ``e_c`` (``start="one_hot"``)."""
+    if method.sums_to == "score" and params.get("start") == "one_hot":
+        return "one"
+    return method.sums_to
+
+
 def rules_by_node(graph, method, params):
     return dict(zip((nd.name for nd in graph.linear_nodes()), method.rules(graph, params)))
 
@@ -180,7 +196,7 @@ def traverse(ctx, x, targets, method, params):
         k = tk.shape[1]
         tp = tape if k == 1 else _repeat_tape(tape, n, k, mode == DEEPLIFT)
         sc = score if k == 1 else xp.repeat(score, k, axis=0)
-        g = engine.backward(bm, tp, onehot(sc, tk.reshape(-1), method.start == "score"), mode, rules=by_node,
+        g = engine.backward(bm, tp, onehot(sc, tk.reshape(-1), start_scaled(method, params)), mode, rules=by_node,
                             pool_eps=pool_eps, relu=relu, reveal=reveal).reshape((n, k) + x.shape[1:])
         out[:, k0:k0 + k] = _post(method.post, g, x, x0)
     return out

@@ -12,6 +12,14 @@ winner.
   the first, w^2 (or z^B with ``low``/``high``) on the first;
 * ``excitation_backprop`` (Zhang et al. 2016): marginal winning probabilities, the z+ rule on
   every linear layer from a unit start signal ``e_c`` (Zennit's ``ExcitationBackprop``).
+
+The starting signal of every method but excitation backprop is its ``start=`` parameter:
+``"score"`` (default), ``R = s_c e_c`` (Bach et al. 2015; Montavon et al. 2019),
+so that conservation makes ``sum_i R_i = s_c(x)``; or ``"one_hot"``, ``R = e_c``, what Zennit
+returns for ``attributor(x, one_hot)`` (``Explanation.sums_to`` is then ``"one"``: the
+relevance sums to 1). Every rule is linear in the relevance it receives, so the two differ by
+the factor ``s_c(x)`` per sample. Excitation backprop always starts from ``e_c``: its relevance
+is a probability distribution (Zhang et al. 2016).
 """
 from __future__ import annotations
 
@@ -23,6 +31,9 @@ from ..core.modes import LRP
 from .base import Method, register
 
 GPU = frozenset({"cpu", "gpu"})
+#: the values of the LRP family's ``start=`` parameter: the relevance at the score node
+STARTS = {"score": "R = s_c e_c, relevance summing to the target's score",
+          "one_hot": "R = e_c as Zennit's attributor(x, one_hot), relevance summing to 1"}
 
 def _rules_given(graph, p):
     """``lrp``: the composite's rules for this graph, or the list given."""
@@ -65,14 +76,30 @@ def _one_rule(cls):
 
 def rules_for(graph, method, params):
     """The per-layer rule list of an LRP-family method (its declared rule builder)."""
-    return _BUILDERS[method](graph, dict(params))
+    return _BUILDERS[method](graph, _rule_params(params))
+
+
+def _rule_params(p):
+    """The parameters a rule builder reads: all but the starting signal."""
+    return {k: v for k, v in p.items() if k != "start"}
+
+
+def _check_start(name, p):
+    if "start" not in p:
+        return None
+    v = p["start"]
+    if not isinstance(v, str) or v not in STARTS:
+        raise ValueError(f"method {name!r}: start must be "
+                         f"{' or '.join(f'{k!r} ({d})' for k, d in STARTS.items())}, got {v!r}")
+    return v
 
 
 def _validator(name, build):
     def validate(graph, x, p):
         """Builds (and so checks) the rule list; checks z^B bounds against x where x is the layer input."""
+        start = _check_start(name, p)
         try:
-            rules = build(graph, dict(p))
+            rules = build(graph, _rule_params(p))
         except TypeError as e:
             msg = str(e)
             raise TypeError(msg if msg.startswith("method ") else f"method {name!r}: {msg}") from None
@@ -85,6 +112,8 @@ def _validator(name, build):
             if isinstance(rule, R.ZBox) and x is not None and _reads_input_directly(graph, node):
                 _check_bounds(rule.low, rule.high, x, f"ZBox rule on layer {node.name!r}")
         out = {"rules": rules}
+        if start is not None:
+            out["start"] = start
         out["pool_eps"] = p["rules"].stabilizer if isinstance(p.get("rules"), C.Composite) else engine.POOL_STABILIZER
         return out
 
@@ -99,7 +128,10 @@ _BUILDERS = {}
 
 
 def _lrp(name, params, doc, build, start="score", sums_to="score"):
-    """Register an LRP-family method: its parameters and the function building its rule list."""
+    """Register an LRP-family method: its parameters and the function building its rule list.
+    A method starting from the score also takes ``start=`` ("score" or "one_hot", see STARTS)."""
+    if start == "score":
+        params = {**params, "start": "score"}
     _BUILDERS[name] = build
     register(Method(name, doc, params, validate=_validator(name, build), mode=LRP, start=start, rules=_rules, backends=GPU,
                     sums_to=sums_to, family="lrp"))

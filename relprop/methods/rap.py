@@ -47,7 +47,8 @@ Other nodes: ReLU, Dropout and Identity pass ``R``; Flatten/Reshape reshape it; 
 global average pooling take the z-rule ``R_in = a pool^T(R / z)`` (max pooling: to the window's
 winner); BatchNorm2d passes ``R`` where ``a * scale != 0``; Add gives input ``i`` the share
 ``a_i R / z``; Concat gives each input its slice where ``a_i != 0``; relevance a node receives from
-several consumers adds up. Tanh, Sigmoid, LeakyReLU and Softplus have no RAP rule and are refused.
+several consumers adds up. Tanh, Sigmoid, LeakyReLU, Softplus, ELU, GELU, SiLU, Hardswish,
+Hardsigmoid, ReLU6 and Mish have no RAP rule and are refused.
 
 Conservation: when the output layer and every hidden Dense/Conv2d read nonnegative activations (ReLU
 networks such as the authors' VGG and ResNet models), ``sum_i R_i(x) = z_c(x)``, up to relevance

@@ -262,7 +262,7 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
     # a random method's seed is fixed for the whole job and recorded; a rerun with seed=None
     # continues with the seed its store recorded
     ex = ex.with_seed(_recorded_seed(ex, out))
-    sums_to = ex.method.sums_to if ex.base is None else None
+    sums_to = ex.sums_to
     kshape = (T.k,) if T.multi else ()
     cols = {"attributions": [list(kshape + shape), dtype.str], "targets": [list(kshape), "<i8"],
             "scores": [list(kshape), "<f8"]}
