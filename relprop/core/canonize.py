@@ -23,7 +23,7 @@ def _fold_after(lin, bn):
     b = L.bias.astype(np.float64) * scale + shift
     if L.kind == "Dense":
         return Dense(w.astype(dt), b.astype(dt))
-    return Conv2d(w.astype(dt), b.astype(dt), L.stride, L.padding)
+    return Conv2d(w.astype(dt), b.astype(dt), L.stride, L.padding, L.groups, L.dilation)
 
 
 def _fold_before(bn, lin):
@@ -41,7 +41,7 @@ def _fold_before(bn, lin):
         return None
     w = W * scale[None, :, None, None]
     b = L.bias + (W * shift[None, :, None, None]).sum(axis=(1, 2, 3))
-    return Conv2d(w.astype(dt), b.astype(dt), L.stride, L.padding)
+    return Conv2d(w.astype(dt), b.astype(dt), L.stride, L.padding, L.groups, L.dilation)
 
 
 FOLDS = ("after", "after_and_before")

@@ -169,15 +169,23 @@ class Dense(Layer):
 
 
 class Conv2d(Layer):
-    """2-D convolution (NCHW, zero padding); ``weight`` (out, in, kh, kw), ``bias`` (out,)."""
+    """2-D convolution (NCHW, zero padding); ``weight`` (out, in, kh, kw), ``bias`` (out,).
+
+    ``groups`` and ``dilation`` declare structural zeros of a *dense* weight: a grouped
+    convolution is exactly a dense one whose weight is block-diagonal over the groups, and a
+    kernel of taps ``k`` dilated by ``d`` is exactly a dense ``(k - 1) d + 1`` kernel with zeros
+    between the taps. The layer always computes with the dense weight (build it from torch's
+    compact layout with :meth:`from_compact`); the constructor checks that the weight is zero
+    off the structure, and :meth:`structure_mask` gives the rules that do not read the weight's
+    values (Flat) the taps the convolution actually has."""
 
     kind = "Conv2d"
     input_rank = 3
     linear = True
     arrays = ("weight", "bias")
-    hyper = ("stride", "padding")
+    hyper = ("stride", "padding", "groups", "dilation")
 
-    def __init__(self, weight, bias=None, stride=1, padding=0):
+    def __init__(self, weight, bias=None, stride=1, padding=0, groups=1, dilation=1):
         self.weight = _weight(weight, "weight", "Conv2d", 4)
         self.bias = _weight(bias, "bias", "Conv2d", 1)
         out = self.weight.shape[0]
@@ -189,12 +197,68 @@ class Conv2d(Layer):
         self.padding = _pair(padding, "padding", "Conv2d")
         if min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"Conv2d: stride must be >= 1 and padding >= 0, got {self.stride}, {self.padding}")
+        self.groups = _int(groups, "groups", "Conv2d")
+        self.dilation = _pair(dilation, "dilation", "Conv2d")
+        if self.groups < 1 or min(self.dilation) < 1:
+            raise ValueError(f"Conv2d: groups and dilation must be >= 1, got groups={self.groups}, "
+                             f"dilation={self.dilation}")
+        self._check_structure(self.weight.shape)
+        mask = self.structure_mask()
+        if mask is not None and np.any(self.weight[~mask] != 0):
+            raise ValueError(f"Conv2d: groups={self.groups}, dilation={self.dilation} declare zeros that the weight "
+                             f"{self.weight.shape} does not have (build it with Conv2d.from_compact)")
+
+    def _check_structure(self, shape):
+        o, c, kh, kw = shape
+        g, (dh, dw) = self.groups, self.dilation
+        if o % g or c % g:
+            raise ValueError(f"Conv2d: groups={g} must divide the output and input channels, got weight {tuple(shape)}")
+        if (kh - 1) % dh or (kw - 1) % dw:
+            raise ValueError(f"Conv2d: a kernel dilated by {self.dilation} has (k - 1) * d + 1 rows and columns, "
+                             f"got weight {tuple(shape)}")
+
+    def structure_mask(self):
+        """Boolean (out, in, kh, kw) mask of the weights the grouped / dilated convolution has
+        (True), or None for a plain dense convolution."""
+        if self.groups == 1 and self.dilation == (1, 1):
+            return None
+        o, c, kh, kw = self.weight.shape
+        g, (dh, dw) = self.groups, self.dilation
+        blocks = np.arange(o)[:, None] // (o // g) == np.arange(c)[None, :] // (c // g)
+        taps = (np.arange(kh)[:, None] % dh == 0) & (np.arange(kw)[None, :] % dw == 0)
+        return blocks[:, :, None, None] & taps[None, None]
+
+    @classmethod
+    def from_compact(cls, weight, bias=None, stride=1, padding=0, groups=1, dilation=1):
+        """The layer of torch's ``conv2d(x, weight, bias, stride, padding, dilation, groups)``:
+        ``weight`` (out, in / groups, k_h, k_w) is expanded to the dense, block-diagonal,
+        zero-dilated (out, in, (k_h - 1) d_h + 1, (k_w - 1) d_w + 1) weight. The expansion
+        multiplies the convolution's work by ``in / groups`` per group block and by the
+        dilated kernel's area over the taps' (a dedicated kernel is left for later)."""
+        w = np.asarray(weight)
+        if w.ndim != 4:
+            raise ValueError(f"Conv2d.from_compact: weight must have 4 dimensions, got shape {w.shape}")
+        g = _int(groups, "groups", "Conv2d")
+        dh, dw = _pair(dilation, "dilation", "Conv2d")
+        if g < 1 or dh < 1 or dw < 1:
+            raise ValueError(f"Conv2d.from_compact: groups and dilation must be >= 1, got {groups}, {dilation}")
+        o, cg, kh, kw = w.shape
+        if o % g:
+            raise ValueError(f"Conv2d.from_compact: groups={g} must divide the {o} output channels")
+        dense = np.zeros((o, cg * g, (kh - 1) * dh + 1, (kw - 1) * dw + 1), w.dtype)
+        og = o // g
+        for i in range(g):
+            dense[i * og:(i + 1) * og, i * cg:(i + 1) * cg, ::dh, ::dw] = w[i * og:(i + 1) * og]
+        return cls(dense, bias, stride, padding, g, (dh, dw))
 
     def __repr__(self):
         o, c, kh, kw = self.weight.shape
-        return f"Conv2d({c} -> {o}, {kh}x{kw}, stride={self.stride}, padding={self.padding})"
+        extra = (f", groups={self.groups}" if self.groups != 1 else "") + \
+            (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+        return f"Conv2d({c} -> {o}, {kh}x{kw}, stride={self.stride}, padding={self.padding}{extra})"
 
     def out_shape(self, in_shape):
+        self._check_structure(self.weight.shape)  # a loaded file's declared shapes, too
         o, c, kh, kw = self.weight.shape
         if len(in_shape) != 3 or in_shape[0] != c:
             raise ValueError(f"expects input (C={c}, H, W), got per-sample shape {tuple(in_shape)}")
@@ -204,6 +268,58 @@ class Conv2d(Layer):
         if ho < 1 or wo < 1:
             raise ValueError(f"kernel {kh}x{kw} does not fit input {h}x{w} with padding {self.padding}")
         return (o, ho, wo)
+
+
+#: Pad's modes and numpy's names for them (torch: padding_mode / F.pad; ONNX Pad: constant,
+#: reflect, edge, wrap)
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+class Pad(Layer):
+    """Spatial padding of (N, C, H, W) inputs by ``pads = (top, bottom, left, right)``:
+    ``"constant"`` (``value``), ``"reflect"`` (mirror without the edge, as torch), ``"replicate"``
+    (the edge repeated) or ``"circular"`` (wrap-around). Every padded value is a copy of one
+    input pixel (or the constant), so all backward modes send the signal of each padded
+    position back to its source pixel (the adjoint, a scatter-add); a constant has no source."""
+
+    kind = "Pad"
+    input_rank = 3
+    hyper = ("pads", "mode", "value")
+
+    def __init__(self, pads, mode="constant", value=0.0):
+        if isinstance(pads, (str, bytes)) or not hasattr(pads, "__len__") or len(pads) != 4:
+            raise TypeError(f"Pad: pads must be 4 ints (top, bottom, left, right), got {pads!r}")
+        self.pads = tuple(_int(p, "pads", "Pad") for p in pads)
+        if min(self.pads) < 0:
+            raise ValueError(f"Pad: pads must be >= 0, got {self.pads}")
+        if not isinstance(mode, str) or mode not in PAD_MODES:
+            raise ValueError(f"Pad: mode must be one of {list(PAD_MODES)}, got {mode!r}")
+        self.mode = mode
+        self.value = _number(value, "value", "Pad")
+        if mode != "constant" and self.value != 0:
+            raise ValueError(f"Pad: value applies to mode='constant' only, got value={value!r} with mode={mode!r}")
+
+    def __repr__(self):
+        return f"Pad({self.pads}, mode={self.mode!r}" + (f", value={self.value}" if self.value else "") + ")"
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (C, H, W), got per-sample shape {tuple(in_shape)}")
+        c, h, w = in_shape
+        t, b, l, r = self.pads
+        if self.mode == "reflect" and (max(t, b) >= h or max(l, r) >= w):
+            raise ValueError(f"reflect padding {self.pads} must be smaller than the input {h}x{w} (as torch)")
+        if self.mode == "circular" and (max(t, b) > h or max(l, r) > w):
+            raise ValueError(f"circular padding {self.pads} must be at most the input {h}x{w} (as torch)")
+        return (c, h + t + b, w + l + r)
+
+    def sources(self, h, w):
+        """Source row and column of every padded position (-1: the constant)."""
+        t, b, l, r = self.pads
+        np_mode = PAD_MODES[self.mode]
+        if np_mode == "constant":
+            return (np.pad(np.arange(h), (t, b), constant_values=-1), np.pad(np.arange(w), (l, r), constant_values=-1))
+        return np.pad(np.arange(h), (t, b), mode=np_mode), np.pad(np.arange(w), (l, r), mode=np_mode)
 
 
 class _Pool2d(Layer):
@@ -552,6 +668,241 @@ class Concat(Layer):
         out = list(in_shapes[0])
         out[ax] = sum(s[ax] for s in in_shapes)
         return tuple(out)
+
+
+# -- adaptive pooling, upsampling, normalization, elementwise product (issue 15). Forward,
+# gradient, LRP and DeepLIFT in ``relprop.core.layers`` (AdaptivePool, Resample, Norm, Mul).
+def _adaptive_bounds(n_in, n_out):
+    """torch's adaptive pooling windows along one axis: ``[floor(i n_in / n_out), ceil((i + 1)
+    n_in / n_out))`` for ``i < n_out`` (``aten/src/ATen/native/AdaptivePooling.h``)."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+class _AdaptivePool2d(Layer):
+    input_rank = 3
+    hyper = ("output_size",)
+
+    def __init__(self, output_size):
+        self.output_size = _pair(output_size, "output_size", self.kind)
+        if min(self.output_size) < 1:
+            raise ValueError(f"{self.kind}: output_size must be >= 1, got {self.output_size}")
+
+    def __repr__(self):
+        return f"{self.kind}({self.output_size})"
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (C, H, W), got per-sample shape {tuple(in_shape)}")
+        return (in_shape[0],) + self.output_size
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Mean over torch's adaptive windows (``torch.nn.AdaptiveAvgPool2d``, any output size,
+    also larger than the input: windows then overlap or repeat pixels)."""
+
+    kind = "AdaptiveAvgPool2d"
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max over torch's adaptive windows (``torch.nn.AdaptiveMaxPool2d``); the winner of a
+    tie is the first pixel in row-major order, as torch's CPU kernel."""
+
+    kind = "AdaptiveMaxPool2d"
+
+
+#: Upsample's ``mode`` values (``torch.nn.Upsample``)
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+class Upsample(Layer):
+    """Resize of (N, C, H, W) to ``size`` or by ``scale_factor`` (``torch.nn.Upsample`` /
+    ``F.interpolate`` with ``recompute_scale_factor`` unset): ``mode="nearest"`` reads source
+    pixel ``min(floor(i s), H - 1)``; ``"bilinear"`` interpolates at ``(i + 1/2) s - 1/2``
+    (clamped at 0), or at ``i (H - 1) / (Ho - 1)`` with ``align_corners=True``; ``s = 1 /
+    scale_factor`` when a factor is given, ``H / Ho`` otherwise. Exactly one of ``size`` and
+    ``scale_factor``. Both modes are linear maps, separable over H and W."""
+
+    kind = "Upsample"
+    input_rank = 3
+    hyper = ("size", "scale_factor", "mode", "align_corners")
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=False):
+        if (size is None) == (scale_factor is None):
+            raise ValueError(f"Upsample: give exactly one of size and scale_factor, got size={size!r}, "
+                             f"scale_factor={scale_factor!r}")
+        if not isinstance(mode, str) or mode not in UPSAMPLE_MODES:
+            raise ValueError(f"Upsample: mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+        if not isinstance(align_corners, (bool, np.bool_)):
+            raise TypeError(f"Upsample: align_corners must be a bool, got {align_corners!r}")
+        if mode == "nearest" and align_corners:
+            raise ValueError("Upsample: align_corners=True needs mode='bilinear' (torch refuses it for 'nearest')")
+        self.size = None if size is None else _pair(size, "size", "Upsample")
+        if self.size is not None and min(self.size) < 1:
+            raise ValueError(f"Upsample: size must be >= 1, got {self.size}")
+        if scale_factor is None:
+            self.scale_factor = None
+        else:
+            sf = (scale_factor, scale_factor) if not isinstance(scale_factor, (tuple, list)) else tuple(scale_factor)
+            if len(sf) != 2:
+                raise ValueError(f"Upsample: scale_factor must be a number or a pair, got {scale_factor!r}")
+            self.scale_factor = tuple(_number(_real(s, "scale_factor", "Upsample"), "scale_factor", "Upsample")
+                                      for s in sf)
+            if min(self.scale_factor) <= 0:
+                raise ValueError(f"Upsample: scale_factor must be > 0, got {scale_factor!r}")
+        self.mode, self.align_corners = mode, bool(align_corners)
+
+    def __repr__(self):
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"Upsample({what}, mode={self.mode!r}, align_corners={self.align_corners})"
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (C, H, W), got per-sample shape {tuple(in_shape)}")
+        if self.size is not None:
+            return (in_shape[0],) + self.size
+        ho, wo = (int(math.floor(n * s)) for n, s in zip(in_shape[1:], self.scale_factor))
+        if ho < 1 or wo < 1 or max(ho, wo) > MAX_INDEX:
+            raise ValueError(f"scale_factor {self.scale_factor} gives output {ho}x{wo} for input {in_shape[1:]}")
+        return (in_shape[0], ho, wo)
+
+
+#: the LRP treatments of LayerNorm / GroupNorm (``relprop.core.layers.Norm``)
+NORM_LRP_RULES = ("identity", "linear")
+
+
+def _lrp_rule(v, layer):
+    if not isinstance(v, str) or v not in NORM_LRP_RULES:
+        raise ValueError(f"{layer}: lrp_rule must be one of {NORM_LRP_RULES}, got {v!r}")
+    return v
+
+
+def _eps(v, layer):
+    eps = _number(_real(v, "eps", layer), "eps", layer)
+    if eps <= 0:
+        raise ValueError(f"{layer}: eps must be a finite number > 0, got {v!r}")
+    return eps
+
+
+class LayerNorm(Layer):
+    """``y = (x - mean) / sqrt(var + eps) * weight + bias``, mean and (biased) variance over the
+    trailing ``normalized_shape`` dims of each sample (Ba et al. 2016; ``torch.nn.LayerNorm``);
+    ``weight``/``bias`` of shape ``normalized_shape`` (ones/zeros when None). ``lrp_rule``:
+    ``"identity"`` passes relevance through (Zennit's Pass; Ali et al. 2022, Sec. 3.3, for the
+    normalization) or ``"linear"`` (mean and std as constants, the z-rule on the affine map)."""
+
+    kind = "LayerNorm"
+    arrays = ("weight", "bias")
+    hyper = ("normalized_shape", "eps", "lrp_rule")
+
+    def __init__(self, normalized_shape, weight=None, bias=None, eps=1e-5, lrp_rule="identity"):
+        if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, (bool, np.bool_)):
+            normalized_shape = (normalized_shape,)
+        if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):
+            raise TypeError(f"LayerNorm: normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}")
+        self.normalized_shape = tuple(_int(s, "normalized_shape", "LayerNorm") for s in normalized_shape)
+        if not 1 <= len(self.normalized_shape) <= 8 or min(self.normalized_shape) < 1:
+            raise ValueError(f"LayerNorm: normalized_shape must be 1 to 8 sizes >= 1, got {self.normalized_shape}")
+        nd = len(self.normalized_shape)
+        self.weight = _weight(weight, "weight", "LayerNorm", nd)
+        self.bias = _weight(bias, "bias", "LayerNorm", nd)
+        if self.weight is None:
+            self.weight = np.ones(self.normalized_shape, np.float32 if self.bias is None else self.bias.dtype)
+        if self.bias is None:
+            self.bias = np.zeros(self.weight.shape, self.weight.dtype)
+        if self.bias.shape != self.weight.shape:
+            raise ValueError(f"LayerNorm: bias must have weight's shape {self.weight.shape}, got {self.bias.shape}")
+        # the file loader builds layers on one-element placeholders first: a one-element weight
+        # is checked against normalized_shape in out_shape instead
+        if self.weight.shape != self.normalized_shape and self.weight.size > 1:
+            raise ValueError(f"LayerNorm: weight and bias must have shape normalized_shape {self.normalized_shape}, "
+                             f"got {self.weight.shape}")
+        self.eps = _eps(eps, "LayerNorm")
+        self.lrp_rule = _lrp_rule(lrp_rule, "LayerNorm")
+
+    def __repr__(self):
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps}, lrp_rule={self.lrp_rule!r})"
+
+    def out_shape(self, in_shape):
+        nd = len(self.normalized_shape)
+        if len(in_shape) < nd or tuple(in_shape[len(in_shape) - nd:]) != self.normalized_shape:
+            raise ValueError(f"normalized_shape {self.normalized_shape} must be the trailing dims of the input, "
+                             f"got per-sample shape {tuple(in_shape)}")
+        if tuple(self.weight.shape) != self.normalized_shape or tuple(self.bias.shape) != self.normalized_shape:
+            raise ValueError(f"weight and bias must have shape {self.normalized_shape}, got {tuple(self.weight.shape)} "
+                             f"and {tuple(self.bias.shape)}")
+        return in_shape
+
+
+class GroupNorm(Layer):
+    """``y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c]``, mean and (biased) variance over
+    each group of ``C / num_groups`` channels and all positions of a sample (Wu & He 2018;
+    ``torch.nn.GroupNorm``); ``weight``, ``bias`` (C,). ``lrp_rule`` as for :class:`LayerNorm`."""
+
+    kind = "GroupNorm"
+    arrays = ("weight", "bias")
+    hyper = ("num_groups", "eps", "lrp_rule")
+
+    def __init__(self, num_groups, weight, bias=None, eps=1e-5, lrp_rule="identity"):
+        self.num_groups = _int(num_groups, "num_groups", "GroupNorm")
+        if self.num_groups < 1:
+            raise ValueError(f"GroupNorm: num_groups must be >= 1, got {num_groups!r}")
+        self.weight = _weight(weight, "weight", "GroupNorm", 1)
+        if self.weight is None:
+            raise ValueError("GroupNorm: weight (C,) is required (np.ones(C) for no affine transform)")
+        self.bias = _weight(bias, "bias", "GroupNorm", 1)
+        if self.bias is None:
+            self.bias = np.zeros(self.weight.shape, self.weight.dtype)
+        if self.bias.shape != self.weight.shape:
+            raise ValueError(f"GroupNorm: bias must have weight's shape {self.weight.shape}, got {self.bias.shape}")
+        c = self.weight.shape[0]
+        if c > 1 and c % self.num_groups:  # one element: a file loader's placeholder, checked in out_shape
+            raise ValueError(f"GroupNorm: the {c} channels must split into num_groups={self.num_groups} equal groups")
+        self.eps = _eps(eps, "GroupNorm")
+        self.lrp_rule = _lrp_rule(lrp_rule, "GroupNorm")
+
+    def __repr__(self):
+        return f"GroupNorm({self.num_groups}, {self.weight.shape[0]}, eps={self.eps}, lrp_rule={self.lrp_rule!r})"
+
+    def out_shape(self, in_shape):
+        c = self.weight.shape[0]
+        if len(in_shape) < 1 or in_shape[0] != c:
+            raise ValueError(f"expects (C={c}, ...), got per-sample shape {tuple(in_shape)}")
+        if c % self.num_groups:
+            raise ValueError(f"the {c} channels must split into num_groups={self.num_groups} equal groups")
+        return in_shape
+
+
+class Mul(Layer):
+    """Elementwise product of two inputs with numpy broadcasting of the per-sample shapes (same
+    rank), e.g. squeeze-and-excitation ``x * gate``, gate (C, 1, 1) (Hu et al. 2018). LRP sends
+    all relevance to the ``signal`` input and none to the other (the gate, held constant; Arras
+    et al. 2017 for LSTM gates): ``signal=None`` picks the input of the output's shape (input 0
+    when both are)."""
+
+    kind = "Mul"
+    n_inputs = 2
+    hyper = ("signal",)
+
+    def __init__(self, signal=None):
+        if signal is not None and (isinstance(signal, (bool, np.bool_)) or signal not in (0, 1)):
+            raise ValueError(f"Mul: signal must be None, 0 or 1 (the input that receives relevance), got {signal!r}")
+        self.signal = None if signal is None else int(signal)
+
+    def __repr__(self):
+        return f"Mul(signal={self.signal})"
+
+    def out_shape(self, a, b):
+        if len(a) != len(b) or any(p != q and 1 not in (p, q) for p, q in zip(a, b)):
+            raise ValueError(f"inputs must have one rank and broadcastable sizes (equal, or 1), got {tuple(a)} "
+                             f"and {tuple(b)}")
+        return tuple(max(p, q) for p, q in zip(a, b))
+
+    def signal_input(self, a, b):
+        """The index of the input that receives LRP relevance, for per-sample shapes ``a``, ``b``."""
+        if self.signal is not None:
+            return self.signal
+        out = self.out_shape(a, b)
+        return 1 if tuple(b) == out and tuple(a) != out else 0
 
 
 @dataclass

@@ -14,6 +14,12 @@ activation     ``g * f'(z)``                pass ``R`` through            ``g * 
 MaxPool2d      route to the winner          route to the winner           Captum's max rule
 AvgPool2d      ``pool^T g``                 ``x * pool^T(R / stab(z))``   ``pool^T g``
 Add            copy to every input          split by the inputs' shares   copy to every input
+AdaptiveAvg,   ``A^T g`` (separable ``A``)  z-rule ``x * A^T(R/stab(z))`` ``A^T g`` (linear rule)
+Upsample                                    (nearest: ``A^T R``)
+AdaptiveMax    route to the winner          route to the winner           Captum's max rule
+LayerNorm,     exact Jacobian (statistics   pass ``R`` (``"identity"``)   linear/Rescale/product
+GroupNorm      included)                    or z-rule, stats constant     decomposition (exact)
+Mul            product rule                 all to the signal input       Shapley product split
 =============  ===========================  ============================  ======================
 
 DeepLIFT RevealCancel (``reveal=`` activation names) changes two rows of the DEEPLIFT column:
@@ -569,6 +575,38 @@ class Concat(Op):
     lrp = deeplift = grad
 
 
+class Pad(Op):
+    """Spatial padding (constant, reflect, replicate, circular). Padding is linear and every
+    padded value copies one input pixel, so the gradient, DeepLIFT's multipliers and LRP
+    relevance all take the adjoint: the signal at each padded position is added back onto its
+    source pixel (the constant's share has no source and is dropped, as for zero padding inside
+    a convolution). This is what autograd, Captum and Zennit give for torch's padding modes."""
+
+    kinds = ("Pad",)
+
+    def forward(self, fw, node, xs):
+        from .graph import PAD_MODES
+
+        layer, x = node.layer, xs[0]
+        t, b, l, r = layer.pads
+        width = ((0, 0), (0, 0), (t, b), (l, r))
+        if layer.mode == "constant":
+            return fw.k.xp.pad(x, width, mode="constant", constant_values=x.dtype.type(layer.value))
+        return fw.k.xp.pad(x, width, mode=PAD_MODES[layer.mode])
+
+    def grad(self, bw, node, g):
+        xp, shape = bw.k.xp, bw.in_shape(node, g)
+        rows, cols = node.layer.sources(shape[2], shape[3])
+        # one-hot maps padded position -> source (a -1 row, the constant, maps nowhere):
+        # the adjoint is Ph^T g Pw, exact (sums of copies) and device-agnostic
+        ph = (rows[:, None] == np.arange(shape[2])[None, :]).astype(g.dtype)
+        pw = (cols[:, None] == np.arange(shape[3])[None, :]).astype(g.dtype)
+        out = xp.asarray(np.ascontiguousarray(ph.T)) @ (g @ xp.asarray(pw))
+        return [(node.inputs[0], xp.ascontiguousarray(out))]
+
+    lrp = deeplift = grad
+
+
 class Softmax(Op):
     """Softmax over the classes (last layer only; explanations start from its input)."""
 
@@ -581,7 +619,311 @@ class Softmax(Op):
 
 
 OPS = {kind: op for op in (Identity(), Reshape(), Activation(), ParamActivation(), Linear(), MaxPool(), AvgPool(),
-                           GlobalAvgPool(), BatchNorm(), Add(), Concat(), Softmax()) for kind in op.kinds}
+                           GlobalAvgPool(), BatchNorm(), Add(), Concat(), Pad(), Softmax()) for kind in op.kinds}
+
+# -- AdaptiveAvgPool2d, Upsample, AdaptiveMaxPool2d, LayerNorm, GroupNorm, Mul (issue 15) ------
+# Array expressions of the backend's ``xp`` (numpy or cupy): CPU and GPU share this code.
+def _adaptive_matrix(n_in, n_out):
+    """(n_out, n_in) averaging matrix of torch's adaptive windows (``graph._adaptive_bounds``)."""
+    from .graph import _adaptive_bounds
+
+    a = np.zeros((n_out, n_in))
+    for i, (s, e) in enumerate(_adaptive_bounds(n_in, n_out)):
+        a[i, s:e] = 1.0 / (e - s)
+    return a
+
+
+def _resize_matrix(n_in, n_out, mode, align_corners, factor):
+    """(n_out, n_in) matrix of torch's 1-D ``interpolate`` (``aten/src/ATen/native/UpSample.h``:
+    ``area_pixel_compute_scale``, ``area_pixel_compute_source_index``,
+    ``nearest_neighbor_compute_source_index``); ``factor`` the scale factor or None."""
+    a = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    if align_corners:
+        scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    else:
+        scale = 1.0 / factor if factor is not None else n_in / n_out
+    if mode == "nearest":
+        a[rows, np.minimum(np.floor(rows * scale).astype(np.int64), n_in - 1)] = 1.0
+        return a
+    src = rows * scale if align_corners else np.maximum(scale * (rows + 0.5) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = src - i0
+    np.add.at(a, (rows, i0), 1.0 - lam)
+    np.add.at(a, (rows, i1), lam)
+    return a
+
+
+def _reduce_to(xp, g, shape):
+    """``g`` summed over the axes that broadcasting expanded from ``shape`` (batch axis kept)."""
+    axes = tuple(i + 1 for i, (s, t) in enumerate(zip(shape, g.shape[1:])) if s == 1 and t != 1)
+    return g.sum(axis=axes, keepdims=True, dtype=g.dtype) if axes else g
+
+
+class Resample(Op):
+    """AdaptiveAvgPool2d and Upsample: the separable linear map ``y = A_h x A_w^T`` per channel
+    (``_adaptive_matrix``, ``_resize_matrix``). Gradient and DeepLIFT (a linear layer's rule,
+    Shrikumar et al. 2017, Sec. 3.5.1) take the adjoint ``A_h^T g A_w``; LRP the z-rule
+    ``x * A_h^T (R / stab(y)) A_w`` (LRP-0 with the stabilizer of average pooling, Bach et al.
+    2015; Montavon et al. 2019), which conserves relevance as all entries of ``A`` are >= 0 -- for
+    AdaptiveAvgPool2d this is Zennit's Norm rule on average pooling. Nearest upsampling copies
+    one input into each output, so its z-rule is exactly ``A^T R`` (no stabilizer needed; Zennit's
+    gradient there)."""
+
+    kinds = ("AdaptiveAvgPool2d", "Upsample")
+
+    def store(self, node, mode, rule=None):
+        return ((node.inputs[0], node.name) if mode == LRP else ()), False
+
+    @staticmethod
+    def matrices(xp, layer, in_shape, out_shape, dtype):
+        (h, w), (ho, wo) = in_shape[1:], out_shape[1:]
+        if layer.kind == "AdaptiveAvgPool2d":
+            mh, mw = _adaptive_matrix(h, ho), _adaptive_matrix(w, wo)
+        else:
+            f = layer.scale_factor or (None, None)
+            mh = _resize_matrix(h, ho, layer.mode, layer.align_corners, f[0])
+            mw = _resize_matrix(w, wo, layer.mode, layer.align_corners, f[1])
+        return xp.asarray(mh.astype(dtype)), xp.asarray(mw.astype(dtype))
+
+    def _mats(self, k, tape, node, dtype):
+        return self.matrices(k.xp, node.layer, tape.shapes[node.inputs[0]], tape.shapes[node.name], dtype)
+
+    def forward(self, fw, node, xs):
+        mh, mw = self._mats(fw.k, fw.tape, node, xs[0].dtype)
+        return fw.k.xp.ascontiguousarray(mh @ xs[0] @ mw.T)
+
+    def grad(self, bw, node, g):
+        mh, mw = self._mats(bw.k, bw.tape, node, g.dtype)
+        return [(node.inputs[0], bw.k.xp.ascontiguousarray(mh.T @ g @ mw))]
+
+    deeplift = grad
+
+    def lrp(self, bw, node, g):
+        if node.layer.kind == "Upsample" and node.layer.mode == "nearest":
+            # every output copies one input: z_ij / z_j = 1 exactly, the z-rule is A^T R (Zennit's
+            # gradient there) and needs no stabilizer, which would only lose relevance at small x
+            return self.grad(bw, node, g)
+        tape, src = bw.tape, node.inputs[0]
+        mh, mw = self._mats(bw.k, tape, node, g.dtype)
+        s = g / stab(tape.out[node.name], bw.pool_eps)
+        return [(src, tape.out[src] * (mh.T @ s @ mw))]
+
+
+class AdaptiveMaxPool(Op):
+    """AdaptiveMaxPool2d over torch's windows; the winner of a tie is the first pixel in
+    row-major order (torch's CPU kernel, and ``argmax``). Gradient and LRP route the signal
+    to the winner (as MaxPool2d; Zennit keeps the gradient there); DeepLIFT takes MaxPool2d's
+    rule (Captum's: ``max(y, y0) - y0`` to the input's winner, ``y - max(y, y0)`` to the
+    baseline's, divided by ``x - x0``; the plain gradient where ``|x - x0| < DEEPLIFT_EPS``)."""
+
+    kinds = ("AdaptiveMaxPool2d",)
+
+    def store(self, node, mode, rule=None):
+        return ((node.inputs[0], node.name) if mode == DEEPLIFT else ()), True
+
+    @staticmethod
+    def cells(layer, in_shape):
+        from .graph import _adaptive_bounds
+
+        (h, w), (ho, wo) = in_shape[1:], layer.output_size
+        return [(i, j, hs, he, ws, we) for i, (hs, he) in enumerate(_adaptive_bounds(h, ho))
+                for j, (ws, we) in enumerate(_adaptive_bounds(w, wo))]
+
+    def forward(self, fw, node, xs):
+        xp, x = fw.k.xp, xs[0]
+        n, c, h, w = x.shape
+        ho, wo = node.layer.output_size
+        out = xp.empty((n, c, ho, wo), x.dtype)
+        idx = xp.empty((n, c, ho, wo), np.int64)
+        for i, j, hs, he, ws, we in self.cells(node.layer, x.shape[1:]):
+            win = x[:, :, hs:he, ws:we].reshape(n, c, -1)
+            k = xp.argmax(win, axis=2)  # the first maximum (a NaN wins, as in torch)
+            out[:, :, i, j] = xp.take_along_axis(win, k[..., None], axis=2)[..., 0]
+            kw = we - ws
+            idx[:, :, i, j] = (hs + k // kw) * w + ws + k % kw
+        if node.name in fw.idx_nodes:
+            fw.tape.idx[node.name] = idx
+        return out
+
+    @staticmethod
+    def _route(xp, flat, idx, vals):
+        """``flat[r, idx[r, cell]] += vals[r, cell]`` per cell (duplicates across cells add up)."""
+        rows = xp.arange(flat.shape[0])
+        for cell in range(idx.shape[1]):
+            flat[rows, idx[:, cell]] += vals[:, cell]
+
+    def grad(self, bw, node, g):
+        xp = bw.k.xp
+        shape = bw.in_shape(node, g)
+        n, c = shape[:2]
+        flat = xp.zeros((n * c, shape[2] * shape[3]), g.dtype)
+        self._route(xp, flat, bw.tape.idx[node.name][:n].reshape(n * c, -1), g.reshape(n * c, -1))
+        return [(node.inputs[0], flat.reshape(shape))]
+
+    lrp = grad
+
+    def deeplift(self, bw, node, g):
+        xp, n, tape = bw.k.xp, bw.n, bw.tape
+        shape = bw.in_shape(node, g)
+        rows = n * shape[1]
+        idx = tape.idx[node.name]
+        i1, i0 = idx[:n].reshape(rows, -1), idx[n:].reshape(rows, -1)
+        xx, yy = tape.out[node.inputs[0]], tape.out[node.name]
+        y, y0 = yy[:n].reshape(rows, -1), yy[n:].reshape(rows, -1)
+        dx = (xx[:n] - xx[n:]).reshape(rows, -1)
+        gg = g.reshape(rows, -1)
+        ym = xp.maximum(y, y0)
+        routed = xp.zeros(dx.shape, g.dtype)
+        self._route(xp, routed, i1, gg * (ym - y0))
+        self._route(xp, routed, i0, gg * (y - ym))
+        small = xp.abs(dx) < DEEPLIFT_EPS
+        mult = xp.where(small, 0, routed / xp.where(small, 1, dx)).astype(g.dtype)
+        plain = xp.zeros(dx.shape, g.dtype)
+        self._route(xp, plain, i1, gg)
+        mult += xp.where(small, plain, 0).astype(g.dtype)
+        return [(node.inputs[0], mult.reshape(shape))]
+
+
+class Norm(Op):
+    """LayerNorm and GroupNorm: ``y = x_hat * w + b``, ``x_hat = (x - mu) / sigma`` with ``mu``,
+    ``sigma = sqrt(var + eps)`` over each normalization group of ``M`` values.
+
+    * gradient: the exact Jacobian, statistics included (Ioffe & Szegedy 2015, Sec. 3):
+      ``dx = (gh - mean(gh) - x_hat mean(gh x_hat)) / sigma`` with ``gh = g w``;
+    * LRP, ``lrp_rule="identity"`` (default): relevance passes unchanged (Zennit's Pass, as for
+      batch norm: the identity rule on the normalization); conserves relevance. ``"linear"``:
+      ``mu`` and ``sigma`` held constant (Ali et al. 2022 hold LayerNorm's std constant), the
+      z-rule on the affine map ``y = (w / sigma) x + (b - w mu / sigma)`` without its bias:
+      ``R_x = (w x / sigma) / stab(y) * R`` (the bias absorbs the rest; no conservation);
+    * DeepLIFT: the layer decomposed as ``y = w c s + b`` with ``c = x - mu`` (linear), ``var =
+      mean(c^2)`` (``Dvar = mean((c + c0) Dc)`` exactly) and ``s = 1 / sqrt(var + eps)`` (scalar
+      Rescale ``k = Ds / Dvar``, Shrikumar et al. 2017, Sec. 3.5.2; ``ds/dvar`` where ``|Dvar| <
+      DEEPLIFT_EPS``), the product ``c s`` split as Mul's (``(s + s0) / 2`` to ``c``, ``(c + c0) / 2``
+      to ``s``): with ``G = g w``, ``h = G (s + s0) / 2 + k (c + c0) / M * sum(G (c + c0)) / 2`` and
+      the multiplier ``h - mean(h)`` over the group. Summation-to-delta (Shrikumar et al. 2017,
+      Eq. 1) holds exactly (an elementwise ``Dy / Dx`` would not: a ReLU-zeroed input with
+      ``Dx = 0`` still moves the outputs through the statistics), and as ``x0 -> x`` it tends
+      to the exact gradient.
+    """
+
+    kinds = ("LayerNorm", "GroupNorm")
+
+    def store(self, node, mode, rule=None):
+        if mode == GRAD:
+            return (node.inputs[0],), False
+        if mode == LRP:
+            return ((node.inputs[0], node.name) if node.layer.lrp_rule == "linear" else ()), False
+        return (node.inputs[0], node.name), False
+
+    @staticmethod
+    def parts(xp, layer, x):
+        """(grouped shape (N, G, M), weight and bias broadcastable to x, x_hat grouped, 1/sigma)."""
+        n = x.shape[0]
+        if layer.kind == "LayerNorm":
+            m = int(np.prod(layer.normalized_shape))
+            grouped = (n, x[0].size // m, m)
+            wshape = (1,) * (x.ndim - len(layer.normalized_shape)) + layer.normalized_shape
+        else:
+            grouped = (n, layer.num_groups, x[0].size // layer.num_groups)
+            wshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        w = xp.asarray(layer.weight.astype(x.dtype).reshape(wshape))
+        b = xp.asarray(layer.bias.astype(x.dtype).reshape(wshape))
+        xg = x.reshape(grouped)
+        mu = xg.mean(axis=2, keepdims=True, dtype=x.dtype)
+        xc = xg - mu
+        rstd = 1 / xp.sqrt((xc * xc).mean(axis=2, keepdims=True, dtype=x.dtype) + x.dtype.type(layer.eps))
+        return grouped, w, b, xc * rstd, rstd
+
+    def forward(self, fw, node, xs):
+        x = xs[0]
+        _, w, b, xhat, _ = self.parts(fw.k.xp, node.layer, x)
+        return xhat.reshape(x.shape) * w + b
+
+    def grad(self, bw, node, g):
+        x = bw.tape.out[node.inputs[0]]
+        grouped, w, _, xhat, rstd = self.parts(bw.k.xp, node.layer, x)
+        gh = (g * w).reshape(grouped)
+        gin = (gh - gh.mean(axis=2, keepdims=True) - xhat * (gh * xhat).mean(axis=2, keepdims=True)) * rstd
+        return [(node.inputs[0], gin.reshape(g.shape).astype(g.dtype, copy=False))]
+
+    def lrp(self, bw, node, g):
+        if node.layer.lrp_rule == "identity":
+            return [(node.inputs[0], g)]
+        x, y = bw.tape.out[node.inputs[0]], bw.tape.out[node.name]
+        grouped, w, _, _, rstd = self.parts(bw.k.xp, node.layer, x)
+        z = (x.reshape(grouped) * rstd).reshape(x.shape) * w
+        return [(node.inputs[0], z * (g / stab(y, bw.pool_eps)))]
+
+    def deeplift(self, bw, node, g):
+        xp, n = bw.k.xp, bw.n
+        x2 = bw.tape.out[node.inputs[0]]
+        grouped, w, _, _, _ = self.parts(xp, node.layer, x2[:n])
+        m, half, eps = grouped[2], g.dtype.type(0.5), g.dtype.type(node.layer.eps)
+
+        def stats(x):  # centred values c, variance, s = 1 / sqrt(var + eps)
+            xg = x.reshape(grouped)
+            c = xg - xg.mean(axis=2, keepdims=True, dtype=g.dtype)
+            var = (c * c).mean(axis=2, keepdims=True, dtype=g.dtype)
+            return c, var, 1 / xp.sqrt(var + eps)
+
+        (c, var, s), (c0, var0, s0) = stats(x2[:n]), stats(x2[n:])
+        gw = (g * w).reshape(grouped)
+        dv = var - var0
+        small = xp.abs(dv) < DEEPLIFT_EPS
+        k = xp.where(small, -half * s * s * s, (s - s0) / xp.where(small, 1, dv))  # Rescale of var -> s
+        a = half * (gw * (c + c0)).sum(axis=2, keepdims=True, dtype=g.dtype)
+        h = gw * (half * (s + s0)) + a * k * (c + c0) / g.dtype.type(m)  # product rule on c * s
+        mult = h - h.mean(axis=2, keepdims=True, dtype=g.dtype)  # the linear rule of the centring
+        return [(node.inputs[0], mult.reshape(g.shape).astype(g.dtype, copy=False))]
+
+
+class Mul(Op):
+    """Elementwise product ``y = a * b`` of two inputs (broadcast per sample).
+
+    * gradient: the product rule, ``g b`` to ``a`` and ``g a`` to ``b``, each summed over the
+      axes broadcasting expanded;
+    * LRP: all relevance to the signal input (``layer.signal_input``), none to the gate: with
+      the gate held constant ``y`` is linear in the signal and the z-rule returns ``R``
+      unchanged (Arras et al. 2017 for the gates of LSTMs; Ali et al. 2022 hold attention
+      weights constant likewise). It conserves relevance;
+    * DeepLIFT: the product's exact two-player Shapley split, ``m_a = g (b + b0) / 2``,
+      ``m_b = g (a + a0) / 2``, so ``m_a Da + m_b Db = ab - a0 b0`` (summation-to-delta,
+      Shrikumar et al. 2017, Eq. 1, holds; the two-player Shapley value of ``a b``, Shapley
+      1953). Captum's DeepLift registers no hook on ``*`` and uses the
+      gradient at ``x`` there (``m_a = g b``), which breaks summation-to-delta when both inputs
+      differ from their baselines; this differs from Captum on such models.
+    """
+
+    kinds = ("Mul",)
+
+    def store(self, node, mode, rule=None):
+        return ((tuple(node.inputs) if mode in (GRAD, DEEPLIFT) else ()), False)
+
+    def forward(self, fw, node, xs):
+        return xs[0] * xs[1]
+
+    def grad(self, bw, node, g):
+        xp, tape = bw.k.xp, bw.tape
+        a, b = (tape.out[i][: g.shape[0]] for i in node.inputs)
+        return [(node.inputs[0], _reduce_to(xp, g * b, tape.shapes[node.inputs[0]])),
+                (node.inputs[1], _reduce_to(xp, g * a, tape.shapes[node.inputs[1]]))]
+
+    def lrp(self, bw, node, g):
+        shapes = [bw.tape.shapes[i] for i in node.inputs]
+        s = node.layer.signal_input(*shapes)
+        return [(node.inputs[s], _reduce_to(bw.k.xp, g, shapes[s]))]
+
+    def deeplift(self, bw, node, g):
+        xp, tape, n = bw.k.xp, bw.tape, bw.n
+        (a, a0), (b, b0) = ((tape.out[i][:n], tape.out[i][n:]) for i in node.inputs)
+        half = g.dtype.type(0.5)
+        return [(node.inputs[0], _reduce_to(xp, g * (half * (b + b0)), tape.shapes[node.inputs[0]])),
+                (node.inputs[1], _reduce_to(xp, g * (half * (a + a0)), tape.shapes[node.inputs[1]]))]
+
+
+OPS.update({kind: op for op in (Resample(), AdaptiveMaxPool(), Norm(), Mul()) for kind in op.kinds})
 
 _MODES = {}  # mode name -> {layer kind: backward step (bw, node, g) -> [(input name, signal)]}
 

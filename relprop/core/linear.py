@@ -8,6 +8,11 @@
   one forward GEMM for the denominators (none for epsilon/z), one backward GEMM;
 * DeepLIFT RevealCancel's positive/negative split through the layer.
 
+A depthwise Conv2d (``groups`` = input = output channels, stored as the dense diagonal weight)
+runs its plain forward and its gradient as ``kh*kw`` per-channel shifted multiply-adds over the
+taps (:func:`depthwise_forward`, :func:`depthwise_grad`) instead of the dense GEMM, which would
+do ``C`` times the work; the LRP rule steps keep the dense block matrices.
+
 Scratch buffers for im2col columns and GEMM outputs are reused across chunks and calls.
 """
 from __future__ import annotations
@@ -140,8 +145,12 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     extra = Wm.shape[0] - (0 if summed else o)  # rows of the second product: O (W+ a) or G*O (B a)
     pz = xp.empty((n, extra, ho, wo), dtype) if want_plus else None
     zero = xp.zeros(extra, dtype) if want_plus else None
+    taps = None if want_plus else depthwise_taps(k, m, node)
     for i0, i1 in chunks(n, c * kh * kw * p * a.itemsize):
-        zg = conv_gemm(k, m, xin[i0:i1], Wm, taps_key, kh, kw, sh, sw, ph, pw)
+        if taps is not None:
+            zg = depthwise_forward(xp, xin[i0:i1], taps, node.layer, ho, wo)
+        else:
+            zg = conv_gemm(k, m, xin[i0:i1], Wm, taps_key, kh, kw, sh, sw, ph, pw)
         zw = zg[:o] + zg[o:2 * o] if summed else zg[:o]  # W a = W+ a + W- a when the blocks add up to W
         k.bias_act_from_gemm(zw, b, act, a[i0:i1].reshape(i1 - i0, o, p), z[i0:i1].reshape(i1 - i0, o, p),
                              store_z and act != 0)
@@ -257,6 +266,51 @@ def _unflip(xp, Bt, rows, kh, kw):
     return xp.ascontiguousarray(B4.transpose(1, 0, 2, 3).reshape(rows, cin * kh * kw))
 
 
+def depthwise_taps(k, m, node):
+    """(C, kh, kw) per-channel kernels of a depthwise Conv2d (on ``k``'s device), else None."""
+    L = node.layer
+    o, c = L.weight.shape[:2]
+    if L.kind != "Conv2d" or L.groups == 1 or L.groups != o or o != c:
+        return None
+    ch = np.arange(o)
+    return m.on(k, ("depthwise", node.name), lambda: np.ascontiguousarray(L.weight[ch, ch], dtype=m.dtype), node)
+
+
+def _tap_slices(layer, ho, wo, kh, kw):
+    """(i, j, rows, cols) of every tap of the dilated kernel over the padded input."""
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    return [(i, j, slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
+            for i in range(0, kh, dh) for j in range(0, kw, dw)]
+
+
+def depthwise_forward(xp, x, taps, layer, ho, wo):
+    """``W x`` of a depthwise conv as (C, N*Ho*Wo) (conv_gemm's layout): per tap one
+    per-channel multiply-add of a strided view of the zero-padded input."""
+    n, c = x.shape[:2]
+    ph, pw = layer.padding
+    # channel-major padded copy: each tap's view then has contiguous rows; one product buffer
+    xt = xp.ascontiguousarray(xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))).transpose(1, 0, 2, 3))
+    acc = xp.zeros((c, n, ho, wo), x.dtype)
+    tmp = xp.empty_like(acc)
+    for i, j, rs, cs in _tap_slices(layer, ho, wo, *taps.shape[1:]):
+        xp.multiply(taps[:, i, j][:, None, None, None], xt[:, :, rs, cs], out=tmp)
+        acc += tmp
+    return acc.reshape(c, n * ho * wo)
+
+
+def depthwise_grad(xp, g, taps, layer, h, w):
+    """``W^T g`` of a depthwise conv: the exact adjoint of :func:`depthwise_forward` (each tap
+    adds its weighted gradient back onto the padded input positions it read)."""
+    n, c, ho, wo = g.shape
+    ph, pw = layer.padding
+    gp = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), g.dtype)
+    tmp = xp.empty_like(g)
+    for i, j, rs, cs in _tap_slices(layer, ho, wo, *taps.shape[1:]):
+        xp.multiply(taps[:, i, j][None, :, None, None], g, out=tmp)
+        gp[:, :, rs, cs] += tmp
+    return xp.ascontiguousarray(gp[:, :, ph:ph + h, pw:pw + w])
+
+
 def grad(k, m, node, g, in_shape):
     """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
     W, _ = m.params(k, node)
@@ -265,6 +319,9 @@ def grad(k, m, node, g, in_shape):
     o, c, kh, kw = W.shape
     n, _, ho, wo = g.shape
     h, w = in_shape[2:]
+    taps = depthwise_taps(k, m, node)
+    if taps is not None:
+        return depthwise_grad(k.xp, g, taps, node.layer, h, w)
     if stride1(node.layer):
         Bt = m.weight_t(k, node)
     else:

@@ -95,6 +95,12 @@ def rule_state(node, rule, dtype, nonneg):
     o = W.shape[0]
     Wm = W.reshape(o, -1)
     k = Wm.shape[1]
+    # a grouped / dilated Conv2d computes with a dense weight whose structural zeros are not
+    # taps: a weight map that ignores the values (Flat's ones) must keep them zero, so that the
+    # rule sees the convolution the layer is (as Zennit, which runs the grouped/dilated conv);
+    # for every other map (W, W+, W-, W^2) the zeros stay zero and the mask changes nothing
+    mask = layer.structure_mask() if layer.kind == "Conv2d" else None
+    mask = None if mask is None else mask.reshape(o, -1)
     groups = rule.groups()
     modes = []
     for g in groups:
@@ -111,7 +117,8 @@ def rule_state(node, rule, dtype, nonneg):
             if nonneg and t.mode == R.XNEG:
                 continue
             m = modes.index(t.mode)
-            B[gi * o:(gi + 1) * o, m * k:(m + 1) * k] += t.weight(Wm)
+            tw = t.weight(Wm)
+            B[gi * o:(gi + 1) * o, m * k:(m + 1) * k] += tw if mask is None else np.where(mask, tw, 0.0)
             bias_g[gi * o:(gi + 1) * o] += t.bias(b)
     zform = rule.z_form() if nonneg else None
     cz, cp = (np.array([f[0] for f in zform]), np.array([f[1] for f in zform])) if zform else (np.zeros(G), np.zeros(G))

@@ -594,7 +594,7 @@ def shifted_model(net, shift, sample_shape):
                              f"(node {node.name!r}, padding {layer.padding}) by up to {spread:.3g}; no bias can absorb "
                              f"it (use a per-channel constant shift and a first Conv2d without padding)")
         new = Conv2d(layer.weight, (layer.bias.astype(np.float64) - delta[:, 0]).astype(dt),
-                     stride=layer.stride, padding=layer.padding)
+                     stride=layer.stride, padding=layer.padding, groups=layer.groups, dilation=layer.dilation)
     else:
         raise ValueError(f"input_invariance: the first linear layer is {layer.kind}; "
                          f"only Dense and Conv2d are supported")

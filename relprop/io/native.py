@@ -36,7 +36,9 @@ FORMAT, VERSION = "relprop-model", 1
 _KINDS = {cls.kind: cls for cls in (
     G.Dense, G.Conv2d, G.MaxPool2d, G.AvgPool2d, G.Flatten, G.ReLU, G.Tanh, G.Sigmoid, G.Identity, G.Softmax,
     G.LeakyReLU, G.Softplus, G.Dropout, G.BatchNorm2d, G.GlobalAvgPool2d, G.Reshape, G.Add, G.Concat,
-    G.ELU, G.GELU, G.SiLU, G.Hardswish, G.Hardsigmoid, G.ReLU6, G.Mish)}
+    G.ELU, G.GELU, G.SiLU, G.Hardswish, G.Hardsigmoid, G.ReLU6, G.Mish, G.Pad)}
+_KINDS.update({cls.kind: cls for cls in (G.AdaptiveAvgPool2d, G.AdaptiveMaxPool2d, G.Upsample, G.LayerNorm,
+                                         G.GroupNorm, G.Mul)})
 
 #: default limit on the bytes of all arrays one archive may declare (``load(..., max_bytes=)``)
 MAX_BYTES = 4 * 2**30
@@ -365,10 +367,26 @@ def _check_shapes(specs, declared, input_shape):
         decl = {a: declared[f"{i}.{a}"] for a in spec["arrays"]}
         if any(d.dtype.kind not in "iuf" for d in decl.values()):
             raise ValueError(f"{where}: arrays must be float or int, got {decl}")
-        layer = _layer(i, spec, {a: np.ones((1,) * d.ndim, d.dtype) for a, d in decl.items()})
+        structure = {}
+        if spec["kind"] == "Conv2d":  # groups / dilation constrain the weight's shape: checked on the
+            # one-element placeholder alone, then set; out_shape checks them against the declared shape
+            structure = {h: v for h, v in spec["hyper"].items() if h in ("groups", "dilation")}
+            try:
+                checked = {"groups": G._int(structure.get("groups", 1), "groups", "Conv2d"),
+                           "dilation": G._pair(structure.get("dilation", 1), "dilation", "Conv2d")}
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {e}") from None
+            if checked["groups"] < 1 or min(checked["dilation"]) < 1:
+                raise ValueError(f"{where}: groups and dilation must be >= 1, got {structure}")
+        placeholder = dict(spec, hyper={h: v for h, v in spec["hyper"].items() if h not in structure})
+        layer = _layer(i, placeholder, {a: np.ones((1,) * d.ndim, d.dtype) for a, d in decl.items()})
+        if structure:
+            for h, v in checked.items():
+                object.__setattr__(layer, h, v)
         for a, d in decl.items():  # shape descriptors, not weights: past the layer's checked setter
             object.__setattr__(layer, a, d)
-        if "weight" in decl:  # Dense, Conv2d, BatchNorm2d: each other array is one value per output/channel
+        if "weight" in decl and spec["kind"] != "LayerNorm":  # Dense, Conv2d, BatchNorm2d, GroupNorm: each
+            # other array is one value per output/channel (LayerNorm's match normalized_shape: out_shape checks)
             n_out = decl["weight"].shape[0]
             bad = {a: d.shape for a, d in decl.items() if a != "weight" and d.shape != (n_out,)}
             if bad:

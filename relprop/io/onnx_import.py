@@ -37,7 +37,7 @@ MIN_OPSET = 11
 
 # op type -> handler method; the keys are also the "supported" list in error messages
 _HANDLERS = {
-    "Gemm": "_gemm", "MatMul": "_matmul", "Conv": "_conv",
+    "Gemm": "_gemm", "MatMul": "_matmul", "Conv": "_conv", "Pad": "_pad",
     "Relu": "_activation", "LeakyRelu": "_activation", "Sigmoid": "_activation",
     "Tanh": "_activation", "Softplus": "_activation",
     "Elu": "_activation", "Gelu": "_activation", "HardSwish": "_activation", "HardSigmoid": "_activation",
@@ -49,6 +49,7 @@ _HANDLERS = {
     "Softmax": "_softmax", "LogSoftmax": "_softmax", "Dropout": "_dropout", "Identity": "_identity", "Cast": "_cast",
     "Shape": "_shape", "Size": "_shape",
 }
+_HANDLERS.update({"Mul": "_mul", "Resize": "_resize", "LayerNormalization": "_layernorm"})
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
 _FLOAT_TYPES = {1: np.float32, 11: np.float64}  # TensorProto.FLOAT, TensorProto.DOUBLE
@@ -654,18 +655,56 @@ class _Importer:
         x = self._data(node, X)
         w = self._const(node, node.input[1], "W (weight)")
         b = self._const(node, node.input[2], "B (bias)") if len(node.input) > 2 and node.input[2] else None
-        if a.get("group", 1) != 1:
-            raise self._error(node, f"grouped convolution (group={a['group']}) is not supported; relprop "
-                                    "supports group=1 only")
         if w.ndim != 4:
             raise self._error(node, f"only 2-D convolutions are supported, got weight shape {w.shape}")
-        kernel, strides = self._window(node, a, x, w.shape[2:])
+        # group / dilations: the exactly equivalent dense block-diagonal, zero-dilated weight
+        # (Conv2d.from_compact), with groups and dilation recorded in the layer
+        dil = tuple(int(d) for d in a.get("dilations", [1, 1]))
+        kernel, strides = self._window(node, {k: v for k, v in a.items() if k != "dilations"}, x, w.shape[2:])
         if tuple(kernel) != w.shape[2:]:
             raise self._error(node, f"kernel_shape {kernel} does not match the weight {w.shape}")
-        pad = self._padding(node, a, x.shape[1:], kernel, strides)
-        layer = self._make(node, G.Conv2d, self._weight(w), None if b is None else self._weight(b),
-                           stride=tuple(strides), padding=pad)
+        if len(dil) != 2:
+            raise self._error(node, f"expected 2 dilations for a 2-D convolution, got {list(dil)}")
+        dense = self._make(node, G.Conv2d.from_compact, self._weight(w), None if b is None else self._weight(b),
+                           groups=int(a.get("group", 1)), dilation=dil)
+        if dense.weight.shape[1] != x.shape[0]:
+            raise self._error(node, f"weight {w.shape} with group={a.get('group', 1)} reads {dense.weight.shape[1]} "
+                                    f"channels, the input has {x.shape[0]}")
+        pad = self._padding(node, a, x.shape[1:], dense.weight.shape[2:], strides)
+        layer = self._make(node, G.Conv2d, dense.weight, dense.bias, stride=tuple(strides), padding=pad,
+                           groups=dense.groups, dilation=dense.dilation)
         self._add_layer(node, layer, [X])
+
+    def _pad(self, node):
+        """ONNX Pad on (N, C, H, W) data, H and W only: constant (value from the third input),
+        reflect, edge (relprop's replicate) and wrap (circular); non-negative pads."""
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"mode", "pads", "value"})
+        x = self._data(node, node.input[0])
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        modes = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+        if mode not in modes:
+            raise self._error(node, f"mode={mode!r} is not supported ({', '.join(modes)})")
+        if len(node.input) > 1 and node.input[1]:
+            pads = [int(p) for p in np.asarray(self._const(node, node.input[1], "pads")).ravel()]
+        else:  # opset < 11: an attribute
+            pads = [int(p) for p in a.get("pads", [])]
+        value = float(a.get("value", 0.0))
+        if len(node.input) > 2 and node.input[2]:
+            value = float(np.asarray(self._const(node, node.input[2], "constant_value")).ravel()[0])
+        if len(node.input) > 3 and node.input[3]:
+            raise self._error(node, "the axes input is not supported; give pads for all 4 axes")
+        if len(x.shape) != 3 or len(pads) != 8:
+            raise self._error(node, f"only (N, C, H, W) data with 8 pads is supported, got per-sample input {x.shape} "
+                                    f"and pads {pads}")
+        if any(pads[i] for i in (0, 1, 4, 5)):
+            raise self._error(node, f"pads {pads} pad the batch or channel axis; relprop pads H and W only")
+        if min(pads) < 0:
+            raise self._error(node, f"negative pads {pads} (cropping) are not supported")
+        layer = self._make(node, G.Pad, (pads[2], pads[6], pads[3], pads[7]), modes[mode],
+                           value if mode == "constant" else 0.0)
+        self._add_layer(node, layer, [node.input[0]])
 
     def _pool(self, node, cls, allowed):
         a = self._attrs(node)
@@ -820,7 +859,8 @@ class _Importer:
         if layer.kind == "Dense":
             prev.layer = self._make(node, G.Dense, layer.weight, new_bias)
         else:
-            prev.layer = self._make(node, G.Conv2d, layer.weight, new_bias, layer.stride, layer.padding)
+            prev.layer = self._make(node, G.Conv2d, layer.weight, new_bias, layer.stride, layer.padding,
+                                    layer.groups, layer.dilation)
         self._alias(node, src)  # moves the origin on: a further constant Add folds as well
 
     def _channel_bias(self, node, c, shape):
@@ -857,6 +897,87 @@ class _Importer:
         out = list(shapes[0])
         out[k] = sum(s[k] for s in shapes)
         self._add_layer(node, self._make(node, G.Concat, axis), ins, tuple(out))
+
+    def _mul(self, node):
+        """``Mul`` of two computed tensors (squeeze-and-excitation gating): relprop's Mul."""
+        ins = list(node.input)
+        if any(i not in self.data for i in ins):
+            raise self._error(node, "multiplying by a constant is not supported (fold the factor into the weights of "
+                                    "a layer); relprop's Mul multiplies two tensors computed from the input")
+        a, b = (self.data[i].shape for i in ins)
+        if len(a) != len(b):
+            raise self._error(node, f"product of per-sample shapes {a} and {b}: relprop's Mul needs one rank")
+        self._add_layer(node, G.Mul(), ins)
+
+    def _resize(self, node):
+        """``Resize`` as torch exports ``F.interpolate``: nearest (asymmetric, floor) or linear
+        (half_pixel / pytorch_half_pixel, or align_corners) over H and W of (N, C, H, W)."""
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
+                                    "exclude_outside", "extrapolation_value", "antialias"})
+        dec = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in a.items()}
+        mode, ctm = dec.get("mode", "nearest"), dec.get("coordinate_transformation_mode", "half_pixel")
+        if dec.get("antialias", 0) or dec.get("exclude_outside", 0):
+            raise self._error(node, "antialias / exclude_outside are not supported")
+        X = node.input[0]
+        x = self._data(node, X)
+        if len(x.shape) != 3:
+            raise self._error(node, f"only (N, C, H, W) input is supported, got per-sample {x.shape}")
+        scales = self._const(node, node.input[2], "scales") if len(node.input) > 2 and node.input[2] else None
+        sizes = self._const(node, node.input[3], "sizes") if len(node.input) > 3 and node.input[3] else None
+        scales = None if scales is not None and np.asarray(scales).size == 0 else scales
+        if sizes is not None:
+            sizes = [int(s) for s in np.asarray(sizes).ravel()]
+            if len(sizes) != 4 or sizes[1] != x.shape[0]:
+                raise self._error(node, f"sizes {sizes} must resize only H and W of (N, C, H, W)")
+            size, factor = tuple(sizes[2:]), None
+        elif scales is not None:
+            sc = [float(s) for s in np.asarray(scales).ravel()]
+            if len(sc) != 4 or sc[:2] != [1.0, 1.0]:
+                raise self._error(node, f"scales {sc} must resize only H and W of (N, C, H, W)")
+            size, factor = None, tuple(sc[2:])
+        else:
+            raise self._error(node, "neither scales nor sizes is given")
+        if mode == "nearest":
+            if ctm != "asymmetric" or dec.get("nearest_mode", "round_prefer_floor") != "floor":
+                raise self._error(node, f"nearest mode with coordinate_transformation_mode={ctm!r}, nearest_mode="
+                                        f"{dec.get('nearest_mode', 'round_prefer_floor')!r}: relprop supports torch's "
+                                        "nearest (asymmetric, floor)")
+            align = False
+        elif mode == "linear":
+            if ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+                raise self._error(node, f"linear mode with coordinate_transformation_mode={ctm!r} is not supported "
+                                        "(half_pixel, pytorch_half_pixel, align_corners)")
+            align = ctm == "align_corners"
+        else:
+            raise self._error(node, f"mode={mode!r} is not supported (nearest, linear)")
+        layer = self._make(node, G.Upsample, size, factor, "nearest" if mode == "nearest" else "bilinear", align)
+        out = layer.out_shape(x.shape)
+        if ctm == "pytorch_half_pixel" and min(out[1:]) == 1:  # it reads pixel 0 there, torch (H - 1) / 2
+            raise self._error(node, "pytorch_half_pixel with an output size of 1 is not supported")
+        self._add_layer(node, layer, [X], out)
+
+    def _layernorm(self, node):
+        """``LayerNormalization`` (opset 17) over the axes from ``axis`` on: relprop's LayerNorm."""
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"axis", "epsilon", "stash_type"})
+        self._unused_extra_outputs(node, "mean / inverse std")
+        X = node.input[0]
+        x = self._data(node, X)
+        rank = len(x.shape) + 1
+        axis = int(a.get("axis", -1)) % rank
+        if axis == 0:
+            raise self._error(node, "normalizing over the batch axis (axis 0) is not supported")
+        ns = tuple(x.shape[axis - 1:])
+        try:
+            scale = np.broadcast_to(self._const(node, node.input[1], "Scale"), ns)
+            bias = (np.broadcast_to(self._const(node, node.input[2], "B"), ns)
+                    if len(node.input) > 2 and node.input[2] else None)
+        except ValueError:
+            raise self._error(node, f"Scale / B do not broadcast to the normalized shape {ns}") from None
+        layer = self._make(node, G.LayerNorm, ns, self._weight(scale),
+                           None if bias is None else self._weight(bias), float(a.get("epsilon", 1e-5)))
+        self._add_layer(node, layer, [X], x.shape)
 
     def _batchnorm(self, node):
         a = self._attrs(node)

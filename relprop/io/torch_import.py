@@ -8,8 +8,9 @@ one IR node:
 PyTorch                                                     relprop
 ==========================================================  ====================================
 nn.Linear, F.linear                                         Dense
-nn.Conv2d, F.conv2d (groups=1, dilation=1, zero padding;    Conv2d
-padding='same' with odd kernels, 'valid')
+nn.Conv2d, F.conv2d (any groups and dilation; padding       Conv2d (dense: block-diagonal,
+'same' with odd dilated kernels, 'valid'; padding_mode      zero-dilated weight), after a Pad
+reflect/replicate/circular)                                 for padding_mode != 'zeros'
 nn.BatchNorm1d/2d, F.batch_norm (running statistics)        BatchNorm2d (folded by ``rp.canonize``)
 nn.ReLU, F.relu, torch.relu, x.relu()                       ReLU
 nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus (+ functions) LeakyReLU, Tanh, Sigmoid, Softplus
@@ -22,6 +23,12 @@ nn.MaxPool2d (dilation 1)                                   MaxPool2d
 nn.AvgPool2d (count_include_pad=True, no divisor_override)  AvgPool2d
 nn.AdaptiveAvgPool2d(1), x.mean((2, 3))                     GlobalAvgPool2d
 nn.AdaptiveAvgPool2d(k) with k dividing H and W             AvgPool2d
+nn.AdaptiveAvgPool2d(k), other k (uneven windows)           AdaptiveAvgPool2d
+nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d                 AdaptiveMaxPool2d
+nn.Upsample / UpsamplingNearest2d / UpsamplingBilinear2d,   Upsample (nearest, bilinear)
+F.interpolate (nearest, bilinear; no antialias)
+nn.LayerNorm, F.layer_norm; nn.GroupNorm, F.group_norm      LayerNorm, GroupNorm
+a * b, torch.mul (two tensors, broadcast per sample)        Mul
 nn.Flatten, torch.flatten(x, 1), view/reshape keeping N     Flatten / Reshape
 nn.Dropout* (eval), F.dropout(training=False)               Dropout
 nn.Identity, x.clone(), x.contiguous()                      (no node)
@@ -61,10 +68,11 @@ from ..core.canonize import canonize as _canonize, importer_fold
 from . import ImportNotice, apply_final_softmax, check_final_softmax
 
 SUPPORTED = (
-    "nn.Linear, nn.Conv2d (groups=1, dilation=1, padding_mode='zeros'), nn.BatchNorm1d/2d (with running "
+    "nn.Linear, nn.Conv2d (any groups, dilation and padding_mode), nn.BatchNorm1d/2d (with running "
     "statistics), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6 "
     "(or Hardtanh(0, 6)), Mish, Softmax (last axis, last operation), nn.MaxPool2d "
-    "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d(1), mean over (2, 3), "
+    "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d / AdaptiveMaxPool2d (any size), "
+    "mean over (2, 3), nn.Upsample / F.interpolate (nearest, bilinear), LayerNorm, GroupNorm, a * b (two tensors), "
     "Flatten / flatten(x, 1) / view or reshape keeping the batch axis, Dropout, Identity, clone, + / torch.add, "
     "torch.cat, torch.stack summed over the stacked axis (zennit.layer.Sum)")
 
@@ -496,26 +504,33 @@ class _Converter:
         if len(x.shape) != 4:
             raise _Unsupported(f"input of shape {x.shape}: relprop's Conv2d takes batched (N, C, H, W) inputs")
         w, bias = self._const(b["weight"], "weight"), self._const(b.get("bias"), "bias")
-        if b.get("padding_mode", "zeros") != "zeros":
-            raise _Unsupported(f"padding_mode={b['padding_mode']!r} is not supported (only 'zeros')")
-        if int(b["groups"]) != 1:
-            raise _Unsupported(f"groups={b['groups']} is not supported (only groups=1)")
+        mode = b.get("padding_mode", "zeros")
+        if mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise _Unsupported(f"padding_mode={mode!r} is not supported (zeros, reflect, replicate, circular)")
         dilation = _pair(b["dilation"])
-        if dilation != (1, 1):
-            raise _Unsupported(f"dilation={b['dilation']} is not supported (only dilation=1)")
+        # grouped / dilated: the exactly equivalent dense block-diagonal, zero-dilated weight
+        # (Conv2d.from_compact); groups and dilation stay recorded in the layer
+        dense = G.Conv2d.from_compact(w, bias, groups=int(b["groups"]), dilation=dilation)
         padding = b["padding"]
         if isinstance(padding, str):
             if padding == "valid":
                 padding = (0, 0)
             elif padding == "same":
-                kh, kw = w.shape[2:]
+                kh, kw = dense.weight.shape[2:]  # the dilated extent (k - 1) d + 1
                 if kh % 2 == 0 or kw % 2 == 0:
                     raise _Unsupported(f"padding='same' with the even kernel {kh}x{kw} pads asymmetrically, which "
                                        "relprop's Conv2d cannot express; use an odd kernel or explicit padding")
                 padding = ((kh - 1) // 2, (kw - 1) // 2)
             else:
                 raise _Unsupported(f"padding={padding!r}")
-        layer = G.Conv2d(w, bias, stride=_pair(b["stride"]), padding=_pair(padding))
+        padding = _pair(padding)
+        if mode != "zeros" and padding != (0, 0):  # torch pads first, then convolves unpadded
+            ph, pw = padding
+            shp = (x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
+            x = self._emit(self._base_name(n) + "_pad", G.Pad((ph, ph, pw, pw), mode), [x], shp)
+            padding = (0, 0)
+        layer = G.Conv2d(dense.weight, dense.bias, stride=_pair(b["stride"]), padding=padding,
+                         groups=dense.groups, dilation=dense.dilation)
         return self._emit(self._base_name(n), layer, [x], shape())
 
     def op_batch_norm(self, n, b, shape):
@@ -661,11 +676,88 @@ class _Converter:
             return self._emit(self._base_name(n), G.GlobalAvgPool2d(), [x], shape())
         if (oh, ow) == (h, w):
             return x
-        if h % oh or w % ow:
-            raise _Unsupported(f"output size {(oh, ow)} does not divide the {h}x{w} input, so the pooling windows "
-                               "are uneven; relprop supports output size 1 or an exact divisor")
+        if h % oh or w % ow:  # uneven windows: torch's adaptive windows, as they are
+            return self._emit(self._base_name(n), G.AdaptiveAvgPool2d((oh, ow)), [x], shape())
         k = (h // oh, w // ow)
         return self._emit(self._base_name(n), G.AvgPool2d(k, k, 0), [x], shape())
+
+    def _output_size(self, b, x, what):
+        if len(x.shape) != 4:
+            raise _Unsupported(f"input of shape {x.shape}: relprop's {what} takes batched (N, C, H, W) inputs")
+        size = b["output_size"]
+        size = (size, size) if not isinstance(size, (list, tuple)) else tuple(size)
+        if len(size) != 2:
+            raise _Unsupported(f"output_size={b['output_size']!r}: expected an int or a pair")
+        return tuple(d if s is None else int(s) for s, d in zip(size, x.shape[2:]))
+
+    def op_adaptive_max_pool2d(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if b.get("return_indices"):
+            raise _Unsupported("return_indices=True is not supported", todo="use return_indices=False")
+        size = self._output_size(b, x, "AdaptiveMaxPool2d")
+        return self._emit(self._base_name(n), self._layer(G.AdaptiveMaxPool2d, size), [x], shape())
+
+    def op_interpolate(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if len(x.shape) != 4:
+            raise _Unsupported(f"input of shape {x.shape}: relprop's Upsample takes batched (N, C, H, W) inputs")
+        mode = b.get("mode", "nearest")
+        if mode not in G.UPSAMPLE_MODES:
+            raise _Unsupported(f"mode={mode!r} is not supported (relprop's Upsample: {', '.join(G.UPSAMPLE_MODES)})")
+        if b.get("antialias"):
+            raise _Unsupported("antialias=True is not supported")
+        if b.get("recompute_scale_factor") and b.get("scale_factor") is not None:
+            raise _Unsupported("recompute_scale_factor=True is not supported", todo="pass size=... instead")
+        size, sf = b.get("size"), b.get("scale_factor")
+        if size is not None:
+            size, sf = _pair(size), None
+        return self._emit(self._base_name(n), self._layer(G.Upsample, size, sf, mode, bool(b.get("align_corners"))),
+                          [x], shape())
+
+    def op_layer_norm(self, n, b, shape):
+        x = self._tensor(b["input"])
+        ns = b["normalized_shape"]
+        ns = (int(ns),) if isinstance(ns, int) else tuple(int(s) for s in ns)
+        w, bias = self._const(b.get("weight"), "weight"), self._const(b.get("bias"), "bias")
+        if w is None:
+            w = np.ones(ns, np.float32 if bias is None else bias.dtype)
+        layer = self._layer(G.LayerNorm, ns, w, bias, float(b["eps"]))
+        try:
+            layer.out_shape(x.shape[1:])
+        except ValueError as e:
+            raise _Unsupported(str(e)) from None
+        return self._emit(self._base_name(n), layer, [x], shape())
+
+    def op_group_norm(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if len(x.shape) < 2:
+            raise _Unsupported(f"input of shape {x.shape}: GroupNorm takes (N, C, ...) inputs")
+        c = x.shape[1]
+        w, bias = self._const(b.get("weight"), "weight"), self._const(b.get("bias"), "bias")
+        if w is None:
+            w = np.ones(c, np.float32 if bias is None else bias.dtype)
+        layer = self._layer(G.GroupNorm, int(b["num_groups"]), w, bias, float(b["eps"]))
+        try:
+            layer.out_shape(x.shape[1:])
+        except ValueError as e:
+            raise _Unsupported(str(e)) from None
+        return self._emit(self._base_name(n), layer, [x], shape())
+
+    def op_mul(self, n, b, shape):
+        a, o = b["input"], b["other"]
+        if not isinstance(a, _Tensor) or not isinstance(o, _Tensor):
+            const = o if isinstance(a, _Tensor) else a
+            raise _Unsupported(f"multiplying by {_describe_value(const)} is not supported; relprop's Mul multiplies "
+                               "two tensors computed from the input", todo="fold constant factors into a layer's weights")
+        if len(a.shape) != len(o.shape) or a.shape[0] != o.shape[0]:
+            raise _Unsupported(f"product of shapes {a.shape} and {o.shape}; relprop's Mul needs one rank and one batch "
+                               "size (broadcasting over the other axes)")
+        layer = G.Mul()
+        try:
+            layer.out_shape(a.shape[1:], o.shape[1:])
+        except ValueError as e:
+            raise _Unsupported(str(e)) from None
+        return self._emit(self._base_name(n), layer, [a, o], shape())
 
     def op_mean(self, n, b, shape):
         x = self._tensor(b["input"])
@@ -869,6 +961,13 @@ _SIGS = {
     "avg_pool2d": (("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                     "divisor_override"), {"stride": None, "padding": 0, "count_include_pad": True}),
     "adaptive_avg_pool2d": (("input", "output_size"), {}),
+    "adaptive_max_pool2d": (("input", "output_size", "return_indices"), {"return_indices": False}),
+    "interpolate": (("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
+                    {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+                     "recompute_scale_factor": None, "antialias": False}),
+    "layer_norm": (("input", "normalized_shape", "weight", "bias", "eps"), {"weight": None, "bias": None, "eps": 1e-5}),
+    "group_norm": (("input", "num_groups", "weight", "bias", "eps"), {"weight": None, "bias": None, "eps": 1e-5}),
+    "mul": (("input", "other"), {}),
     "mean": (("input", "dim", "keepdim", "dtype"), {"keepdim": False}),
     "flatten": (("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
     "reshape": (("input", "shape"), {}),
@@ -939,6 +1038,11 @@ def _function_tables(torch):
     reg("avg_pool2d", [F.avg_pool2d, aten_op("avg_pool2d")])
     reg("adaptive_avg_pool2d", [F.adaptive_avg_pool2d, aten_op("adaptive_avg_pool2d"),
                                 aten_op("_adaptive_avg_pool2d")])
+    reg("adaptive_max_pool2d", [F.adaptive_max_pool2d, getattr(F, "adaptive_max_pool2d_with_indices", None)])
+    reg("interpolate", [F.interpolate, getattr(F, "upsample", None)])
+    reg("layer_norm", [F.layer_norm, aten_op("layer_norm")])
+    reg("group_norm", [F.group_norm, aten_op("group_norm")])
+    reg("mul", [operator.mul, operator.imul, torch.mul, aten_op("mul", "Tensor")])
     reg("mean", [torch.mean, aten_op("mean", "dim")])
     reg("flatten", [torch.flatten, aten_op("flatten", "using_ints")])
     reg("reshape", [torch.reshape, aten_op("reshape"), aten_op("view"), aten_op("_unsafe_view")])
@@ -970,6 +1074,7 @@ def _function_tables(torch):
     method("identity", None, "clone", "contiguous")
     method("add", None, "add", "add_", "__add__", "__iadd__")
     method("sum", None, "sum")
+    method("mul", None, "mul", "mul_", "__mul__", "__imul__")
     method("size", None, "size")
     return funcs, methods
 
@@ -1017,11 +1122,22 @@ def _module_table(torch):
         nn.MaxPool2d: ("max_pool2d", lambda m: pool(m, "dilation", "return_indices")),
         nn.AvgPool2d: ("avg_pool2d", lambda m: pool(m, "count_include_pad", "divisor_override")),
         nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", lambda m: {"output_size": m.output_size}),
+        nn.AdaptiveMaxPool2d: ("adaptive_max_pool2d", lambda m: {"output_size": m.output_size,
+                                                                 "return_indices": m.return_indices}),
+        nn.LayerNorm: ("layer_norm", lambda m: {"normalized_shape": m.normalized_shape, "weight": m.weight,
+                                                "bias": m.bias, "eps": m.eps}),
+        nn.GroupNorm: ("group_norm", lambda m: {"num_groups": m.num_groups, "weight": m.weight, "bias": m.bias,
+                                                "eps": m.eps}),
         nn.Flatten: ("flatten", flatten),
         nn.Identity: ("identity", lambda m: {}),
     }
     for cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
         table[cls] = ("dropout", lambda m: {"p": m.p, "training": m.training})
+    for cls in (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d):  # the last two: subclasses
+        table[cls] = ("interpolate", lambda m: {"size": m.size, "scale_factor": m.scale_factor, "mode": m.mode,
+                                                "align_corners": True if isinstance(m, nn.UpsamplingBilinear2d)
+                                                else m.align_corners,
+                                                "recompute_scale_factor": m.recompute_scale_factor})
     return table
 
 

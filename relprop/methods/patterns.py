@@ -305,8 +305,12 @@ class _Stats:
         # a denominator at rounding level of its terms is zero (e.g. constant data): no signal direction
         scale = np.einsum("ok,ok->o", np.abs(self.W), np.abs(self.sxy / cnt) + np.abs(ex * (self.sy / self.n)[:, None]))
         ok = (np.abs(den) > 1e-9 * scale) & (self.cnt > 0)
-        a = np.where(ok[:, None], cov / np.where(ok, den, 1)[:, None], 0.0)
-        return a.reshape(self.node.layer.weight.shape)
+        a = np.where(ok[:, None], cov / np.where(ok, den, 1)[:, None], 0.0).reshape(self.node.layer.weight.shape)
+        # a grouped / dilated conv's unit reads only its group's channels at its taps: the pattern
+        # lives on that receptive field (each component's estimate is its own, so restricting the
+        # dense estimate to the taps is exact; den above sums over non-zero weights only)
+        mask = self.node.layer.structure_mask() if self.node.layer.kind == "Conv2d" else None
+        return a if mask is None else np.where(mask, a, 0.0)
 
 
 def _check_batch_size(v):
