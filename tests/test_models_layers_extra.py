@@ -603,3 +603,24 @@ def test_peers_captum_deeplift_mul_is_gradient_there():
     delta = deltas(m, x, b, target)
     np.testing.assert_allclose(r.sum(1), delta, rtol=1e-10)
     assert np.max(np.abs(captum.sum(1) - delta)) > 1e-3 * np.max(np.abs(delta))
+
+
+def test_nearest_upsampling_indices_equal_torch_on_every_size_pair():
+    """torch's nearest source indices (floor(i * n_in / n_out) from sizes; float32 floorf(i / s)
+    from a scale factor) on every (n_in < 40, n_out < 80) pair and a few scale factors."""
+    import torch
+
+    from relprop.core.layers import _resize_matrix
+
+    for n_in in range(1, 40):
+        src = np.arange(n_in, dtype=np.float64)
+        for n_out in range(1, 80):
+            want = torch.nn.functional.interpolate(torch.from_numpy(src).reshape(1, 1, n_in), size=n_out,
+                                                   mode="nearest").numpy().ravel()
+            np.testing.assert_array_equal(_resize_matrix(n_in, n_out, "nearest", False, None) @ src, want)
+        for sf in (0.7, 1.3, 1.5, 2.0, 2.2, 3.0):
+            if int(n_in * sf) < 1:
+                continue
+            want = torch.nn.functional.interpolate(torch.from_numpy(src).reshape(1, 1, n_in), scale_factor=sf,
+                                                   mode="nearest").numpy().ravel()
+            np.testing.assert_array_equal(_resize_matrix(n_in, len(want), "nearest", False, sf) @ src, want)

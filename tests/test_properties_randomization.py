@@ -723,3 +723,24 @@ def test_forward_reuse_step_entries_serve_only_their_own_model():
         assert cache.step_entries
         got = rp.attribute(other[0], x, "gradient", target=0)
     np.testing.assert_array_equal(got, rp.attribute(other[0], x, "gradient", target=0))
+
+
+def test_grouped_and_dilated_convolutions_randomize_as_torch_with_their_zeros_kept():
+    """A depthwise / grouped / dilated Conv2d (stored dense with structural zeros) is re-drawn with
+    torch's fans of the compact weight, and its zeros stay zero (the layer's own check)."""
+    import torch
+
+    from relprop.evaluate.randomization import layer_rng, reinitialized
+
+    for groups, dil in ((8, 1), (2, 1), (1, 2)):
+        m = torch.nn.Conv2d(8, 8, 3, padding=2, groups=groups, dilation=dil)
+        layer = rp.Conv2d.from_compact(m.weight.detach().numpy(), m.bias.detach().numpy(), 1, 2, groups, dil)
+        new = reinitialized(layer, layer_rng(0, "c"), "torch")
+        mask = layer.structure_mask()
+        assert (new.weight[~mask] == 0).all()
+        bound = 1 / np.sqrt(m.weight[0].numel())  # torch: 1 / sqrt(in / groups * k * k)
+        assert np.abs(new.weight[mask]).max() <= bound and np.abs(new.weight[mask]).max() > 0.8 * bound
+    x = np.random.default_rng(0).normal(size=(2, 8, 6, 6))
+    net = rp.Sequential(layer, rp.ReLU(), rp.Flatten(), rp.Dense(np.random.default_rng(1).normal(size=(3, 8 * 6 * 6))))
+    res = R.model_randomization(net, x, ["gradient"], measures=("spearman",))
+    assert res.values.shape[1] == 3

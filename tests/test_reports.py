@@ -211,3 +211,13 @@ def test_cli_benchmark_errors(files, capsys):
     d = files
     code = run(["benchmark", str(d / "m.npz"), str(d / "x.npy"), "--metrics", "aopc", "--out", str(d / "e")])
     assert code == 2 and "--metrics" in capsys.readouterr().err
+
+
+def test_benchmark_completeness_of_an_lrp_started_from_one_hot(data):
+    """With start="one_hot" relevance is conserved to 1: the metric is |sum R - 1| (not divided by
+    the score), computed here from rp.attribute."""
+    net, x = data
+    res = ev.benchmark(net, x, {"eps1": ("lrp.epsilon", {"start": "one_hot"})}, metrics=("completeness",))
+    R = rp.attribute(net, x, "lrp.epsilon", start="one_hot")
+    want = np.mean(np.abs(R.reshape(len(x), -1).sum(1) - 1.0))
+    assert res.table["value"][0] == pytest.approx(want, rel=1e-9, abs=1e-12)

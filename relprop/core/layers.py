@@ -20,6 +20,7 @@ AdaptiveMax    route to the winner          route to the winner           Captum
 LayerNorm,     exact Jacobian (statistics   pass ``R`` (``"identity"``)   linear/Rescale/product
 GroupNorm      included)                    or z-rule, stats constant     decomposition (exact)
 Mul            product rule                 all to the signal input       Shapley product split
+ZeroInsert2d   back to the source pixel     back to the source pixel      back to the source pixel
 =============  ===========================  ============================  ======================
 
 DeepLIFT RevealCancel (``reveal=`` activation names) changes two rows of the DEEPLIFT column:
@@ -644,7 +645,15 @@ def _resize_matrix(n_in, n_out, mode, align_corners, factor):
     else:
         scale = 1.0 / factor if factor is not None else n_in / n_out
     if mode == "nearest":
-        a[rows, np.minimum(np.floor(rows * scale).astype(np.int64), n_in - 1)] = 1.0
+        # torch's indices, matched on every (n_in < 40, n_out < 80) pair and on scale factors:
+        # from sizes, floor(i * n_in / n_out) exactly (integers); from a scale factor s, float32
+        # floorf(i * (1 / s))
+        if factor is None:
+            src = np.minimum(rows * n_in // n_out, n_in - 1)
+        else:
+            s32 = np.float32(1.0 / factor)
+            src = np.minimum(np.floor(rows.astype(np.float32) * s32).astype(np.int64), n_in - 1)
+        a[rows, src] = 1.0
         return a
     src = rows * scale if align_corners else np.maximum(scale * (rows + 0.5) - 0.5, 0.0)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
@@ -923,7 +932,41 @@ class Mul(Op):
                 (node.inputs[1], _reduce_to(xp, g * (half * (a + a0)), tape.shapes[node.inputs[1]]))]
 
 
-OPS.update({kind: op for op in (Resample(), AdaptiveMaxPool(), Norm(), Mul()) for kind in op.kinds})
+class ZeroInsert(Op):
+    """ZeroInsert2d, the first half of a ConvTranspose2d (``graph.ConvTranspose2d``): each
+    output is a copy of one input pixel or an inserted zero, so the gradient, DeepLIFT's
+    multipliers (a linear layer) and LRP relevance all take the exact adjoint, a gather of the
+    copies back onto their sources; what reaches an inserted zero has no source and is dropped
+    (it is zero under every rule that weighs by the input, ``x_i = 0``)."""
+
+    kinds = ("ZeroInsert2d",)
+
+    @staticmethod
+    def _index(layer, h, w):
+        rows, cols = layer.sources(h, w)
+        ro, co = np.nonzero(rows >= 0)[0], np.nonzero(cols >= 0)[0]
+        return ro, co, rows[ro], cols[co]
+
+    def forward(self, fw, node, xs):
+        xp, x = fw.k.xp, xs[0]
+        ro, co, ri, ci = self._index(node.layer, x.shape[2], x.shape[3])
+        out = xp.zeros((x.shape[0],) + fw.tape.shapes[node.name], x.dtype)
+        out[:, :, xp.asarray(ro)[:, None], xp.asarray(co)[None, :]] = x[:, :, xp.asarray(ri)[:, None],
+                                                                        xp.asarray(ci)[None, :]]
+        return out
+
+    def grad(self, bw, node, g):
+        xp, shape = bw.k.xp, bw.in_shape(node, g)
+        ro, co, ri, ci = self._index(node.layer, shape[2], shape[3])
+        out = xp.zeros(shape, g.dtype)  # a cropped source gets nothing (it reached no output)
+        out[:, :, xp.asarray(ri)[:, None], xp.asarray(ci)[None, :]] = g[:, :, xp.asarray(ro)[:, None],
+                                                                        xp.asarray(co)[None, :]]
+        return [(node.inputs[0], out)]
+
+    lrp = deeplift = grad
+
+
+OPS.update({kind: op for op in (Resample(), AdaptiveMaxPool(), Norm(), Mul(), ZeroInsert()) for kind in op.kinds})
 
 _MODES = {}  # mode name -> {layer kind: backward step (bw, node, g) -> [(input name, signal)]}
 

@@ -48,7 +48,8 @@ def reinitialized(layer, rng, init="torch"):
     ``W ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (``kaiming_uniform_`` with ``a = sqrt(5)``) and
     ``b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``; ``"he_normal"``: ``W ~ N(0, 2 / fan_in)``, ``b = 0``
     (He et al. 2015); ``"glorot_uniform"``: ``W ~ U(+-sqrt(6 / (fan_in + fan_out)))``, ``b = 0``
-    (Glorot & Bengio 2010). ``fan_in = C kh kw`` (Conv2d) or the input width (Dense). BatchNorm2d
+    (Glorot & Bengio 2010). ``fan_in = C kh kw`` (Conv2d; ``C / groups x`` the real taps for a grouped
+    or dilated one, whose structural zeros stay zero) or the input width (Dense). BatchNorm2d
     is reset as torch does, whatever ``init``: scale 1, shift 0, running mean 0, variance 1.
     The draws are float64, cast to the layer's dtype; the caller's layer is not touched.
     """
@@ -62,8 +63,11 @@ def reinitialized(layer, rng, init="torch"):
         return type(layer)(**args)
     W = layer.weight
     o = W.shape[0]
-    fan_in = int(np.prod(W.shape[1:]))
-    fan_out = o * int(np.prod(W.shape[2:]))
+    # a grouped / dilated convolution is stored dense with structural zeros: torch's fans are
+    # those of its compact weight (in / groups x k_h x k_w taps), and the zeros stay zeros
+    mask = layer.structure_mask() if hasattr(layer, "structure_mask") else None
+    fan_in = int(mask[0].sum()) if mask is not None else int(np.prod(W.shape[1:]))
+    fan_out = int(mask[:, 0].sum()) if mask is not None else o * int(np.prod(W.shape[2:]))
     if init == "torch":
         bound = 1.0 / np.sqrt(fan_in)
         w = rng.uniform(-bound, bound, W.shape)
@@ -75,6 +79,8 @@ def reinitialized(layer, rng, init="torch"):
         bound = np.sqrt(6.0 / (fan_in + fan_out))
         w = rng.uniform(-bound, bound, W.shape)
         b = np.zeros(o)
+    if mask is not None:
+        w = np.where(mask, w, 0.0)
     bias_dt = layer.bias.dtype if layer.bias is not None else W.dtype
     args.update(weight=w.astype(W.dtype), bias=b.astype(bias_dt))
     return type(layer)(**args)

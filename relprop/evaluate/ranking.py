@@ -23,9 +23,9 @@ METRICS = {
                             "of random feature subsets and the score drop when they are removed, mean over the "
                             "subset sizes; higher is better"),
     "completeness": (False, "mean |sum R - what the method should sum to| / |s_c(x)|: conservation (s_c(x)) for "
-                            "the LRP family, completeness (s_c(x) - s_c(baseline), its own baseline) for IG and "
-                            "DeepLIFT; not defined (NaN, ranked last) for methods without such a property; lower "
-                            "is better"),
+                            "the LRP family (sum R - 1, not divided, when it starts from e_c: start='one_hot'), "
+                            "completeness (s_c(x) - s_c(baseline), its own baseline) for IG and DeepLIFT; not "
+                            "defined (NaN, ranked last) for methods without such a property; lower is better"),
     "randomization": (False, "mean similarity (spearman_abs) to the original explanation over a cascading "
                              "randomization (Adebayo et al. 2018); lower means the method depends on the model"),
 }

@@ -18,8 +18,9 @@ class Attributions:
     attributions : (n, ...) or (n, K, ...) array
     targets : int64 (n,) or (n, K): the classes explained
     scores : float64, the model's score of each target
-    error : float64 or None: ``sum R`` minus ``s_c(x)`` (conservation) or ``s_c(x) - s_c(baseline)``
-        (completeness), where the method defines that property
+    error : float64 or None: ``sum R`` minus ``s_c(x)`` (conservation), ``s_c(x) - s_c(baseline)``
+        (completeness) or 1 (LRP started from ``e_c``: ``start="one_hot"``), where the method defines
+        that property
     meta : dict: method, parameters, model fingerprint, relprop version, source, dtype, chunks
     complete : whether every chunk is finished (a partial store holds zeros in the others;
         :meth:`finished_rows` says which rows are valid)
