@@ -32,6 +32,8 @@ from .core.graph import (
     LayerNorm,
     GroupNorm,
     Mul,
+    ConvTranspose2d,
+    ZeroInsert2d,
     Conv2d,
     Dense,
     Flatten,
@@ -61,6 +63,7 @@ __all__ = [
     "Add", "Concat", "BatchNorm2d", "GlobalAvgPool2d", "Reshape", "LeakyReLU", "Softplus", "Dropout",
     "ELU", "GELU", "SiLU", "Swish", "Hardswish", "Hardsigmoid", "ReLU6", "Mish", "Pad",
     "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "Upsample", "LayerNorm", "GroupNorm", "Mul",
+    "ConvTranspose2d", "ZeroInsert2d",
     "canonize", "save", "load", "from_torch", "from_onnx",
     "fit_patterns", "load_patterns", "open_attributions",
 ]

@@ -203,7 +203,8 @@ def _sin(t):
 
 ERROR_CASES = {
     # grouped, dilated and reflect/replicate/circular convs are imported (tests/test_models_conv_variants.py)
-    "conv_transpose": (lambda: nn.ConvTranspose2d(3, 2, 3), 2 * 10 * 10, r"ConvTranspose2d.*'body'.*not supported"),
+    # ConvTranspose2d is imported (tests/test_models_conv_transpose.py)
+    "pixel_shuffle": (lambda: nn.PixelShuffle(1), 3 * 8 * 8, r"PixelShuffle.*'body'.*not supported"),
     "same_even_kernel": (lambda: nn.Conv2d(3, 2, 2, padding="same"), 2 * 8 * 8, r"padding='same' with the even kernel"),
     "ceil_mode": (lambda: nn.MaxPool2d(3, 2, ceil_mode=True), 3 * 4 * 4, r"MaxPool2d.*'body'.*ceil_mode=True"),
     "maxpool_dilation": (lambda: nn.MaxPool2d(2, dilation=2), 3 * 3 * 3, r"MaxPool2d.*dilation"),

@@ -322,6 +322,139 @@ class Pad(Layer):
         return np.pad(np.arange(h), (t, b), mode=np_mode), np.pad(np.arange(w), (l, r), mode=np_mode)
 
 
+class ZeroInsert2d(Layer):
+    """Zero insertion of (N, C, H, W) inputs: ``stride - 1`` zeros between neighbouring pixels
+    (``(H - 1) s_h + 1`` rows), then ``pads = (top, bottom, left, right)`` rows/columns of zeros
+    (a negative pad crops). It is the first half of :class:`ConvTranspose2d`'s decomposition;
+    every output is a copy of one input pixel or a zero, so every backward mode takes the exact
+    adjoint (the signal at each copy goes back to its source; inserted zeros have none)."""
+
+    kind = "ZeroInsert2d"
+    input_rank = 3
+    hyper = ("stride", "pads")
+
+    def __init__(self, stride, pads=(0, 0, 0, 0)):
+        self.stride = _pair(stride, "stride", "ZeroInsert2d")
+        if min(self.stride) < 1:
+            raise ValueError(f"ZeroInsert2d: stride must be >= 1, got {self.stride}")
+        if isinstance(pads, (str, bytes)) or not hasattr(pads, "__len__") or len(pads) != 4:
+            raise TypeError(f"ZeroInsert2d: pads must be 4 ints (top, bottom, left, right), got {pads!r}")
+        self.pads = tuple(_int(p, "pads", "ZeroInsert2d") for p in pads)
+
+    def __repr__(self):
+        return f"ZeroInsert2d(stride={self.stride}, pads={self.pads})"
+
+    def out_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (C, H, W), got per-sample shape {tuple(in_shape)}")
+        c, h, w = in_shape
+        t, b, l, r = self.pads
+        ho, wo = (h - 1) * self.stride[0] + 1 + t + b, (w - 1) * self.stride[1] + 1 + l + r
+        if ho < 1 or wo < 1:
+            raise ValueError(f"pads {self.pads} crop the zero-inserted input {h}x{w} to nothing (a ConvTranspose2d "
+                             f"whose padding leaves no output)")
+        return (c, ho, wo)
+
+    def sources(self, h, w):
+        """Source row and column of every output position (-1: an inserted or padded zero)."""
+        def axis(n, s, lo, hi):
+            d = np.full((n - 1) * s + 1, -1, np.int64)
+            d[::s] = np.arange(n)
+            d = np.concatenate([np.full(max(lo, 0), -1, np.int64), d[max(-lo, 0):], np.full(max(hi, 0), -1, np.int64)])
+            return d[:len(d) + hi] if hi < 0 else d
+
+        t, b, l, r = self.pads
+        return axis(h, self.stride[0], t, b), axis(w, self.stride[1], l, r)
+
+
+class ConvTranspose2d(Layer):
+    """Transposed 2-D convolution (torch ``nn.ConvTranspose2d``, ONNX ``ConvTranspose``);
+    ``weight`` (in, out / groups, kh, kw) in torch's layout, ``bias`` (out,). The output is
+    ``(H - 1) s - 2 p + d (k - 1) + output_padding + 1`` per axis.
+
+    It is the adjoint of the Conv2d with the same weight (Dumoulin & Visin 2016, "A guide to
+    convolution arithmetic", Sec. 4.5-4.7 and relationship 14): exactly a zero insertion of
+    ``s - 1`` zeros between input pixels, zero padding by ``d (k - 1) - p`` (``+
+    output_padding`` at the bottom/right), then a stride-1 Conv2d with the spatially flipped,
+    in/out-swapped weight. A graph stores it as that pair (:meth:`decompose`: a
+    :class:`ZeroInsert2d` node ``<name>.zeros`` and a :class:`Conv2d` node ``<name>``), so the
+    gradient, DeepLIFT and every LRP rule of Conv2d apply unchanged to the same linear map."""
+
+    kind = "ConvTranspose2d"
+    input_rank = 3
+    arrays = ("weight", "bias")
+    hyper = ("stride", "padding", "output_padding", "groups", "dilation")
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+        self.weight = _weight(weight, "weight", "ConvTranspose2d", 4)
+        self.groups = _int(groups, "groups", "ConvTranspose2d")
+        if self.groups < 1 or self.weight.shape[0] % self.groups:
+            raise ValueError(f"ConvTranspose2d: groups={groups} must be >= 1 and divide the {self.weight.shape[0]} "
+                             f"input channels of weight {self.weight.shape}")
+        out = self.weight.shape[1] * self.groups
+        self.bias = _weight(bias, "bias", "ConvTranspose2d", 1)
+        if self.bias is None:
+            self.bias = np.zeros(out, self.weight.dtype)
+        if self.bias.shape != (out,):
+            raise ValueError(f"ConvTranspose2d: bias must have shape ({out},) to match weight {self.weight.shape} "
+                             f"and groups={self.groups}, got {self.bias.shape}")
+        self.stride = _pair(stride, "stride", "ConvTranspose2d")
+        self.padding = _pair(padding, "padding", "ConvTranspose2d")
+        self.output_padding = _pair(output_padding, "output_padding", "ConvTranspose2d")
+        self.dilation = _pair(dilation, "dilation", "ConvTranspose2d")
+        if min(self.stride) < 1 or min(self.dilation) < 1 or min(self.padding) < 0 or min(self.output_padding) < 0:
+            raise ValueError(f"ConvTranspose2d: stride and dilation must be >= 1, padding and output_padding >= 0, "
+                             f"got stride={self.stride}, dilation={self.dilation}, padding={self.padding}, "
+                             f"output_padding={self.output_padding}")
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):  # torch's rule: more would add rows no input reaches
+                raise ValueError(f"ConvTranspose2d: output_padding must be smaller than stride or dilation, got "
+                                 f"output_padding={self.output_padding}, stride={self.stride}, "
+                                 f"dilation={self.dilation}")
+
+    def __repr__(self):
+        c, og, kh, kw = self.weight.shape
+        extra = (f", output_padding={self.output_padding}" if self.output_padding != (0, 0) else "") + \
+            (f", groups={self.groups}" if self.groups != 1 else "") + \
+            (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
+        return (f"ConvTranspose2d({c} -> {og * self.groups}, {kh}x{kw}, stride={self.stride}, "
+                f"padding={self.padding}{extra})")
+
+    def out_shape(self, in_shape):
+        c, og, kh, kw = self.weight.shape
+        if len(in_shape) != 3 or in_shape[0] != c:
+            raise ValueError(f"expects input (C={c}, H, W), got per-sample shape {tuple(in_shape)}")
+        size = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in
+                zip(in_shape[1:], self.stride, self.padding, self.dilation, (kh, kw), self.output_padding)]
+        if min(size) < 1:
+            raise ValueError(f"padding {self.padding} leaves no output for input {tuple(in_shape[1:])}")
+        return (og * self.groups,) + tuple(size)
+
+    def decompose(self):
+        """``(ZeroInsert2d, Conv2d)`` computing exactly this layer (see the class docstring):
+        the Conv2d's compact weight is ``w[g]^T`` flipped in both spatial axes per group."""
+        c, og, kh, kw = self.weight.shape
+        g, ig = self.groups, c // self.groups
+        wc = self.weight.reshape(g, ig, og, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+        conv = Conv2d.from_compact(np.ascontiguousarray(wc.reshape(g * og, ig, kh, kw)), self.bias, 1, 0, g,
+                                   self.dilation)
+        q = [d * (k - 1) - p for d, k, p in zip(self.dilation, (kh, kw), self.padding)]
+        zeros = ZeroInsert2d(self.stride, (q[0], q[0] + self.output_padding[0], q[1], q[1] + self.output_padding[1]))
+        return zeros, conv
+
+
+def _expand_transposed(nodes):
+    """Nodes with every ConvTranspose2d replaced by its ``<name>.zeros`` -> ``<name>`` pair."""
+    out = []
+    for n in nodes:
+        if isinstance(n.layer, ConvTranspose2d):
+            zeros, conv = n.layer.decompose()
+            out += [Node(n.name + ".zeros", zeros, n.inputs), Node(n.name, conv, (n.name + ".zeros",))]
+        else:
+            out.append(n)
+    return out
+
+
 class _Pool2d(Layer):
     hyper = ("kernel_size", "stride", "padding")
 
@@ -932,6 +1065,7 @@ class Graph:
         self.nodes = [n if isinstance(n, Node) else Node(*n) for n in self.nodes]
         for n in self.nodes:
             n.inputs = (n.inputs,) if isinstance(n.inputs, str) else tuple(n.inputs)
+        self.nodes = _expand_transposed(self.nodes)  # stored as zero insertion + Conv2d (ConvTranspose2d)
         seen = {"input"}
         for i, node in enumerate(self.nodes):
             if not isinstance(node.layer, Layer):

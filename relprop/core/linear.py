@@ -356,6 +356,7 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
                          for v in _zbox_bounds(xp, rule, a, node, (n,) + x_shape))
         xs = xp.empty((n, mm * a2.shape[1]), dtype)
         k.stack_input_mods(a2, st.modes, low, high, xs)
+        _mask_inserted_zeros(xp, m, node, xs, modes, a)
     go = st.B.shape[0]
     if node.layer.kind == "Dense":
         s = xp.empty((n, go), dtype)
@@ -403,6 +404,28 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
         key = ("rule-Bt", node.name, rule.key, bool(nonneg)) if stride1(node.layer) else None
         transposed_conv(k, node.layer, s, Bt, xs4[i0:i1], mm, out[i0:i1], m, key, winograd=False)
     return out
+
+
+def _mask_inserted_zeros(xp, m, node, xs, modes, a):
+    """Zero the value-free input modifiers (Flat/WSquare's ones, ZBox's bounds) at the inserted
+    zeros when ``node`` is the Conv2d of a ConvTranspose2d (it reads a ZeroInsert2d): the
+    transposed convolution has no input there, so these rules see only the real pixels -- what
+    Zennit's Flat / WSquare / ZBox give on the ConvTranspose2d module itself. Modifiers of ``a``
+    (x, x+, x-) are zero there already."""
+    graph = getattr(m, "graph", None)
+    src = None if graph is None else graph.by_name.get(node.inputs[0])
+    if src is None or src.layer.kind != "ZeroInsert2d" or not any(int(md) in (int(R.ONES), int(R.LOW), int(R.HIGH))
+                                                                  for md in modes):
+        return
+    layer, (h, w) = src.layer, a.shape[2:]
+    t, b, l, r = layer.pads
+    rows, cols = layer.sources((h - t - b - 1) // layer.stride[0] + 1, (w - l - r - 1) // layer.stride[1] + 1)
+    real = np.broadcast_to((rows >= 0)[:, None] & (cols >= 0)[None, :], a.shape[1:]).reshape(-1)
+    mask = xp.asarray(real.astype(xs.dtype))
+    blocks = xs.reshape(xs.shape[0], len(modes), -1)
+    for i, md in enumerate(modes):
+        if int(md) in (int(R.ONES), int(R.LOW), int(R.HIGH)):
+            blocks[:, i] *= mask
 
 
 def _zbox_bounds(xp, rule, a, node, x_shape=None):

@@ -38,7 +38,7 @@ _KINDS = {cls.kind: cls for cls in (
     G.LeakyReLU, G.Softplus, G.Dropout, G.BatchNorm2d, G.GlobalAvgPool2d, G.Reshape, G.Add, G.Concat,
     G.ELU, G.GELU, G.SiLU, G.Hardswish, G.Hardsigmoid, G.ReLU6, G.Mish, G.Pad)}
 _KINDS.update({cls.kind: cls for cls in (G.AdaptiveAvgPool2d, G.AdaptiveMaxPool2d, G.Upsample, G.LayerNorm,
-                                         G.GroupNorm, G.Mul)})
+                                         G.GroupNorm, G.Mul, G.ZeroInsert2d, G.ConvTranspose2d)})
 
 #: default limit on the bytes of all arrays one archive may declare (``load(..., max_bytes=)``)
 MAX_BYTES = 4 * 2**30

@@ -49,7 +49,8 @@ _HANDLERS = {
     "Softmax": "_softmax", "LogSoftmax": "_softmax", "Dropout": "_dropout", "Identity": "_identity", "Cast": "_cast",
     "Shape": "_shape", "Size": "_shape",
 }
-_HANDLERS.update({"Mul": "_mul", "Resize": "_resize", "LayerNormalization": "_layernorm"})
+_HANDLERS.update({"Mul": "_mul", "Resize": "_resize", "LayerNormalization": "_layernorm",
+                  "ConvTranspose": "_conv_transpose"})
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
 _FLOAT_TYPES = {1: np.float32, 11: np.float64}  # TensorProto.FLOAT, TensorProto.DOUBLE
@@ -673,6 +674,34 @@ class _Importer:
         pad = self._padding(node, a, x.shape[1:], dense.weight.shape[2:], strides)
         layer = self._make(node, G.Conv2d, dense.weight, dense.bias, stride=tuple(strides), padding=pad,
                            groups=dense.groups, dilation=dense.dilation)
+        self._add_layer(node, layer, [X])
+
+    def _conv_transpose(self, node):
+        """ONNX ConvTranspose (2-D; explicit symmetric pads, output_padding, group, dilations):
+        ``G.ConvTranspose2d``, stored as zero insertion + a stride-1 Conv2d (exact)."""
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"auto_pad", "dilations", "group", "kernel_shape", "output_padding", "pads",
+                                    "strides"})
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto not in ("NOTSET", ""):
+            raise self._error(node, f"auto_pad={auto!r} is not supported for ConvTranspose; export with explicit pads")
+        X = node.input[0]
+        x = self._data(node, X)
+        w = self._const(node, node.input[1], "W (weight)")
+        b = self._const(node, node.input[2], "B (bias)") if len(node.input) > 2 and node.input[2] else None
+        if w.ndim != 4 or len(x.shape) != 3:
+            raise self._error(node, f"only 2-D transposed convolutions on (N, C, H, W) are supported, got weight "
+                                    f"{w.shape} and per-sample input {x.shape}")
+        if tuple(a.get("kernel_shape", w.shape[2:])) != w.shape[2:]:
+            raise self._error(node, f"kernel_shape {list(a['kernel_shape'])} does not match the weight {w.shape}")
+        pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
+        if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+            raise self._error(node, f"pads={pads}: relprop's ConvTranspose2d takes 4 symmetric pads (begin = end)")
+        layer = self._make(node, G.ConvTranspose2d, self._weight(w), None if b is None else self._weight(b),
+                           tuple(int(v) for v in a.get("strides", [1, 1])), (pads[0], pads[1]),
+                           tuple(int(v) for v in a.get("output_padding", [0, 0])), int(a.get("group", 1)),
+                           tuple(int(v) for v in a.get("dilations", [1, 1])))
         self._add_layer(node, layer, [X])
 
     def _pad(self, node):

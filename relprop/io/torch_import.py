@@ -11,6 +11,8 @@ nn.Linear, F.linear                                         Dense
 nn.Conv2d, F.conv2d (any groups and dilation; padding       Conv2d (dense: block-diagonal,
 'same' with odd dilated kernels, 'valid'; padding_mode      zero-dilated weight), after a Pad
 reflect/replicate/circular)                                 for padding_mode != 'zeros'
+nn.ConvTranspose2d, F.conv_transpose2d (any stride,         ZeroInsert2d + Conv2d (flipped,
+padding, output_padding, groups, dilation)                  transposed weight; exact)
 nn.BatchNorm1d/2d, F.batch_norm (running statistics)        BatchNorm2d (folded by ``rp.canonize``)
 nn.ReLU, F.relu, torch.relu, x.relu()                       ReLU
 nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softplus (+ functions) LeakyReLU, Tanh, Sigmoid, Softplus
@@ -68,7 +70,7 @@ from ..core.canonize import canonize as _canonize, importer_fold
 from . import ImportNotice, apply_final_softmax, check_final_softmax
 
 SUPPORTED = (
-    "nn.Linear, nn.Conv2d (any groups, dilation and padding_mode), nn.BatchNorm1d/2d (with running "
+    "nn.Linear, nn.Conv2d (any groups, dilation and padding_mode), nn.ConvTranspose2d, nn.BatchNorm1d/2d (with running "
     "statistics), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6 "
     "(or Hardtanh(0, 6)), Mish, Softmax (last axis, last operation), nn.MaxPool2d "
     "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d / AdaptiveMaxPool2d (any size), "
@@ -533,6 +535,16 @@ class _Converter:
                          groups=dense.groups, dilation=dense.dilation)
         return self._emit(self._base_name(n), layer, [x], shape())
 
+    def op_conv_transpose2d(self, n, b, shape):
+        x = self._tensor(b["input"])
+        if len(x.shape) != 4:
+            raise _Unsupported(f"input of shape {x.shape}: relprop's ConvTranspose2d takes batched (N, C, H, W) inputs")
+        w, bias = self._const(b["weight"], "weight"), self._const(b.get("bias"), "bias")
+        # stored as zero insertion + a stride-1 Conv2d with the flipped weight (G.ConvTranspose2d)
+        layer = self._layer(G.ConvTranspose2d, w, bias, _pair(b["stride"]), _pair(b["padding"]),
+                            _pair(b["output_padding"]), int(b["groups"]), _pair(b["dilation"]))
+        return self._emit(self._base_name(n), layer, [x], shape())
+
     def op_batch_norm(self, n, b, shape):
         x = self._tensor(b["input"])
         if b.get("training"):
@@ -939,6 +951,8 @@ def _describe_value(v):
 # --------------------------------------------------------------------------------------------
 _SIGS = {
     "linear": (("input", "weight", "bias"), {"bias": None}),
+    "conv_transpose2d": (("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation"),
+                         {"bias": None, "stride": 1, "padding": 0, "output_padding": 0, "groups": 1, "dilation": 1}),
     "conv2d": (("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
                {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
     "relu": (("input", "inplace"), {}),
@@ -1001,6 +1015,7 @@ def _function_tables(torch):
 
     reg("linear", [F.linear, aten_op("linear")])
     reg("conv2d", [F.conv2d, torch.conv2d, aten_op("conv2d"), aten_op("conv2d", "padding")])
+    reg("conv_transpose2d", [F.conv_transpose2d, torch.conv_transpose2d, aten_op("conv_transpose2d", "input")])
     funcs[F.batch_norm] = ("batch_norm", ("input", "running_mean", "running_var", "weight", "bias", "training",
                                           "momentum", "eps"),
                            {"weight": None, "bias": None, "training": False, "eps": 1e-5})
@@ -1102,6 +1117,9 @@ def _module_table(torch):
     table = {
         nn.Linear: ("linear", lambda m: {"weight": m.weight, "bias": m.bias}),
         nn.Conv2d: ("conv2d", conv),
+        nn.ConvTranspose2d: ("conv_transpose2d", lambda m: {
+            "weight": m.weight, "bias": m.bias, "stride": m.stride, "padding": m.padding,
+            "output_padding": m.output_padding, "groups": m.groups, "dilation": m.dilation}),
         nn.BatchNorm1d: ("batch_norm", bn),
         nn.BatchNorm2d: ("batch_norm", bn),
         nn.ReLU: ("relu", lambda m: {}),
