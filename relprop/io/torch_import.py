@@ -190,6 +190,15 @@ def _trace(torch, module, x):
 # --------------------------------------------------------------------------------------------
 # Values flowing through the conversion
 # --------------------------------------------------------------------------------------------
+_GATE_KINDS = ("Sigmoid", "Hardsigmoid", "Softmax", "Tanh")  # squashing ops that make the gate of a product
+
+
+def _import_notice():
+    from . import ImportNotice
+
+    return ImportNotice
+
+
 class _Tensor:
     """An IR tensor: the node that produces it and its full torch shape (batch axis first)."""
 
@@ -764,12 +773,28 @@ class _Converter:
         if len(a.shape) != len(o.shape) or a.shape[0] != o.shape[0]:
             raise _Unsupported(f"product of shapes {a.shape} and {o.shape}; relprop's Mul needs one rank and one batch "
                                "size (broadcasting over the other axes)")
-        layer = G.Mul()
+        signal = None
+        if a.shape == o.shape:  # both full-shape (a gated convolution): the gate is the squashed input
+            gates = [self._kind_of(t) in _GATE_KINDS for t in (a, o)]
+            if gates[0] != gates[1]:
+                signal = 1 if gates[0] else 0
+            else:
+                warnings.warn(f"{self._what(n)} at node {n.name!r}: a product of two inputs of the same shape, neither "
+                              f"of them a sigmoid-type gate; LRP gives all relevance to the first ({a.name!r}): pass "
+                              f"rp.Mul(signal=...) in your own graph to choose", _import_notice(), stacklevel=2)
+        layer = G.Mul(signal=signal)
         try:
             layer.out_shape(a.shape[1:], o.shape[1:])
         except ValueError as e:
             raise _Unsupported(str(e)) from None
         return self._emit(self._base_name(n), layer, [a, o], shape())
+
+    def _kind_of(self, t):
+        """The layer kind of the node that produced IR tensor ``t`` (None for the graph input)."""
+        for node in reversed(self.nodes):
+            if node.name == t.name:
+                return node.layer.kind
+        return None
 
     def op_mean(self, n, b, shape):
         x = self._tensor(b["input"])
