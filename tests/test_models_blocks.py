@@ -60,10 +60,9 @@ What each reference is:
   Independently of any peer, LRP-0 on bias-free versions of every block conserves the score
   (1e-8, with the pools' z-rule stabilizer at 1e-12).
 
-* ONNX: every block but ``convnext`` imports at opsets 17 and 20 with the torch import's layer
-  kinds; the ConvNeXt block's GroupNorm is exported by torch as Reshape - InstanceNormalization -
-  Reshape - Mul - Add, which relprop's ONNX importer refuses (one line naming the node): that case
-  is an ``xfail(strict=True)`` of the issue's requirement, and the refusal is asserted.
+* ONNX: every block imports at opsets 17 and 20 with the torch import's layer kinds (the
+  ConvNeXt block's GroupNorm, exported by torch as Reshape - InstanceNormalization - Reshape -
+  Mul - Add, imports as one GroupNorm node; tests/test_import_onnx_norms.py covers that fusion).
 """
 from __future__ import annotations
 
@@ -328,16 +327,7 @@ def export(m, x, opset):
     return f.getvalue()
 
 
-# torch's TorchScript exporter writes GroupNorm (opsets 17 and 20 alike) as Reshape(N, G, -1) ->
-# InstanceNormalization(scale 1, bias 0) -> Reshape(x.shape) -> Mul(weight) -> Add(bias), and
-# relprop's ONNX importer maps no InstanceNormalization (relprop/io/onnx_import.py, _HANDLERS)
-ONNX_GROUPNORM_GAP = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="relprop.from_onnx refuses InstanceNormalization, the op torch's exporter writes for "
-           "nn.GroupNorm (Reshape - InstanceNormalization - Reshape - Mul - Add), so the ConvNeXt "
-           "block does not import from ONNX at opset 17 or 20 (issue 15 'What it must show' 1)")
-ONNX_CASES = [pytest.param(name, opset, marks=ONNX_GROUPNORM_GAP if name == "convnext" else ())
-              for name in NAMES for opset in (17, 20)]
+ONNX_CASES = [(name, opset) for name in NAMES for opset in (17, 20)]
 
 
 @pytest.mark.parametrize("name,opset", ONNX_CASES)
@@ -359,18 +349,6 @@ def test_reference_onnx_matches_onnxruntime_and_torch(name, opset):
                  f"{name} opset {opset} gradient")
     assert_close(relprop_lrp(net, x, "EpsilonPlusFlat"), relprop_lrp(via_torch, x, "EpsilonPlusFlat"), 1e-5,
                  f"{name} opset {opset} EpsilonPlusFlat")
-
-
-@pytest.mark.parametrize("opset", [17, 20])
-def test_errors_onnx_groupnorm_pattern_refused_in_one_line(opset):
-    """Today's behaviour on the exported GroupNorm (see ONNX_GROUPNORM_GAP): one line naming the
-    node, the op and where the list of mapped ops is. Flips, with the xfail above, once the
-    Reshape - InstanceNormalization - Reshape - Mul - Add pattern maps to GroupNorm."""
-    data = export(build("convnext", torch.float32), inputs(np.float32), opset)
-    with pytest.raises(ValueError, match=r"'/norm/InstanceNormalization' \(InstanceNormalization\).*"
-                                         r"supported_ops\(\)") as e:
-        rp.from_onnx(data)
-    assert "\n" not in str(e.value)
 
 
 # -- Captum ----------------------------------------------------------------------------------------------------

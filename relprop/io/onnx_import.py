@@ -50,7 +50,8 @@ _HANDLERS = {
     "Shape": "_shape", "Size": "_shape",
 }
 _HANDLERS.update({"Mul": "_mul", "Resize": "_resize", "LayerNormalization": "_layernorm",
-                  "ConvTranspose": "_conv_transpose"})
+                  "ConvTranspose": "_conv_transpose", "InstanceNormalization": "_instancenorm",
+                  "GroupNormalization": "_groupnormalization", "GlobalMaxPool": "_global_maxpool"})
 SUPPORTED_OPS = tuple(sorted(_HANDLERS))
 
 _FLOAT_TYPES = {1: np.float32, 11: np.float64}  # TensorProto.FLOAT, TensorProto.DOUBLE
@@ -367,7 +368,8 @@ class _Importer:
         self.score_tensor = None  # the input of a final Softmax
         self.origin = {}  # relprop node -> the ONNX tensor it produced (moves along sole-use aliases)
         self.names = {"input"}
-        self.onnx_nodes = _fuse_activations(onnx, _fuse_softplus(onnx, list(g.node), inits), inits)
+        self.onnx_nodes = _fuse_activations(onnx, _fuse_softplus(onnx, _fuse_groupnorm(onnx, list(g.node), inits),
+                                                                 inits), inits)
         self.consumers = {}
         for n in self.onnx_nodes:
             for i in n.input:
@@ -416,8 +418,8 @@ class _Importer:
             for i in ins:
                 if i not in self.static and i not in self.data:  # pragma: no cover - checker guarantees
                     raise ValueError(f"ONNX node {self._label(node)}: input {i!r} is not defined")
-            if node.domain == "relprop":  # a pattern fused by _fuse_softplus or _fuse_activations
-                handler = "_activation"
+            if node.domain == "relprop":  # a pattern fused by _fuse_groupnorm, _fuse_softplus or _fuse_activations
+                handler = "_groupnorm_pattern" if node.op_type == "GroupNorm" else "_activation"
             else:
                 handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if handler is None:
@@ -766,6 +768,13 @@ class _Importer:
             raise self._error(node, f"only (N, C, H, W) input is supported, got per-sample shape {x.shape}")
         self._add_layer(node, G.GlobalAvgPool2d(), [node.input[0]], (x.shape[0], 1, 1))
 
+    def _global_maxpool(self, node):
+        """``GlobalMaxPool`` of (N, C, H, W): torch's adaptive max pool to 1 x 1 (the max over H, W)."""
+        x = self._data(node, node.input[0])
+        if len(x.shape) != 3:
+            raise self._error(node, f"only (N, C, H, W) input is supported, got per-sample shape {x.shape}")
+        self._add_layer(node, G.AdaptiveMaxPool2d((1, 1)), [node.input[0]], (x.shape[0], 1, 1))
+
     def _reduce_mean(self, node):
         a = self._attrs(node)
         x = self._data(node, node.input[0])
@@ -1008,6 +1017,115 @@ class _Importer:
                            None if bias is None else self._weight(bias), float(a.get("epsilon", 1e-5)))
         self._add_layer(node, layer, [X], x.shape)
 
+    def _norm_vector(self, node, name, n, what):
+        """A constant per-channel (or per-group) vector of ``n`` entries, as float64."""
+        v = np.asarray(self._const(node, name, what), dtype=np.float64)
+        if v.ndim != 1 or v.shape[0] != n:
+            raise self._error(node, f"{what} (input {name!r}) must have shape ({n},), got {v.shape}")
+        return v
+
+    def _instancenorm(self, node):
+        """``InstanceNormalization`` of (N, C, ...): mean and variance per sample and channel, i.e.
+        relprop's GroupNorm with one group per channel (Ulyanov et al. 2016; Wu & He 2018, Sec. 3.1)."""
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"epsilon"})
+        X = node.input[0]
+        x = self._data(node, X)
+        if len(x.shape) < 2:
+            raise self._error(node, f"needs (N, C, D1, ...) input, got per-sample shape {x.shape}")
+        c = x.shape[0]
+        scale = self._norm_vector(node, node.input[1], c, "scale")
+        bias = self._norm_vector(node, node.input[2], c, "B")
+        layer = self._make(node, G.GroupNorm, c, self._weight(scale), self._weight(bias), float(a.get("epsilon", 1e-5)))
+        self._add_layer(node, layer, [X], x.shape)
+
+    def _groupnormalization(self, node):
+        """``GroupNormalization`` (Wu & He 2018, Eq. 1): from opset 21 ``scale`` and ``bias`` are
+        per channel (C,); opset 18's (deprecated there) are per group (num_groups,), repeated over
+        each group's C / num_groups channels as its reference function does."""
+        a = self._attrs(node)
+        self._check_attrs(node, a, {"epsilon", "num_groups", "stash_type"})
+        X = node.input[0]
+        x = self._data(node, X)
+        if len(x.shape) < 2:
+            raise self._error(node, f"needs (N, C, D1, ...) input, got per-sample shape {x.shape}")
+        c, groups = x.shape[0], int(a.get("num_groups", 0))
+        if groups < 1 or c % groups:
+            raise self._error(node, f"num_groups={groups} must be >= 1 and divide the {c} channels")
+        n = c if self.opset >= 21 else groups
+        scale = self._norm_vector(node, node.input[1], n, f"scale (opset {self.opset})")
+        bias = self._norm_vector(node, node.input[2], n, f"bias (opset {self.opset})")
+        if n != c:
+            scale, bias = np.repeat(scale, c // groups), np.repeat(bias, c // groups)
+        layer = self._make(node, G.GroupNorm, groups, self._weight(scale), self._weight(bias),
+                           float(a.get("epsilon", 1e-5)))
+        self._add_layer(node, layer, [X], x.shape)
+
+    def _target(self, node, name, src_shape, what):
+        """The per-sample shape a Reshape target ``name`` gives a (N, *src_shape) tensor, checked
+        to keep the batch axis and to be the same for every batch size."""
+        if name not in self.static:
+            raise self._error(node, f"{what} (input {name!r}) must be a constant or computed from shapes only")
+        out = set()
+        for b, t in self.static[name].items():
+            full = (b,) + tuple(src_shape)
+            t = [int(v) for v in np.asarray(t).reshape(-1)]
+            t = [full[i] if v == 0 and i < len(full) else v for i, v in enumerate(t)]
+            if t.count(-1) == 1:
+                rest = math.prod(v for v in t if v != -1)
+                t[t.index(-1)] = math.prod(full) // rest if rest else 0
+            if math.prod(t) != math.prod(full) or not t or t[0] != b:
+                raise self._error(node, f"{what} reshapes {full} to {t}, which does not keep the batch axis")
+            out.add(tuple(t[1:]))
+        if len(out) != 1:
+            raise self._error(node, f"{what} changes with the batch size")
+        return out.pop()
+
+    def _groupnorm_pattern(self, node):
+        """torch's export of ``nn.GroupNorm(G, C)`` (fused by :func:`_fuse_groupnorm`):
+        ``Reshape(N, G, -1) -> InstanceNormalization(s, B) -> Reshape(N, C, ...) [-> Mul(w)]
+        [-> Add(b)]``, i.e. GroupNorm with ``weight[c] = s[g] w[c]``, ``bias[c] = B[g] w[c] + b[c]``
+        for channel c of group g (Wu & He 2018, Eq. 1 with the affine maps composed)."""
+        a = self._attrs(node)
+        what = "the GroupNorm pattern Reshape - InstanceNormalization - Reshape - Mul - Add"
+        X, t1, s_name, b_name, t2, w_name, bias_name = node.input
+        x = self._data(node, X)
+        c = x.shape[0] if x.shape else 0
+        grouped = self._target(node, t1, x.shape, f"{what}: the first Reshape")
+        if len(x.shape) < 1 or len(grouped) < 2:
+            raise self._error(node, f"{what}: the first Reshape must give (N, G, ...) from (N, C, ...), got per-sample "
+                                    f"{x.shape} -> {grouped}")
+        groups = grouped[0]
+        s = np.asarray(self._const(node, s_name, f"{what}: InstanceNormalization scale"), dtype=np.float64)
+        B = np.asarray(self._const(node, b_name, f"{what}: InstanceNormalization B"), dtype=np.float64)
+        if s.shape != (groups,) or B.shape != (groups,):
+            raise self._error(node, f"{what}: the first Reshape makes {groups} groups but InstanceNormalization's "
+                                    f"scale / B have shapes {s.shape} / {B.shape} (expected ({groups},))")
+        if c % groups:
+            raise self._error(node, f"{what}: {groups} groups do not split the {c} channels of {x.shape} equally")
+        back = self._target(node, t2, grouped, f"{what}: the second Reshape")
+        if back != x.shape:
+            raise self._error(node, f"{what}: the second Reshape gives per-sample {back}, not the input's {x.shape}")
+        w = self._channel_factor(node, w_name, x.shape, f"{what}: the Mul's constant") if w_name else np.ones(c)
+        b = self._channel_factor(node, bias_name, x.shape, f"{what}: the Add's constant") if bias_name else np.zeros(c)
+        sc, Bc = np.repeat(s, c // groups), np.repeat(B, c // groups)
+        layer = self._make(node, G.GroupNorm, groups, self._weight(sc * w), self._weight(Bc * w + b),
+                           float(a.get("epsilon", 1e-5)))
+        self._add_layer(node, layer, [X], x.shape)
+
+    def _channel_factor(self, node, name, shape, what):
+        """A constant that broadcasts onto (1, *shape) and is constant within each channel -> (C,)."""
+        v = np.asarray(self._const(node, name, what), dtype=np.float64)
+        full = (1,) + tuple(shape)
+        try:
+            ok = np.broadcast_shapes(v.shape, full) == full
+        except ValueError:
+            ok = False
+        per = np.broadcast_to(v, full)[0].reshape(shape[0], -1) if ok else None
+        if per is None or not np.all(per == per[:, :1]):
+            raise self._error(node, f"{what} (shape {v.shape}) must be one value per channel of {tuple(shape)}")
+        return per[:, 0].copy()
+
     def _batchnorm(self, node):
         a = self._attrs(node)
         self._check_attrs(node, a, {"epsilon", "momentum", "training_mode", "spatial"})
@@ -1211,6 +1329,72 @@ def _fuse_softplus(onnx, nodes, inits):
         out.append(new)
         producer[n.output[0]] = new
     return out
+
+
+def _fuse_groupnorm(onnx, nodes, inits):
+    """Replace torch's export of ``nn.GroupNorm`` (TorchScript and dynamo exporters, opsets 17-20)
+    by one relprop-domain ``GroupNorm`` node:
+    ``Reshape(x, t1) -> InstanceNormalization(scale, B) -> Reshape(t2) [-> Mul(w)] [-> Add(b)]``,
+    each intermediate read only by the next, ``w`` and ``b`` not computed from the model input.
+    The match is structural; ``_Importer._groupnorm_pattern`` checks the shapes and constants
+    (``t1`` = (N, G, ...), ``t2`` = x's shape, per-channel ``w`` / ``b``) and names the mismatch
+    in one line. The inputs of the fused node: ``x, t1, scale, B, t2, w or "", b or ""``.
+    """
+    producer = {o: n for n in nodes for o in n.output if o}
+    uses = {}
+    for n in nodes:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    # tensors computed from the model input (Shape / Size read shapes only, not values)
+    produced = set(producer)
+    dynamic = {i for n in nodes for i in n.input if i and i not in produced and i not in inits}
+    for n in nodes:
+        if n.op_type not in ("Shape", "Size") and any(i in dynamic for i in n.input):
+            dynamic.update(o for o in n.output if o)
+
+    def op(name, t):
+        p = producer.get(name)
+        return p if p is not None and p.op_type == t and p.domain in ("", "ai.onnx") else None
+
+    def copies_zeros(r):  # allowzero=1 reads a 0 in the target literally: left to the Reshape handler
+        return not any(a.name == "allowzero" and onnx.helper.get_attribute_value(a) for a in r.attribute)
+
+    def sole_reader(name, t):  # the single node reading ``name``, if it is an op of type t
+        if uses.get(name, 0) != 1:
+            return None
+        readers = [n for n in nodes if name in n.input and n.op_type == t and n.domain in ("", "ai.onnx")]
+        return readers[0] if len(readers) == 1 else None
+
+    def const_operand(n, x):  # the other input of a binary node reading x, if not data
+        if len(n.input) != 2 or list(n.input).count(x) != 1:
+            return None
+        other = n.input[1] if n.input[0] == x else n.input[0]
+        return other if other not in dynamic else None
+
+    replace = {}  # id of the last matched node -> fused node
+    for inorm in nodes:
+        if inorm.op_type != "InstanceNormalization" or inorm.domain not in ("", "ai.onnx") or len(inorm.input) != 3:
+            continue
+        r1 = op(inorm.input[0], "Reshape")
+        if r1 is None or uses.get(inorm.input[0], 0) != 1 or r1.input[0] not in dynamic or not copies_zeros(r1):
+            continue
+        r2 = sole_reader(inorm.output[0], "Reshape")
+        if r2 is None or r2.input[0] != inorm.output[0] or not copies_zeros(r2):
+            continue
+        last, w, b = r2, "", ""
+        mul = sole_reader(r2.output[0], "Mul")
+        if mul is not None and const_operand(mul, r2.output[0]) is not None:
+            last, w = mul, const_operand(mul, r2.output[0])
+        add = sole_reader(last.output[0], "Add")
+        if add is not None and const_operand(add, last.output[0]) is not None:
+            last, b = add, const_operand(add, last.output[0])
+        eps = [a for a in inorm.attribute if a.name == "epsilon"]
+        new = onnx.helper.make_node("GroupNorm", [r1.input[0], r1.input[1], inorm.input[1], inorm.input[2],
+                                                  r2.input[1], w, b], [last.output[0]], name=inorm.name,
+                                    domain="relprop")
+        new.attribute.extend(eps)
+        replace[id(last)] = new
+    return [replace.get(id(n), n) for n in nodes]
 
 
 def _fuse_activations(onnx, nodes, inits):
