@@ -921,13 +921,17 @@ class LayerNorm(Layer):
     trailing ``normalized_shape`` dims of each sample (Ba et al. 2016; ``torch.nn.LayerNorm``);
     ``weight``/``bias`` of shape ``normalized_shape`` (ones/zeros when None). ``lrp_rule``:
     ``"identity"`` passes relevance through (Zennit's Pass; Ali et al. 2022, Sec. 3.3, for the
-    normalization) or ``"linear"`` (mean and std as constants, the z-rule on the affine map)."""
+    normalization) or ``"linear"`` (mean and std as constants, the z-rule on the affine map).
+    ``axis``: ``None`` (default) normalizes the trailing dims; ``1`` normalizes the channel axis
+    of (N, C, ...) at every position, ``normalized_shape`` then ``(C,)`` -- ConvNeXt's
+    ``permute(0, 2, 3, 1) -> LayerNorm(C) -> permute(0, 3, 1, 2)`` (Liu et al. 2022, Sec. 2.6;
+    torchvision's ``LayerNorm2d``)."""
 
     kind = "LayerNorm"
     arrays = ("weight", "bias")
-    hyper = ("normalized_shape", "eps", "lrp_rule")
+    hyper = ("normalized_shape", "eps", "lrp_rule", "axis")
 
-    def __init__(self, normalized_shape, weight=None, bias=None, eps=1e-5, lrp_rule="identity"):
+    def __init__(self, normalized_shape, weight=None, bias=None, eps=1e-5, lrp_rule="identity", axis=None):
         if isinstance(normalized_shape, (int, np.integer)) and not isinstance(normalized_shape, (bool, np.bool_)):
             normalized_shape = (normalized_shape,)
         if isinstance(normalized_shape, (str, bytes)) or not hasattr(normalized_shape, "__iter__"):
@@ -951,19 +955,36 @@ class LayerNorm(Layer):
                              f"got {self.weight.shape}")
         self.eps = _eps(eps, "LayerNorm")
         self.lrp_rule = _lrp_rule(lrp_rule, "LayerNorm")
+        if axis is not None and (not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_))
+                                 or axis != 1):
+            raise ValueError(f"LayerNorm: axis must be None (the trailing dims) or 1 (channels first), got {axis!r}")
+        if axis is not None and len(self.normalized_shape) != 1:
+            raise ValueError(f"LayerNorm: axis=1 normalizes one axis, so normalized_shape must be (C,), "
+                             f"got {self.normalized_shape}")
+        self.axis = None if axis is None else 1
 
     def __repr__(self):
-        return f"LayerNorm({self.normalized_shape}, eps={self.eps}, lrp_rule={self.lrp_rule!r})"
+        where = "" if self.axis is None else f", axis={self.axis}"
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps}, lrp_rule={self.lrp_rule!r}{where})"
 
     def out_shape(self, in_shape):
         nd = len(self.normalized_shape)
+        if self.axis == 1 and (len(in_shape) < 1 or (in_shape[0],) != self.normalized_shape):
+            raise ValueError(f"axis=1 with normalized_shape {self.normalized_shape} expects "
+                             f"(C={self.normalized_shape[0]}, ...), got per-sample shape {tuple(in_shape)}")
+        if self.axis == 1:
+            self._check_arrays()
+            return in_shape
         if len(in_shape) < nd or tuple(in_shape[len(in_shape) - nd:]) != self.normalized_shape:
             raise ValueError(f"normalized_shape {self.normalized_shape} must be the trailing dims of the input, "
                              f"got per-sample shape {tuple(in_shape)}")
+        self._check_arrays()
+        return in_shape
+
+    def _check_arrays(self):
         if tuple(self.weight.shape) != self.normalized_shape or tuple(self.bias.shape) != self.normalized_shape:
             raise ValueError(f"weight and bias must have shape {self.normalized_shape}, got {tuple(self.weight.shape)} "
                              f"and {tuple(self.bias.shape)}")
-        return in_shape
 
 
 class GroupNorm(Layer):

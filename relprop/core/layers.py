@@ -815,9 +815,25 @@ class Norm(Op):
       Eq. 1) holds exactly (an elementwise ``Dy / Dx`` would not: a ReLU-zeroed input with
       ``Dx = 0`` still moves the outputs through the statistics), and as ``x0 -> x`` it tends
       to the exact gradient.
+
+    A channels-first LayerNorm (``axis=1``) runs the same code on ``x`` with axis 1 moved last
+    (``_last``) and moves the result back (``_first``): it is the trailing-dim LayerNorm of the
+    permuted tensor, so every rule above carries over unchanged.
     """
 
     kinds = ("LayerNorm", "GroupNorm")
+
+    @staticmethod
+    def _last(xp, layer, *arrays):
+        """The arrays with axis 1 moved last for a channels-first LayerNorm (unchanged otherwise)."""
+        if getattr(layer, "axis", None) == 1:
+            return tuple(xp.moveaxis(a, 1, -1) for a in arrays)
+        return arrays
+
+    @staticmethod
+    def _first(xp, layer, a):
+        """The inverse of ``_last`` for one array, made contiguous."""
+        return xp.ascontiguousarray(xp.moveaxis(a, -1, 1)) if getattr(layer, "axis", None) == 1 else a
 
     def store(self, node, mode, rule=None):
         if mode == GRAD:
@@ -846,28 +862,31 @@ class Norm(Op):
         return grouped, w, b, xc * rstd, rstd
 
     def forward(self, fw, node, xs):
-        x = xs[0]
-        _, w, b, xhat, _ = self.parts(fw.k.xp, node.layer, x)
-        return xhat.reshape(x.shape) * w + b
+        xp, layer = fw.k.xp, node.layer
+        (x,) = self._last(xp, layer, xs[0])
+        _, w, b, xhat, _ = self.parts(xp, layer, x)
+        return self._first(xp, layer, xhat.reshape(x.shape) * w + b)
 
     def grad(self, bw, node, g):
-        x = bw.tape.out[node.inputs[0]]
-        grouped, w, _, xhat, rstd = self.parts(bw.k.xp, node.layer, x)
+        xp, layer = bw.k.xp, node.layer
+        x, g = self._last(xp, layer, bw.tape.out[node.inputs[0]], g)
+        grouped, w, _, xhat, rstd = self.parts(xp, layer, x)
         gh = (g * w).reshape(grouped)
         gin = (gh - gh.mean(axis=2, keepdims=True) - xhat * (gh * xhat).mean(axis=2, keepdims=True)) * rstd
-        return [(node.inputs[0], gin.reshape(g.shape).astype(g.dtype, copy=False))]
+        return [(node.inputs[0], self._first(xp, layer, gin.reshape(g.shape).astype(g.dtype, copy=False)))]
 
     def lrp(self, bw, node, g):
         if node.layer.lrp_rule == "identity":
             return [(node.inputs[0], g)]
-        x, y = bw.tape.out[node.inputs[0]], bw.tape.out[node.name]
-        grouped, w, _, _, rstd = self.parts(bw.k.xp, node.layer, x)
+        xp, layer = bw.k.xp, node.layer
+        x, y, g = self._last(xp, layer, bw.tape.out[node.inputs[0]], bw.tape.out[node.name], g)
+        grouped, w, _, _, rstd = self.parts(xp, layer, x)
         z = (x.reshape(grouped) * rstd).reshape(x.shape) * w
-        return [(node.inputs[0], z * (g / stab(y, bw.pool_eps)))]
+        return [(node.inputs[0], self._first(xp, layer, z * (g / stab(y, bw.pool_eps))))]
 
     def deeplift(self, bw, node, g):
         xp, n = bw.k.xp, bw.n
-        x2 = bw.tape.out[node.inputs[0]]
+        x2, g = self._last(xp, node.layer, bw.tape.out[node.inputs[0]], g)
         grouped, w, _, _, _ = self.parts(xp, node.layer, x2[:n])
         m, half, eps = grouped[2], g.dtype.type(0.5), g.dtype.type(node.layer.eps)
 
@@ -885,7 +904,7 @@ class Norm(Op):
         a = half * (gw * (c + c0)).sum(axis=2, keepdims=True, dtype=g.dtype)
         h = gw * (half * (s + s0)) + a * k * (c + c0) / g.dtype.type(m)  # product rule on c * s
         mult = h - h.mean(axis=2, keepdims=True, dtype=g.dtype)  # the linear rule of the centring
-        return [(node.inputs[0], mult.reshape(g.shape).astype(g.dtype, copy=False))]
+        return [(node.inputs[0], self._first(xp, node.layer, mult.reshape(g.shape).astype(g.dtype, copy=False)))]
 
 
 class Mul(Op):

@@ -370,6 +370,7 @@ class _Importer:
         self.names = {"input"}
         self.onnx_nodes = _fuse_activations(onnx, _fuse_softplus(onnx, _fuse_groupnorm(onnx, list(g.node), inits),
                                                                  inits), inits)
+        self.onnx_nodes = _fuse_layernorm_channels(onnx, self.onnx_nodes)
         self.consumers = {}
         for n in self.onnx_nodes:
             for i in n.input:
@@ -418,8 +419,10 @@ class _Importer:
             for i in ins:
                 if i not in self.static and i not in self.data:  # pragma: no cover - checker guarantees
                     raise ValueError(f"ONNX node {self._label(node)}: input {i!r} is not defined")
-            if node.domain == "relprop":  # a pattern fused by _fuse_groupnorm, _fuse_softplus or _fuse_activations
-                handler = "_groupnorm_pattern" if node.op_type == "GroupNorm" else "_activation"
+            if node.domain == "relprop":  # a pattern fused by _fuse_groupnorm, _fuse_softplus, _fuse_activations
+                # or _fuse_layernorm_channels
+                handler = {"GroupNorm": "_groupnorm_pattern",
+                           "LayerNormChannels": "_layernorm_channels"}.get(node.op_type, "_activation")
             else:
                 handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if handler is None:
@@ -1017,6 +1020,25 @@ class _Importer:
                            None if bias is None else self._weight(bias), float(a.get("epsilon", 1e-5)))
         self._add_layer(node, layer, [X], x.shape)
 
+    def _layernorm_channels(self, node):
+        """torch's export of ConvNeXt's ``permute(0, 2, 3, 1) -> LayerNorm(C) -> permute(0, 3, 1, 2)``
+        (fused by :func:`_fuse_layernorm_channels`): relprop's LayerNorm over axis 1 (``axis=1``)."""
+        a = self._attrs(node)
+        X = node.input[0]
+        x = self._data(node, X)
+        if len(x.shape) != 3:
+            raise self._error(node, f"Transpose(0, 2, 3, 1) - LayerNormalization - Transpose(0, 3, 1, 2) needs an "
+                                    f"(N, C, H, W) input, got per-sample shape {x.shape}")
+        ns = (x.shape[0],)
+        try:
+            scale = np.broadcast_to(self._const(node, node.input[1], "Scale"), ns)
+            bias = np.broadcast_to(self._const(node, node.input[2], "B"), ns) if node.input[2] else None
+        except ValueError:
+            raise self._error(node, f"Scale / B do not broadcast to the {ns[0]} channels") from None
+        layer = self._make(node, G.LayerNorm, ns, self._weight(scale), None if bias is None else self._weight(bias),
+                           float(a.get("epsilon", 1e-5)), "identity", 1)
+        self._add_layer(node, layer, [X], x.shape)
+
     def _norm_vector(self, node, name, n, what):
         """A constant per-channel (or per-group) vector of ``n`` entries, as float64."""
         v = np.asarray(self._const(node, name, what), dtype=np.float64)
@@ -1394,6 +1416,52 @@ def _fuse_groupnorm(onnx, nodes, inits):
                                     domain="relprop")
         new.attribute.extend(eps)
         replace[id(last)] = new
+    return [replace.get(id(n), n) for n in nodes]
+
+
+def _fuse_layernorm_channels(onnx, nodes):
+    """Replace torch's export of ConvNeXt's LayerNorm over channels (Liu et al. 2022; torchvision's
+    ``LayerNorm2d``), ``Transpose(perm=[0, 2, 3, 1]) -> LayerNormalization(axis=-1) ->
+    Transpose(perm=[0, 3, 1, 2])``, each intermediate read only by the next and the mean /
+    inverse-std outputs unused, by one relprop-domain ``LayerNormChannels`` node with inputs
+    ``x, Scale, B or ""`` (``_Importer._layernorm_channels`` checks the shapes). The matched
+    nodes become dead; a lone ``Transpose`` stays unsupported."""
+    producer = {o: n for n in nodes for o in n.output if o}
+    uses = {}
+    for n in nodes:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+
+    def standard(n, t):
+        return n is not None and n.op_type == t and n.domain in ("", "ai.onnx")
+
+    def attr(n, name, default=None):
+        for a in n.attribute:
+            if a.name == name:
+                return onnx.helper.get_attribute_value(a)
+        return default
+
+    def perm(n):
+        p = attr(n, "perm")
+        return None if p is None else tuple(int(v) for v in p)
+
+    replace = {}
+    for ln in nodes:
+        if not standard(ln, "LayerNormalization") or len(ln.input) < 2 or int(attr(ln, "axis", -1)) not in (-1, 3):
+            continue
+        t1 = producer.get(ln.input[0])
+        if not standard(t1, "Transpose") or perm(t1) != (0, 2, 3, 1) or uses.get(ln.input[0], 0) != 1:
+            continue
+        if any(o and uses.get(o, 0) for o in ln.output[1:]) or uses.get(ln.output[0], 0) != 1:
+            continue
+        readers = [n for n in nodes if ln.output[0] in n.input]
+        t2 = readers[0] if len(readers) == 1 else None
+        if not standard(t2, "Transpose") or perm(t2) != (0, 3, 1, 2):
+            continue
+        new = onnx.helper.make_node("LayerNormChannels", [t1.input[0], ln.input[1], ln.input[2] if len(ln.input) > 2
+                                                          else ""], [t2.output[0]], name=ln.name, domain="relprop")
+        new.attribute.extend(a for a in ln.attribute if a.name == "epsilon")
+        replace[id(t2)] = new
     return [replace.get(id(n), n) for n in nodes]
 
 

@@ -30,6 +30,7 @@ nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d                 AdaptiveMaxPool2d
 nn.Upsample / UpsamplingNearest2d / UpsamplingBilinear2d,   Upsample (nearest, bilinear)
 F.interpolate (nearest, bilinear; no antialias)
 nn.LayerNorm, F.layer_norm; nn.GroupNorm, F.group_norm      LayerNorm, GroupNorm
+permute(0, 2, 3, 1) - LayerNorm(C) - permute(0, 3, 1, 2)    LayerNorm(axis=1), channels first
 a * b, torch.mul (two tensors, broadcast per sample)        Mul
 nn.Flatten, torch.flatten(x, 1), view/reshape keeping N     Flatten / Reshape
 nn.Dropout* (eval), F.dropout(training=False)               Dropout
@@ -74,7 +75,8 @@ SUPPORTED = (
     "statistics), ReLU, LeakyReLU, Tanh, Sigmoid, Softplus, ELU, GELU, SiLU, Hardswish, Hardsigmoid, ReLU6 "
     "(or Hardtanh(0, 6)), Mish, Softmax (last axis, last operation), nn.MaxPool2d "
     "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d / AdaptiveMaxPool2d (any size), "
-    "mean over (2, 3), nn.Upsample / F.interpolate (nearest, bilinear), LayerNorm, GroupNorm, a * b (two tensors), "
+    "mean over (2, 3), nn.Upsample / F.interpolate (nearest, bilinear), LayerNorm, GroupNorm, "
+    "permute(0, 2, 3, 1) - LayerNorm(C) - permute(0, 3, 1, 2) (ConvNeXt), a * b (two tensors), "
     "Flatten / flatten(x, 1) / view or reshape keeping the batch axis, Dropout, Identity, clone, + / torch.add, "
     "torch.cat, torch.stack summed over the stacked axis (zennit.layer.Sum)")
 
@@ -225,6 +227,14 @@ class _Stack:
 
     def __init__(self, tensors, dim):
         self.tensors, self.dim = tensors, dim
+
+
+class _ChannelsLast:
+    """The (N, H, W, C) view ``x.permute(0, 2, 3, 1)`` of an IR tensor ``t`` (N, C, H, W), made
+    only inside the fused pattern ``permute -> layer_norm(C) -> permute(0, 3, 1, 2)``."""
+
+    def __init__(self, t):
+        self.t = t
 
 
 class _Unsupported(Exception):
@@ -466,8 +476,53 @@ class _Converter:
         raise _Unsupported(f"its {what} must be a parameter or buffer of the module, got {_describe_value(v)}")
 
     # -- dispatch --------------------------------------------------------------------------------
+    def _permute_dims(self, n):
+        """The dims of ``n`` if it is a permute (``x.permute``, ``torch.permute``, aten), else None."""
+        torch = self.torch
+        if n.op == "call_method" and n.target == "permute":
+            dims = n.kwargs.get("dims", n.args[1:])
+        elif n.op == "call_function" and n.target in (torch.permute, getattr(torch.ops.aten.permute, "default", None)):
+            dims = n.kwargs.get("dims", n.args[1] if len(n.args) > 1 else None)
+        else:
+            return None
+        if isinstance(dims, (tuple, list)) and len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        if not isinstance(dims, (tuple, list)) or not all(isinstance(d, int) for d in dims) or len(dims) != 4:
+            return None
+        return tuple(d % 4 for d in dims)
+
+    def _is_layer_norm(self, n):
+        if n.op == "call_module":
+            return self.module_ops.get(type(self.modules[n.target]), (None,))[0] == "layer_norm"
+        return n.op == "call_function" and self.functions.get(n.target, (None,))[0] == "layer_norm"
+
+    def _channels_last(self, n):
+        """ConvNeXt's LayerNorm over channels, ``permute(0, 2, 3, 1) -> layer_norm(C) ->
+        permute(0, 3, 1, 2)`` (each permute read only by the next op; Liu et al. 2022): the first
+        permute gives a ``_ChannelsLast`` view that only ``op_layer_norm`` reads (it emits the
+        channels-first LayerNorm) and the second permute returns its tensor. None for any other
+        node, so a lone permute stays refused as unsupported."""
+        dims = self._permute_dims(n)
+        if dims is None or not n.args or not isinstance(n.args[0], self.torch.fx.Node):
+            return None
+        src = self.env.get(n.args[0])
+        if dims == (0, 3, 1, 2) and isinstance(src, _ChannelsLast):
+            return src.t
+        if dims != (0, 2, 3, 1) or not isinstance(src, _Tensor) or len(src.shape) != 4 or len(n.users) != 1:
+            return None
+        (ln,) = n.users
+        if not self._is_layer_norm(ln) or not ln.args or ln.args[0] is not n or len(ln.users) != 1:
+            return None
+        (back,) = ln.users
+        if self._permute_dims(back) != (0, 3, 1, 2) or not back.args or back.args[0] is not ln:
+            return None
+        return _ChannelsLast(src)
+
     def _convert(self, n):
         out_shape = lambda: self._shape(n)  # noqa: E731 - shape only when a handler needs it
+        fused = self._channels_last(n)
+        if fused is not None:
+            return fused
         if n.op == "call_module":
             mod = self.modules[n.target]
             entry = self.module_ops.get(type(mod))
@@ -736,17 +791,26 @@ class _Converter:
                           [x], shape())
 
     def op_layer_norm(self, n, b, shape):
-        x = self._tensor(b["input"])
+        channels_last = isinstance(b["input"], _ChannelsLast)  # ConvNeXt's pattern (_channels_last)
+        x = b["input"].t if channels_last else self._tensor(b["input"])
         ns = b["normalized_shape"]
         ns = (int(ns),) if isinstance(ns, int) else tuple(int(s) for s in ns)
+        if channels_last and ns != (x.shape[1],):
+            raise _Unsupported(f"after permute(0, 2, 3, 1) of {x.shape} relprop maps a layer_norm over the "
+                               f"{x.shape[1]} channels only, got normalized_shape={ns}")
         w, bias = self._const(b.get("weight"), "weight"), self._const(b.get("bias"), "bias")
         if w is None:
             w = np.ones(ns, np.float32 if bias is None else bias.dtype)
-        layer = self._layer(G.LayerNorm, ns, w, bias, float(b["eps"]))
+        if channels_last:
+            layer = self._layer(G.LayerNorm, ns, w, bias, float(b["eps"]), "identity", 1)
+        else:
+            layer = self._layer(G.LayerNorm, ns, w, bias, float(b["eps"]))
         try:
             layer.out_shape(x.shape[1:])
         except ValueError as e:
             raise _Unsupported(str(e)) from None
+        if channels_last:
+            return _ChannelsLast(self._emit(self._base_name(n), layer, [x], x.shape))
         return self._emit(self._base_name(n), layer, [x], shape())
 
     def op_group_norm(self, n, b, shape):
