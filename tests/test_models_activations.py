@@ -42,6 +42,7 @@ from captum.attr import DeepLift, IntegratedGradients
 
 import fake_device as fd
 import relprop as rp
+from tolerance import assert_blas_close  # noqa: E402
 
 # name -> (torch module factory, functional form, relprop layer factory, kink points)
 ACTS = {
@@ -276,8 +277,10 @@ def test_reference_kinks_match_torch_autograd(name, dtype):
         np.testing.assert_allclose(got, want, rtol=1e-7, atol=0)
         kinks = np.isin(z, ACTS[name][3])
         np.testing.assert_array_equal(got[kinks], want[kinks])
-    else:
-        np.testing.assert_array_equal(got, want)
+    else:  # elementwise libm results (numpy vs torch) may differ in the last ulp away from the kinks
+        kinks = np.isin(z, ACTS[name][3])
+        np.testing.assert_array_equal(got[kinks], want[kinks])
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=4 * np.finfo(dtype).tiny)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -337,7 +340,7 @@ def test_reference_save_load_round_trip(tmp_path):
     back = rp.load(str(path))
     assert [repr(n.layer) for n in back.nodes] == [repr(n.layer) for n in net.nodes]
     x = np.random.default_rng(2).standard_normal((5, 6)).astype(np.float32)
-    np.testing.assert_array_equal(back(x), net(x))
+    assert_blas_close(back(x), net(x))
 
 
 def test_errors_load_refuses_bad_hyper_parameter(tmp_path):
