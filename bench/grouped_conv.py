@@ -6,8 +6,8 @@ Model per case: depthwise KxK conv (groups = C, padding K // 2) -> ReLU -> globa
 -> Linear(C, 10), batch 16, float32; forward = rp.forward / torch no_grad, gradient =
 rp.attribute(..., "gradient", target=0) / torch autograd of logit 0. Best of 5 after a warm-up.
 """
+import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -15,18 +15,11 @@ from torch import nn
 
 import relprop as rp
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from new_layers import best  # noqa: E402  (best of REPEATS after a warm-up call)
+
 CASES = [("depthwise 3x3", 64, 32, 3), ("depthwise 7x7", 128, 16, 7)]
-N, REPEATS = 16, 5
-
-
-def best(fn):
-    fn()
-    ts = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
+N = 16
 
 
 def main():

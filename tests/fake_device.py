@@ -159,3 +159,17 @@ def uninstall():
     import relprop.core.backend as B
 
     B.unregister(is_device)
+
+
+def attribute_on_device(net, x, method, **params):
+    """``rp.attribute`` on the emulated device: ``x`` moved there, the result checked to come back
+    as a device array, returned as a host view."""
+    import relprop as rp
+
+    install()
+    try:
+        dev = rp.attribute(net, to_device(x), method, **params)
+    finally:
+        uninstall()
+    assert isinstance(dev, DeviceArray)
+    return dev.view(np.ndarray)

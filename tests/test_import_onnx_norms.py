@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import relprop as rp
+from tolerance import assert_close_per_sample  # noqa: E402
 
 C, HW, CLASSES = 4, 5, 3
 
@@ -75,14 +76,7 @@ def export(m, x, opset, dynamo=False):
     return f.getvalue()
 
 
-def assert_close(actual, expected, rtol, what=""):
-    """Per sample: max |actual - expected| <= rtol * max |expected|."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    for i in range(len(expected)):
-        scale = max(float(np.abs(expected[i]).max()), 1e-30)
-        err = float(np.abs(actual[i] - expected[i]).max())
-        assert err <= rtol * scale, f"{what} sample {i}: max|diff| {err:.3g} > {rtol:g} x {scale:.3g}"
+assert_close = assert_close_per_sample
 
 
 def ort_run(data, x):

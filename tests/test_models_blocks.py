@@ -83,6 +83,7 @@ import captum.attr._core.deep_lift as deep_lift_mod
 from captum.attr import DeepLift, IntegratedGradients
 
 import relprop as rp
+from tolerance import assert_close_per_sample  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 N, C, HW, CLASSES = 2, 8, 8, 5
@@ -259,14 +260,9 @@ def baseline(dtype=np.float64):
     return 0.3 * inputs(dtype, seed=7)
 
 
+
 def assert_close(actual, expected, rtol, what=""):
-    """Per sample: max |actual - expected| <= rtol * max |expected|."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    for i in range(len(expected)):
-        scale = max(float(np.abs(expected[i]).max()), 1e-300)
-        err = float(np.abs(actual[i] - expected[i]).max())
-        assert err <= rtol * scale, f"{what} sample {i}: max|diff| {err:.3g} > {rtol:g} x {scale:.3g}"
+    assert_close_per_sample(actual, expected, rtol, what, floor=1e-300)
 
 
 def import_torch(m, x):

@@ -19,3 +19,13 @@ def assert_blas_close(actual, expected, tol=None):
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
     err = float(np.max(np.abs(actual.astype(np.float64) - expected))) if expected.size else 0.0
     assert err <= t * max(scale, np.finfo(expected.dtype).tiny), f"max abs diff {err:.3g} > {t:g} x max|R| {scale:.3g}"
+
+
+def assert_close_per_sample(actual, expected, rtol, what="", floor=1e-30):
+    """Per sample: max |actual - expected| <= rtol * max |expected| (scale at least ``floor``)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    for i in range(len(expected)):
+        scale = max(float(np.abs(expected[i]).max()), floor)
+        err = float(np.abs(actual[i] - expected[i]).max())
+        assert err <= rtol * scale, f"{what} sample {i}: max|diff| {err:.3g} > {rtol:g} x {scale:.3g}"
