@@ -105,6 +105,20 @@ def _relprop_source_digest():
     return f"{h.hexdigest()[:12]} ({n} files)"
 
 
+def _blas_kernels():
+    """The BLAS libraries loaded in this (benchmark) process with the kernel family each runs
+    (threadpoolctl's ``architecture``: OpenBLAS ``Haswell`` = AVX2, ``SkylakeX`` = AVX-512), which
+    ``OPENBLAS_CORETYPE`` can force."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        return [f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')} "
+                f"({p.get('num_threads')} threads, {os.path.basename(p.get('filepath', ''))})"
+                for p in threadpool_info() if p.get("user_api") == "blas"]
+    except Exception as exc:  # threadpoolctl missing: say so in the record
+        return [f"unknown ({type(exc).__name__})"]
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     import shlex
 
@@ -118,8 +132,10 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "env": {k: os.environ[k] for k in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                            "OPENBLAS_NUM_THREADS", "NUMBA_CACHE_DIR",
                                            "RELPROP_BENCH_THREADS", "RELPROP_BENCH_ROUNDS_W1",
-                                           "RELPROP_BENCH_ROUNDS_W1_IG", "RELPROP_BENCH_ROUNDS_W2", "RELPROP_BENCH_ROUNDS_W2_CAPTUM")
+                                           "RELPROP_BENCH_ROUNDS_W1_IG", "RELPROP_BENCH_ROUNDS_W2", "RELPROP_BENCH_ROUNDS_W2_CAPTUM",
+                                           "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                 if k in os.environ},
+        "blas_kernels": _blas_kernels(),
         "loadavg_start": _SESSION["loadavg_start"],
         "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torchvision_stub": TORCHVISION_STUBBED,

@@ -301,6 +301,11 @@ def build_report(datas, json_paths, command_override=None):
     for k, v in vers:
         out.append(f"- {k}: {v}")
     out.append(f"- BLAS: {blas_info()}")
+    for i, d in enumerate(datas, 1):
+        r = d.get("relprop_bench", {})
+        if r.get("blas_kernels"):
+            out.append(f"- Run {i} BLAS kernels (in the benchmark process): {'; '.join(r['blas_kernels'])}; "
+                       f"OPENBLAS_CORETYPE={r.get('env', {}).get('OPENBLAS_CORETYPE', 'unset')}")
     if rb.get("torchvision_stub"):
         out.append("- torchvision: broken in this environment; a stand-in module (bench/conftest.py) "
                    "satisfies zennit's import")

@@ -4,9 +4,9 @@ torchvision's ``LayerNorm2d``) and torch's ONNX export of it, ``Transpose(0, 2, 
 LayerNormalization(axis=-1) -> Transpose(0, 3, 1, 2)``.
 
 The ConvNeXt block is written in torchvision's ``LayerNorm2d`` form, its pointwise MLP as 1x1
-convolutions (``Conv2d(C, 4C, 1) -> GELU -> Conv2d(4C, C, 1)``): ConvNeXt's own form applies
-``nn.Linear`` to the last dim of the channels-last 4-D tensor, which relprop's Dense (N, features)
-does not import. The two forms compute the same function.
+convolutions (``Conv2d(C, 4C, 1) -> GELU -> Conv2d(4C, C, 1)``). ConvNeXt's own form (``nn.Linear``
+on the last dim of the channels-last 4-D tensor, the layer scale) imports too, as 1x1 convolutions
+with the scale folded in: tests/test_import_convnext.py.
 
 Expected values come from torch (forward, autograd), Captum (integrated gradients),
 onnxruntime (the ONNX export), and plain numpy loops (LRP's identity rule with EpsilonPlusFlat,

@@ -15,9 +15,10 @@ import numpy as xp
 
 from .conv import im2col, col2im_gather, conv_out_shape
 from .shifted import AVAILABLE as SHIFTED, crop_wide, gemm_taps, pad_flat, taps, wide_geometry
-from .winograd import winograd_filter, winograd_input, winograd_output, winograd_tiles
+from .winograd import (winograd_filter, winograd_input, winograd_output, winograd_tiles, winograd4_filter,
+                       winograd4_input, winograd4_output, winograd4_tiles)
 
-WINOGRAD = True  # F(2x2, 3x3) for small maps (see relprop.core.linear.conv_gemm)
+WINOGRAD = True  # F(2x2, 3x3) and F(4x4, 3x3) (see relprop.core.linear.winograd_route)
 from .elementwise import (
     bias_act_from_gemm,
     bias_act_rows,
@@ -47,6 +48,7 @@ __all__ = [
     "im2col", "col2im_gather", "conv_out_shape",
     "SHIFTED", "pad_flat", "crop_wide", "gemm_taps", "taps", "wide_geometry",
     "WINOGRAD", "winograd_filter", "winograd_input", "winograd_output", "winograd_tiles",
+    "winograd4_filter", "winograd4_input", "winograd4_output", "winograd4_tiles",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
     "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",

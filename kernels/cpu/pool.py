@@ -24,13 +24,45 @@ def _check_window(x, kh, kw, sh, sw, ph, pw, out):
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
     """``out[n, c, ho, wo] = max`` over the window (padding never wins), ``idx`` the flat
-    ``h*W + w`` position of the first maximum in row-major window order (torch's choice)."""
+    ``h*W + w`` position of the first maximum in row-major window order, a NaN winning its
+    window (the last NaN of several): torch's choice (its CPU and CUDA kernels replace the
+    running maximum when ``v > max or isnan(v)``)."""
     _check_window(x, kh, kw, sh, sw, ph, pw, out)
     n_, c_, h_, w_ = x.shape
     ho_, wo_ = out.shape[2], out.shape[3]
     # padding < kernel: every window of the sweep holds a pixel of x, so idx is a valid position
     if ph >= kh or pw >= kw or idx.shape != out.shape or (out.size > 0 and (h_ < 1 or w_ < 1)):
         raise ValueError("maxpool_forward: padding must be < kernel and idx must have out's shape")
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        # the common 2x2 / 2 window without padding: no bounds tests, branch-free selects (the
+        # same winner as the general loop below)
+        for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
+            n = t // c_
+            c = t % c_
+            for ho in range(ho_):
+                r0 = x[n, c, 2 * ho]
+                r1 = x[n, c, 2 * ho + 1]
+                o = out[n, c, ho]
+                ix = idx[n, c, ho]
+                b0 = 2 * ho * w_
+                for wo in range(wo_):
+                    bv = r0[2 * wo]
+                    bi = b0 + 2 * wo
+                    v = r0[2 * wo + 1]
+                    win = v > bv or v != v
+                    bv = v if win else bv
+                    bi = b0 + 2 * wo + 1 if win else bi
+                    v = r1[2 * wo]
+                    win = v > bv or v != v
+                    bv = v if win else bv
+                    bi = b0 + w_ + 2 * wo if win else bi
+                    v = r1[2 * wo + 1]
+                    win = v > bv or v != v
+                    bv = v if win else bv
+                    bi = b0 + w_ + 2 * wo + 1 if win else bi
+                    o[wo] = bv
+                    ix[wo] = bi
+        return
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
@@ -47,7 +79,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
                         if w < 0 or w >= w_:
                             continue
                         v = x[n, c, h, w]
-                        if best < 0 or v > bv or (v != v and bv == bv):
+                        if best < 0 or v > bv or v != v:
                             bv = v
                             best = h * w_ + w
                 out[n, c, ho, wo] = bv

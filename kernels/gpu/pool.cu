@@ -29,7 +29,7 @@ __global__ void maxpool_forward(const T* x, I n_, I c_, I h_, I w_, I kh, I kw, 
                 const I w = wo * sw - pw + j;
                 if (w < 0 || w >= w_) continue;
                 const T v = xp[h * w_ + w];
-                if (best < 0 || v > bv || (v != v && bv == bv)) {
+                if (best < 0 || v > bv || v != v) {
                     bv = v;
                     best = h * w_ + w;
                 }

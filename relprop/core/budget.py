@@ -14,7 +14,16 @@ class Budget:
     GPU: ``gpu`` (large batches fill the device). Expanded batches (integrated-gradients path
     points, perturbed copies, coalitions, noisy copies) take ``expand`` per chunk. Inside a
     layer, one im2col buffer takes at most ``cols`` (the conv forward and backward cut their
-    batch into chunks below it), and ``fit_patterns`` cuts its float64 patches at ``patch``."""
+    batch into chunks below it), the Winograd and shifted-GEMM lowerings' buffers at most ``work``
+    (their GEMMs want many columns: ``relprop.core.linear.conv_chunks``), and ``fit_patterns`` cuts its float64 patches at ``patch``.
+
+    A grouped or dilated Conv2d is stored with a dense weight (zeros off the group blocks and
+    between the taps, ``graph.Conv2d``); when that is over ``graph.EXPANSION_RATIO`` times its
+    compact weight, the dense weight may take at most ``expansion`` bytes and one sample's
+    dense im2col columns (float32) at most ``expansion_cols``: the layer is refused beyond,
+    before anything is allocated. Measured on the CPU (lrp.epsilon, 2 samples): a depthwise
+    7x7 layer with a 441 MiB dense weight peaked at 4.2 GiB (the derived rule matrices are
+    copies of it), a 3x3 layer dilated by 32 with 1 GiB of columns per sample at 1.3 GiB."""
 
     cache: int = 4 * 2**20
     min_rows: int = 32
@@ -22,7 +31,10 @@ class Budget:
     gpu: int = 4 * 2**30
     expand: int = 256 * 2**20
     cols: int = 8 * 2**20
+    work: int = 64 * 2**20
     patch: int = 16 * 2**20
+    expansion: int = 256 * 2**20
+    expansion_cols: int = 2**30
 
     def rows(self, per_row, device):
         per_row = max(1, int(per_row))

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import backend
 from .graph import Graph
+from .rules import BOUND_ULPS, bound_slack
 
 def _check_model(net):
     if not isinstance(net, Graph):
@@ -167,18 +168,20 @@ def _check_bounds(low, high, x, where):
         if not np.all(np.isfinite(v)):
             raise ValueError(f"{where}: {nm} contains NaN or Inf")
         _check_fits(v, x.dtype, f"{where}: {nm}")
-    # x may pass a bound by the rounding between the bound in float64 and the same number in
-    # float32 (bounds computed as (0 - mean) / std in float64, inputs normalized in float32, or
-    # the other way round): a few float32 ulps of the bound, which change R by as little
-    slack_lo, slack_hi = (BOUND_ULPS * np.spacing(np.abs(v).astype(np.float32)).astype(np.float64) for v in (lo, hi))
+    # x may pass a bound by the rounding between the bound in one precision and x in another
+    # (bounds computed as (0 - mean) / std in float64, inputs normalized in float32): a few ulps
+    # of the bound in x's dtype (rules.bound_slack; float64 inputs at float64's resolution)
+    slack_lo, slack_hi = (bound_slack(v, x.dtype).astype(np.float64) for v in (lo, hi))
     below, above = x < lo - slack_lo, x > hi + slack_hi
     if np.any(below) or np.any(above):
         raise ValueError(f"{where}: x is not inside the bounds [low, high]: {_outside(x, lo, hi, below, above)}; "
-                         f"the z^B rule needs low <= x <= high (up to {BOUND_ULPS} float32 ulps of the bound)")
+                         f"the z^B rule needs low <= x <= high (up to {BOUND_ULPS} {_ulp_name(x.dtype)} ulps of the "
+                         f"bound)")
 
 
-#: how far x may pass a z^B bound: this many float32 units in the last place of the bound
-BOUND_ULPS = 4
+def _ulp_name(dtype):
+    """The dtype whose ulps bound_slack counts for inputs of ``dtype``."""
+    return "float64" if np.dtype(dtype) == np.float64 else "float32"
 
 
 def _outside(x, lo, hi, below, above, show=3):
@@ -193,7 +196,8 @@ def _outside(x, lo, hi, below, above, show=3):
         bound, nm, op = (float(lo[idx]), "low", "<") if below[idx] else (float(hi[idx]), "high", ">")
         by = f"by {abs(v - bound):.3g}"
         if bound != 0:
-            by += f", {abs(v - bound) / float(np.spacing(np.float32(abs(bound)))):.3g} float32 ulps of the bound"
+            ulp = float(np.spacing(np.asarray(abs(bound), np.float64 if _ulp_name(x.dtype) == "float64" else np.float32)))
+            by += f", {abs(v - bound) / ulp:.3g} {_ulp_name(x.dtype)} ulps of the bound"
         parts.append(f"sample {idx[0]}, feature {idx[1:] if len(idx) > 2 else idx[1]}: x = {v!r} {op} {nm} = "
                      f"{bound!r} ({by})")
     more = len(where) - len(parts)

@@ -19,6 +19,9 @@ from enum import IntEnum
 
 import numpy as np
 
+from . import budget
+
+
 class Act(IntEnum):
     """Activation codes shared with the kernels (``kernels/cpu/elementwise.py``)."""
 
@@ -168,6 +171,49 @@ class Dense(Layer):
         return (self.weight.shape[0],)
 
 
+#: a grouped / dilated Conv2d whose dense weight is more than this many times its compact one is
+#: held to ``relprop.core.budget.BUDGET.expansion`` (the dense weight) and ``.expansion_cols``
+#: (one sample's dense im2col columns); up to this ratio (a plain convolution, ResNeXt's 32
+#: groups, a 3x3 kernel dilated by up to 12) the layer is never refused
+EXPANSION_RATIO = 64
+
+
+def _size(nbytes):
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.3g} MiB"
+
+
+def _expansion(shape, groups, dilation):
+    """(dense weight elements, compact weight elements, compact shape) of a Conv2d whose dense
+    weight has ``shape`` (out, in, kh, kw): the compact one has ``in / groups`` channels and
+    the taps ``(k - 1) / d + 1`` of the dilated kernel."""
+    o, c, kh, kw = (int(v) for v in shape)
+    g, (dh, dw) = max(int(groups), 1), dilation
+    compact = (o, c // g, (kh - 1) // max(dh, 1) + 1, (kw - 1) // max(dw, 1) + 1)
+    return o * c * kh * kw, int(np.prod(compact)), compact
+
+
+def _check_expansion(where, shape, groups, dilation, itemsize):
+    """Refuse, before it is allocated, a dense weight of ``shape`` that is over EXPANSION_RATIO
+    times the compact weight of the grouped / dilated convolution and over the budget."""
+    dense, compact, cshape = _expansion(shape, groups, dilation)
+    limit = budget.BUDGET.expansion
+    if dense <= EXPANSION_RATIO * compact or dense * itemsize <= limit:
+        return
+    raise ValueError(
+        f"{where}: groups={groups}, dilation={tuple(dilation)} expand the compact weight {cshape} "
+        f"({_size(compact * itemsize)}) to a dense weight {tuple(int(v) for v in shape)} of "
+        f"{_size(dense * itemsize)} ({dense / compact:.0f}x), over relprop's limit of {_size(limit)} for an expanded "
+        f"convolution (it computes grouped and dilated convolutions with the dense weight, and each rule derives "
+        f"copies of it); use a smaller dilation or fewer channels per group, or raise the limit "
+        f"(relprop.core.budget.BUDGET = dataclasses.replace(relprop.core.budget.BUDGET, expansion=<bytes>))")
+
+
+def _itemsize(dtype):
+    """Bytes per weight as the layer stores it (float64 stays, anything else is float32)."""
+    dtype = np.dtype(dtype)
+    return 8 if dtype.kind == "f" and dtype.itemsize == 8 else 4
+
+
 class Conv2d(Layer):
     """2-D convolution (NCHW, zero padding); ``weight`` (out, in, kh, kw), ``bias`` (out,).
 
@@ -177,7 +223,13 @@ class Conv2d(Layer):
     between the taps. The layer always computes with the dense weight (build it from torch's
     compact layout with :meth:`from_compact`); the constructor checks that the weight is zero
     off the structure, and :meth:`structure_mask` gives the rules that do not read the weight's
-    values (Flat) the taps the convolution actually has."""
+    values (Flat) the taps the convolution actually has.
+
+    The dense weight costs ``in / groups`` times the compact one per group block and the dilated
+    kernel's area over its taps: beyond ``EXPANSION_RATIO`` (64x) the dense weight may take at
+    most ``relprop.core.budget.BUDGET.expansion`` (256 MiB) and one sample's dense im2col
+    columns at most ``BUDGET.expansion_cols`` (1 GiB); such a layer is refused before anything
+    is allocated (at construction, resp. when the input shape is known), naming both sizes."""
 
     kind = "Conv2d"
     input_rank = 3
@@ -186,6 +238,12 @@ class Conv2d(Layer):
     hyper = ("stride", "padding", "groups", "dilation")
 
     def __init__(self, weight, bias=None, stride=1, padding=0, groups=1, dilation=1):
+        shape = np.shape(weight)
+        if len(shape) == 4:  # before the private copies of a dense weight
+            g, d = _int(groups, "groups", "Conv2d"), _pair(dilation, "dilation", "Conv2d")
+            if g >= 1 and min(d) >= 1 and (g, d) != (1, (1, 1)):
+                dtype = weight.dtype if hasattr(weight, "dtype") else np.asarray(weight).dtype
+                _check_expansion("Conv2d", shape, g, d, _itemsize(dtype))
         self.weight = _weight(weight, "weight", "Conv2d", 4)
         self.bias = _weight(bias, "bias", "Conv2d", 1)
         out = self.weight.shape[0]
@@ -245,6 +303,8 @@ class Conv2d(Layer):
         o, cg, kh, kw = w.shape
         if o % g:
             raise ValueError(f"Conv2d.from_compact: groups={g} must divide the {o} output channels")
+        _check_expansion("Conv2d.from_compact", (o, cg * g, (kh - 1) * dh + 1, (kw - 1) * dw + 1), g, (dh, dw),
+                         _itemsize(w.dtype))
         dense = np.zeros((o, cg * g, (kh - 1) * dh + 1, (kw - 1) * dw + 1), w.dtype)
         og = o // g
         for i in range(g):
@@ -267,7 +327,40 @@ class Conv2d(Layer):
         wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
         if ho < 1 or wo < 1:
             raise ValueError(f"kernel {kh}x{kw} does not fit input {h}x{w} with padding {self.padding}")
+        if not self.depthwise:  # its plain forward and gradient run tap by tap (linear.depthwise_forward)
+            self.check_columns(in_shape)
         return (o, ho, wo)
+
+    @property
+    def depthwise(self):
+        """One input channel per group, as many groups as channels in and out (MobileNet's)."""
+        o, c = self.weight.shape[:2]
+        return self.groups > 1 and self.groups == o == c
+
+    def check_columns(self, in_shape):
+        """Refuse an expanded layer (over ``EXPANSION_RATIO`` times its compact weight) whose dense
+        im2col columns for one sample of ``in_shape`` (C, H, W), in float32, exceed
+        ``relprop.core.budget.BUDGET.expansion_cols``: the internal batches (``linear.chunks``)
+        hold at least one sample, so nothing else bounds that buffer. The LRP rules read these
+        columns for every layer (the depthwise shortcut covers the plain forward and gradient
+        only), so the LRP methods check depthwise layers too."""
+        o, c, kh, kw = self.weight.shape
+        dense, compact, _ = _expansion(self.weight.shape, self.groups, self.dilation)
+        if dense <= EXPANSION_RATIO * compact:
+            return
+        h, w = in_shape[1:]
+        ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
+        cols = c * kh * kw * max(ho, 0) * max(wo, 0) * 4
+        limit = budget.BUDGET.expansion_cols
+        if cols > limit:
+            raise ValueError(
+                f"on a {h}x{w} input the dense {kh}x{kw} kernel of this groups={self.groups}, dilation={self.dilation} "
+                f"convolution needs {_size(cols)} of im2col columns per sample ({dense / compact:.0f}x what its "
+                f"{_size(cols * compact // dense)} of taps read), over relprop's limit of {_size(limit)} for an "
+                f"expanded convolution; use a smaller input, dilation or fewer channels per group, or raise the "
+                f"limit (relprop.core.budget.BUDGET = dataclasses.replace(relprop.core.budget.BUDGET, "
+                f"expansion_cols=<bytes>))")
 
 
 #: Pad's modes and numpy's names for them (torch: padding_mode / F.pad; ONNX Pad: constant,
@@ -411,6 +504,10 @@ class ConvTranspose2d(Layer):
                 raise ValueError(f"ConvTranspose2d: output_padding must be smaller than stride or dilation, got "
                                  f"output_padding={self.output_padding}, stride={self.stride}, "
                                  f"dilation={self.dilation}")
+        c, og, kh, kw = self.weight.shape  # the dense weight of the Conv2d of decompose(), checked now
+        _check_expansion("ConvTranspose2d", (og * self.groups, c, (kh - 1) * self.dilation[0] + 1,
+                                             (kw - 1) * self.dilation[1] + 1), self.groups, self.dilation,
+                         self.weight.dtype.itemsize)
 
     def __repr__(self):
         c, og, kh, kw = self.weight.shape

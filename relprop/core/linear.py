@@ -47,34 +47,40 @@ def release_scratch():
     _WORK.clear()
 
 
-def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", winograd=True):
+def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", winograd="f2"):
     """``wmat @ im2col(x)``: (R, N*Ho*Wo) for ``x`` (N, C, H, W) and a weight (R, C*kh*kw).
 
     The lowering is chosen per call from the geometry and the backend: on the CPU a 3x3 stride-1
-    window on a small map runs as Winograd F(2x2, 3x3) (``relprop.kernels.cpu.winograd``: 16
-    GEMMs, 2.25x fewer multiplications), other stride-1 windows as ``kh*kw`` shifted GEMMs over
-    the padded input (``relprop.kernels.cpu.shifted``; no im2col copy), anything else as
-    im2col + one GEMM; the transformed weights are derived once per model under ``taps_key``.
-    All compute the same sums (to rounding). ``winograd=False`` where products with zero weights
-    must stay exactly zero (LRP's backward: Winograd's transformed filters mix the taps, and a
-    ratio blown up by a zero denominator would leak rounding onto inputs that get nothing)."""
+    window runs as Winograd F(4x4, 3x3) or F(2x2, 3x3) (``relprop.kernels.cpu.winograd``: 36 or 16
+    GEMMs, 4x or 2.25x fewer multiplications; :func:`winograd_route`), other stride-1 windows as
+    ``kh*kw`` shifted GEMMs over the padded input (``relprop.kernels.cpu.shifted``; no im2col copy),
+    anything else as im2col + one GEMM; the transformed weights are derived once per model under
+    ``taps_key``.
+    All compute the same sums (to rounding). ``winograd``: ``"f4"`` allows F(4x4, 3x3) and F(2x2, 3x3),
+    ``"f2"`` (forward passes) only F(2x2, 3x3): F(4x4)'s rounding (~5e-6 of the largest output in
+    float32, vs ~3e-7) moves pre-activations across ReLU's kink and swaps near-tied MaxPool winners
+    downstream, which changed W1's float32 gradient by 3% of its largest value; in the backward
+    pass of the gradient it only adds its rounding (there is no mask after it). ``False`` where
+    products with zero weights must stay exactly zero (LRP's backward: Winograd's transformed
+    filters mix the taps, and a ratio blown up by a zero denominator would leak rounding onto
+    inputs that get nothing)."""
     xp = k.xp
     n, c, h, w = x.shape
-    if winograd and taps_key is not None and (kh, kw, sh, sw) == (3, 3, 1, 1) and getattr(k, "WINOGRAD", False) \
-            and c >= WINOGRAD_MIN_CHANNELS and wmat.dtype == x.dtype:
+    route = winograd_route(k, c, h, w, kh, kw, sh, sw, ph, pw, f4=winograd == "f4") \
+        if winograd and taps_key is not None and wmat.dtype == x.dtype else None
+    if route is not None:
+        f4 = route == "winograd4"
         ho, wo = k.conv_out_shape(h, w, 3, 3, 1, 1, ph, pw)
-        if ho * wo <= WINOGRAD_MAX_OUTPUTS:
-            th, tw = k.winograd_tiles(ho, wo)
-            u = m.host(("winograd",) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: k.winograd_filter(wmat, c),
-                       _taps_node(m, taps_key))
-            v = scratch("wino_v", (16, c, n * th * tw), x.dtype, xp)
-            k.winograd_input(x, ph, pw, th, tw, v)
-            mm = xp.matmul(u, v, out=scratch("wino_m", (16, wmat.shape[0], n * th * tw), x.dtype, xp))
-            out = scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp)
-            k.winograd_output(mm, n, th, tw, ho, wo, out)
-            return out
-    if taps_key is not None and sh == 1 and sw == 1 and getattr(k, "SHIFTED", False) and kh * kw > 1 \
-            and _wide_waste(h, w, kh, kw, ph, pw) <= WIDE_WASTE:
+        th, tw = (k.winograd4_tiles if f4 else k.winograd_tiles)(ho, wo)
+        filt = k.winograd4_filter if f4 else k.winograd_filter
+        u = m.host((route,) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: filt(wmat, c), _taps_node(m, taps_key))
+        v = scratch("wino_v", (u.shape[0], c, n * th * tw), x.dtype, xp)
+        (k.winograd4_input if f4 else k.winograd_input)(x, ph, pw, th, tw, v)
+        mm = xp.matmul(u, v, out=scratch("wino_m", (u.shape[0], wmat.shape[0], n * th * tw), x.dtype, xp))
+        out = scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp)
+        (k.winograd4_output if f4 else k.winograd_output)(mm, n, th, tw, ho, wo, out)
+        return out
+    if taps_key is not None and _shifted(k, c, h, w, kh, kw, sh, sw, ph, pw):
         hp, wp, ho, wo, tail = k.wide_geometry(h, w, kh, kw, ph, pw)
         xf = scratch("xflat", (c, n * hp * wp + tail), x.dtype, xp)
         k.pad_flat(x, ph, pw, xf)
@@ -106,6 +112,45 @@ WIDE_WASTE = 1.3  # measured: shifted GEMMs win up to about this much extra (pad
 # a staged input transform, 32x32 maps won 20% alone but lost 15% in W1's gradient as a whole)
 WINOGRAD_MAX_OUTPUTS = 256
 WINOGRAD_MIN_CHANNELS = 128
+# Winograd F(4x4, 3x3) (36 GEMMs per 4x4 output tile: 4x fewer multiplications than the direct sum)
+# from this many input channels on, wherever its tiles cost fewer multiplications than F(2x2)'s; only
+# in the gradient's backward pass (see conv_gemm). Off (None) by default: measured in W1's gradient
+# backward on the 2-core reference machine it saved 2% with OpenBLAS's Haswell kernels and lost 10-60%
+# per layer with its SkylakeX (AVX-512) kernels, whose faster GEMMs leave its 2.25x larger transformed
+# tiles the larger cost (bench/results/2026-12-02-cpu-winograd4.md)
+WINOGRAD4_MIN_CHANNELS = None
+
+
+def winograd_route(k, c, h, w, kh, kw, sh, sw, ph, pw, f4=True):
+    """``"winograd4"`` (F(4x4, 3x3)), ``"winograd"`` (F(2x2, 3x3)) or None (shifted GEMMs / im2col)
+    for a convolution of ``c`` input channels on an ``h x w`` map: from the geometry and the
+    backend alone, so a layer takes the same route in every call. Only 3x3 stride-1 windows,
+    only on backends with the Winograd kernels (the CPU); F(4x4) only with ``f4``."""
+    if (kh, kw, sh, sw) != (3, 3, 1, 1) or not getattr(k, "WINOGRAD", False):
+        return None
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+    if ho < 1 or wo < 1:
+        return None
+    t4 = 36 * ((ho + 3) // 4) * ((wo + 3) // 4)  # multiplications per channel pair
+    t2 = 16 * ((ho + 1) // 2) * ((wo + 1) // 2)
+    if f4 and WINOGRAD4_MIN_CHANNELS is not None and c >= WINOGRAD4_MIN_CHANNELS and t4 < t2 and t4 < 9 * ho * wo:
+        return "winograd4"
+    if c >= WINOGRAD_MIN_CHANNELS and ho * wo <= WINOGRAD_MAX_OUTPUTS and t2 < 9 * ho * wo:
+        return "winograd"
+    return None
+
+
+# shifted GEMMs from this many input channels on: with fewer (an RGB first layer), each tap's GEMM has
+# K = C, and im2col + one GEMM with K = C*kh*kw is faster (measured, 3x3 on 64x64 x16 and 32x32 x256:
+# 2.0-3.1 ms vs 4.3-7.2 with 3 channels, about even with 8, shifted 2x faster from 16 on, with
+# OpenBLAS's Haswell and SkylakeX kernels alike)
+SHIFTED_MIN_CHANNELS = 8
+
+
+def _shifted(k, c, h, w, kh, kw, sh, sw, ph, pw):
+    """Whether :func:`conv_gemm` takes the shifted-GEMM route (when Winograd does not apply)."""
+    return sh == 1 and sw == 1 and getattr(k, "SHIFTED", False) and kh * kw > 1 and c >= SHIFTED_MIN_CHANNELS \
+        and _wide_waste(h, w, kh, kw, ph, pw) <= WIDE_WASTE
 
 
 def _wide_waste(h, w, kh, kw, ph, pw):
@@ -114,9 +159,32 @@ def _wide_waste(h, w, kh, kw, ph, pw):
     return hp * wp / max(1, (hp - kh + 1) * (wp - kw + 1))
 
 
-def chunks(n, per_sample_bytes):
-    step = max(1, int(budget.BUDGET.cols // max(per_sample_bytes, 1)))  # one im2col buffer at most
+def chunks(n, per_sample_bytes, cap=None):
+    """Sample ranges whose work buffers take at most ``cap`` bytes (default: one im2col buffer,
+    ``budget.BUDGET.cols``)."""
+    cap = budget.BUDGET.cols if cap is None else cap
+    step = max(1, int(cap // max(per_sample_bytes, 1)))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def conv_chunks(k, n, c, r, h, w, kh, kw, sh, sw, ph, pw, itemsize, winograd="f2", keyed=True):
+    """:func:`chunks` for a :func:`conv_gemm` of ``c`` -> ``r`` channels on ``h x w`` maps, sized by
+    the buffers of the lowering it will take: im2col columns within ``budget.BUDGET.cols`` (they
+    are written and read once more by the GEMM: cache-sized chunks), Winograd's transformed input
+    and output tiles within ``budget.BUDGET.work`` (their GEMMs run at BLAS speed only with
+    thousands of tiles: one sample of a 64x64 map in F(4x4) has 256), likewise the shifted GEMMs'
+    padded input and wide output."""
+    route = winograd_route(k, c, h, w, kh, kw, sh, sw, ph, pw, f4=winograd == "f4") if winograd and keyed else None
+    if route is not None:
+        ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+        t, kk = ((ho + 3) // 4) * ((wo + 3) // 4), 36 if route == "winograd4" else 16
+        if route == "winograd":
+            t = ((ho + 1) // 2) * ((wo + 1) // 2)
+        return chunks(n, kk * (c + r) * t * itemsize, budget.BUDGET.work)
+    if keyed and _shifted(k, c, h, w, kh, kw, sh, sw, ph, pw):
+        return chunks(n, (c + r) * (h + 2 * ph) * (w + 2 * pw) * itemsize, budget.BUDGET.work)
+    ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
+    return chunks(n, c * kh * kw * ho * wo * itemsize)
 
 
 def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
@@ -146,7 +214,7 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     pz = xp.empty((n, extra, ho, wo), dtype) if want_plus else None
     zero = xp.zeros(extra, dtype) if want_plus else None
     taps = None if want_plus else depthwise_taps(k, m, node)
-    for i0, i1 in chunks(n, c * kh * kw * p * a.itemsize):
+    for i0, i1 in conv_chunks(k, n, c, Wm.shape[0], h, w, kh, kw, sh, sw, ph, pw, a.itemsize):
         if taps is not None:
             zg = depthwise_forward(xp, xin[i0:i1], taps, node.layer, ho, wo)
         else:
@@ -234,7 +302,7 @@ def stride1(layer):
     return layer.stride == (1, 1) and layer.padding[0] <= kh - 1 and layer.padding[1] <= kw - 1
 
 
-def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None, winograd=True):
+def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None, winograd="f2"):
     """``out = combine(xs, conv^T(s))`` for NCHW ``s`` (N, Co, Ho, Wo) and ``out`` (N, C, H, W);
     ``Bt`` is the flipped-transposed block weight (stride 1) or the plain block ``B`` (else).
     ``m, taps_key``: the model state and the plan key of ``Bt``, for the shifted-GEMM lowering
@@ -328,8 +396,13 @@ def grad(k, m, node, g, in_shape):
         Bt = W.reshape(o, -1)
     gin = k.xp.empty((n, c, h, w), g.dtype)
     key = ("wt", node.name) if stride1(node.layer) else None
-    for i0, i1 in chunks(n, o * kh * kw * h * w * g.itemsize):
-        transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1], m, key)
+    if stride1(node.layer) and o <= 4 * c:  # transposed_conv's conv_gemm route: a stride-1 conv o -> c
+        parts = conv_chunks(k, n, o, c, ho, wo, kh, kw, 1, 1, kh - 1 - node.layer.padding[0],
+                            kw - 1 - node.layer.padding[1], g.itemsize, "f4")
+    else:
+        parts = chunks(n, o * kh * kw * h * w * g.itemsize)
+    for i0, i1 in parts:
+        transposed_conv(k, node.layer, g[i0:i1], Bt, gin[i0:i1], 0, gin[i0:i1], m, key, winograd="f4")
     return gin
 
 
@@ -430,21 +503,34 @@ def _mask_inserted_zeros(xp, m, node, xs, modes, a):
 
 def _zbox_bounds(xp, rule, a, node, x_shape=None):
     """Bounds broadcast to the layer input ``a``; bounds given in the shape of x are reshaped
-    when only reshapes separate x from the layer (an MLP starting with Flatten)."""
+    when only reshapes separate x from the layer (an MLP starting with Flatten). Bounds with one
+    row per sample (``relprop.methods.lrp`` cuts them to the batch) are repeated for the K
+    targets' rows, sample-major as ``base._repeat_tape``. The methods check the bounds against
+    x up front where x reaches the layer by copies; this check, with at least the same slack in
+    ulps of a's dtype (and one more for the bound's own rounding to it), is the one for the others."""
     def fit(v):
         v = xp.asarray(v, dtype=a.dtype)
         try:
-            return xp.broadcast_to(v, a.shape)
+            return xp.broadcast_to(_per_target(v, a.ndim), a.shape)
         except ValueError:
             if x_shape is not None and int(np.prod(x_shape)) == a.size:
-                return xp.broadcast_to(v, x_shape).reshape(a.shape)
+                return xp.broadcast_to(_per_target(v, len(x_shape)), x_shape).reshape(a.shape)
             raise ValueError(f"ZBox on layer {node.name!r}: bounds of shape {np.shape(v)} do not broadcast to "
                              f"its input {a.shape}") from None
 
+    def _per_target(v, rank):
+        if v.ndim == rank and 1 < v.shape[0] < a.shape[0] and a.shape[0] % v.shape[0] == 0:
+            return xp.repeat(v, a.shape[0] // v.shape[0], axis=0)
+        return v
+
     low, high = fit(rule.low), fit(rule.high)
-    if bool((a < low).any()) or bool((a > high).any()):
+    # ulps * eps * |v| >= ulps units in the last place of v (spacing(v) <= eps |v|), on any backend
+    tol = a.dtype.type((R.BOUND_ULPS + 1) * np.finfo(a.dtype).eps)
+    if bool((a < low - tol * xp.abs(low)).any()) or bool((a > high + tol * xp.abs(high)).any()):
         raise ValueError(
             f"ZBox on layer {node.name!r}: its input is not inside [low, high]; input range "
-            f"[{float(a.min()):.4g}, {float(a.max()):.4g}], bounds [{float(low.min()):.4g}, {float(high.max()):.4g}]"
+            f"[{float(a.min()):.4g}, {float(a.max()):.4g}], bounds [{float(low.min()):.4g}, {float(high.max()):.4g}]; "
+            f"the layers before it compute that input from x, so the bounds must hold their output: give bounds "
+            f"for it, or use the z^B rule on a layer that reads x (through reshapes, Pad or ZeroInsert2d only)"
         )
     return low, high

@@ -292,7 +292,14 @@ class ZBox(Rule):
     """z^B-rule (Montavon et al. 2017) for inputs bounded by ``low <= x <= high``:
     ``R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) / sum_i (...) R_j``.
 
-    ``low``/``high`` are scalars or arrays broadcastable to the layer input (x).
+    ``low``/``high`` are scalars or arrays broadcastable to x (per channel, per pixel, or with
+    one row per sample). On a layer that reads x through reshapes, ``Pad`` or ``ZeroInsert2d``
+    (a ConvTranspose2d) the LRP methods carry them to its input as those layers carry x: a
+    copied pixel keeps its bounds, a constant Pad value or an inserted zero ``c`` gets
+    ``l = h = c`` (it contributes ``c w - c w+ - c w- = 0``, as under Conv2d's own padding);
+    bounds of that input's own shape are accepted too. Behind any other layer they are the
+    bounds of the layer's input. x must lie inside, up to ``BOUND_ULPS`` ulps of the bound in
+    x's dtype (:func:`bound_slack`).
     """
 
     name = "zbox"
@@ -327,6 +334,21 @@ def _bound(v, name):
     if not np.all(np.isfinite(a)):
         raise ValueError(f"ZBox: {name} contains NaN or Inf")
     return a
+
+
+#: how far an input may pass a z^B bound: this many units in the last place of the bound, in the
+#: input's own dtype (float32 inputs at float32's resolution, float64 inputs at float64's)
+BOUND_ULPS = 4
+
+
+def bound_slack(v, dtype, ulps=BOUND_ULPS):
+    """``ulps`` units in the last place of the bounds ``v`` (numpy) in ``dtype`` (float32 or
+    float64, the input's), as an array of ``dtype``'s values: the rounding between a bound
+    computed in one precision and an input normalized in another (``(0 - mean) / std`` in
+    float64, x in float32) moves x past the bound by about one ulp, which changes the z^B
+    relevance by as little; more means x is outside the box."""
+    dtype = np.dtype(dtype) if np.dtype(dtype) in (np.float32, np.float64) else np.dtype(np.float32)
+    return ulps * np.spacing(np.abs(np.asarray(v, dtype=dtype)))
 
 
 RULES = {

@@ -8,6 +8,18 @@ shape arithmetic such as ``Shape -> Gather -> Unsqueeze -> Concat`` feeding a ``
 may depend on the batch size, so static values are kept for two batch sizes (or the model's
 fixed one) and a ``Reshape`` must keep the batch axis for both.
 
+ConvNeXt's channels-last block (torch's export of ``permute(0, 2, 3, 1)``, LayerNorm, Linear,
+activation, Linear, ``permute(0, 3, 1, 2)``) imports channels first: ``Transpose(perm=[0, 2, 3,
+1])``, a chain of nodes each read only by the next, ``Transpose(perm=[0, 3, 1, 2])``, where
+``LayerNormalization(axis=-1)`` becomes ``LayerNorm(axis=1)``, ``MatMul`` by a constant (C_in,
+C_out) matrix a 1x1 ``Conv2d``, ``Add`` / ``Mul`` of a (C,) constant a per-channel scale (the
+``Add`` after a ``MatMul``: its bias), and elementwise activations stay as they are
+(:func:`_channels_last_regions`); anything else inside is refused in one line naming the node,
+a lone ``Transpose`` too. ``Mul`` of (N, C, H, W) data by a (C, 1, 1) or (1, C, 1, 1) constant
+(the layer scale) is a per-channel scale; every per-channel scale folds into the ``Conv`` before
+it when nothing else reads that convolution (:func:`fold_channel_affines`, which says what that
+means for LRP), else it is a depthwise 1x1 ``Conv2d``.
+
 Only the ``onnx`` package is needed at run time. Every import is verified: the relprop forward
 pass is compared with ``ReferenceEvaluator`` on a probe input. A final ``Softmax`` /
 ``LogSoftmax`` is stripped by default with a one-line ``relprop.io.ImportNotice``
@@ -306,6 +318,85 @@ def _size(n):
         n /= 1024
 
 
+# -- per-channel affine maps (also used by the torch importer) ----------------------------------
+def channel_affine_layer(gamma, beta, dtype):
+    """``y[:, c] = gamma[c] x[:, c] + beta[c]`` on (N, C, H, W) as relprop layer: a depthwise 1x1
+    ``Conv2d`` (groups = C, weight ``gamma``, bias ``beta``), exact in value. It stands for
+    ConvNeXt's layer scale (Liu et al. 2022, Sec. 2.1, after Touvron et al. 2021's LayerScale) and
+    for a constant multiply / add over the channels-last axis until :func:`fold_channel_affines`
+    merges it into the convolution before it."""
+    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+    c = gamma.shape[0]
+    return G.Conv2d.from_compact(gamma.reshape(c, 1, 1, 1).astype(dtype), beta.astype(dtype), groups=c)
+
+
+def scaled_conv(layer, gamma, beta):
+    """``gamma * conv(x) + beta`` per output channel as one ``Conv2d``: ``W' = gamma W``,
+    ``b' = gamma b + beta`` (computed in float64, stored in the layer's dtype; the structural
+    zeros of a grouped / dilated weight stay zero)."""
+    dt = layer.weight.dtype
+    gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+    w = layer.weight.astype(np.float64) * gamma[:, None, None, None]
+    b = layer.bias.astype(np.float64) * gamma + beta
+    return G.Conv2d(w.astype(dt), b.astype(dt), layer.stride, layer.padding, layer.groups, layer.dilation)
+
+
+def fold_channel_affines(nodes, names):
+    """``nodes`` (topological, the last one the output) with every per-channel affine node named
+    in ``names`` (made by :func:`channel_affine_layer`; gamma and beta are read from the layer,
+    which a bias folded since may have changed) folded into the ``Conv2d`` it reads when that
+    convolution is read by nothing else (:func:`scaled_conv`);
+    an affine node that cannot fold (it reads something else, or a convolution read twice, or it
+    is the output) stays as its depthwise 1x1 ``Conv2d``. The nodes that read a folded node read
+    the convolution instead. A chain of affine maps folds step by step.
+
+    What the fold means for the explanations: the values, the gradient and DeepLIFT's
+    multipliers are those of the model (the fold is exact linear algebra, up to rounding). For
+    LRP it is what folding a BatchNorm into the layer before it is (``rp.canonize``, Zennit's
+    ``SequentialMergeBatchNorm``): the folded convolution's rule sees ``z'_j = gamma_j z_j``.
+    With LRP-0 that changes nothing: a bias-free diagonal layer passes its relevance unchanged
+    under the z-rule, ``R(z_j) = gamma_j z_j / (gamma_j z_j) R_j`` (LRP-0 and LRP-epsilon: Bach
+    et al. 2015; Montavon et al. 2019), so the pair and the fold give
+    ``R_i = sum_j a_i w_ij / z_j R_j`` alike. With epsilon the fold applies the stabilizer once,
+    to ``gamma_j z_j``: ``a_i w_ij / (z_j + sign(z_j) eps / |gamma_j|)``, the stabilizer's scale
+    changed by ``1 / |gamma_j|`` (the unfolded pair applies eps to ``z_j`` and again, a
+    negligible ``gamma_j z_j / (gamma_j z_j + eps)``, at the diagonal layer). Sign-splitting
+    rules (z+, alpha-beta, gamma, flat) see ``gamma W``: a negative ``gamma_j`` swaps which
+    contributions to output j count as positive, as a negative BatchNorm scale does; the
+    unfolded diagonal layer under z+ would drop output j's relevance wherever ``gamma_j z_j <=
+    0``. A ``beta`` becomes part of the convolution's bias (the bias absorbs relevance as every
+    bias does)."""
+    readers = {}
+    for nd in nodes:
+        for i in nd.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    rename, by_name, out = {}, {}, []
+    for k, nd in enumerate(nodes):
+        inputs = tuple(rename.get(i, i) for i in nd.inputs)
+        src = by_name.get(inputs[0]) if len(inputs) == 1 else None
+        affine = _affine_of(nd.layer) if nd.name in names else None
+        if affine is not None and k < len(nodes) - 1 and src is not None and src.layer.kind == "Conv2d" \
+                and readers.get(src.name, 0) == 1:
+            src.layer = scaled_conv(src.layer, *affine)
+            rename[nd.name] = src.name
+            readers[src.name] = readers.get(nd.name, 0)
+            continue
+        new = nd if inputs == tuple(nd.inputs) else G.Node(nd.name, nd.layer, inputs)
+        by_name[new.name] = new
+        out.append(new)
+    return out
+
+
+def _affine_of(layer):
+    """(gamma, beta) in float64 of a depthwise 1x1 Conv2d (:func:`channel_affine_layer`), else None."""
+    if layer.kind != "Conv2d":
+        return None
+    o, c, kh, kw = layer.weight.shape
+    if (kh, kw) != (1, 1) or o != c or layer.groups != c or layer.stride != (1, 1) or layer.padding != (0, 0):
+        return None
+    return np.diagonal(layer.weight[:, :, 0, 0]).astype(np.float64), layer.bias.astype(np.float64)
+
+
 # -- the importer ------------------------------------------------------------------------------
 class _Data:
     """A data tensor: produced by relprop node ``node`` with per-sample ``shape``."""
@@ -370,7 +461,9 @@ class _Importer:
         self.names = {"input"}
         self.onnx_nodes = _fuse_activations(onnx, _fuse_softplus(onnx, _fuse_groupnorm(onnx, list(g.node), inits),
                                                                  inits), inits)
-        self.onnx_nodes = _fuse_layernorm_channels(onnx, self.onnx_nodes)
+        # id of an ONNX node inside a channels-last region -> (role, the region's first Transpose)
+        self.region = _channels_last_regions(onnx, self.onnx_nodes, inits, self.output_name)
+        self.affines = set()  # relprop nodes made by channel_affine_layer, folded in build()
         self.consumers = {}
         for n in self.onnx_nodes:
             for i in n.input:
@@ -419,10 +512,11 @@ class _Importer:
             for i in ins:
                 if i not in self.static and i not in self.data:  # pragma: no cover - checker guarantees
                     raise ValueError(f"ONNX node {self._label(node)}: input {i!r} is not defined")
-            if node.domain == "relprop":  # a pattern fused by _fuse_groupnorm, _fuse_softplus, _fuse_activations
-                # or _fuse_layernorm_channels
-                handler = {"GroupNorm": "_groupnorm_pattern",
-                           "LayerNormChannels": "_layernorm_channels"}.get(node.op_type, "_activation")
+            role = self.region.get(id(node))
+            if role is not None:  # inside Transpose(0, 2, 3, 1) ... Transpose(0, 3, 1, 2)
+                handler = _REGION_HANDLERS[role[0]]
+            elif node.domain == "relprop":  # a pattern fused by _fuse_groupnorm, _fuse_softplus, _fuse_activations
+                handler = "_groupnorm_pattern" if node.op_type == "GroupNorm" else "_activation"
             else:
                 handler = _HANDLERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if handler is None:
@@ -440,7 +534,7 @@ class _Importer:
         if len(self.data[out].shape) != 1:
             raise ValueError(f"the model output {out!r} has per-sample shape {self.data[out].shape}; relprop "
                              "explains (N, classes) scores (end the model with a Flatten or a dense layer)")
-        return G.Graph(self._prune(self.data[out].node))
+        return G.Graph(fold_channel_affines(self._prune(self.data[out].node), self.affines))
 
     def _needed(self):
         """ids of the ONNX nodes the graph output depends on (dead branches are skipped)."""
@@ -940,11 +1034,20 @@ class _Importer:
         self._add_layer(node, self._make(node, G.Concat, axis), ins, tuple(out))
 
     def _mul(self, node):
-        """``Mul`` of two computed tensors (squeeze-and-excitation gating): relprop's Mul."""
+        """``Mul`` of two computed tensors (squeeze-and-excitation gating): relprop's Mul. ``Mul``
+        of (N, C, H, W) data by a constant of shape (C, 1, 1) or (1, C, 1, 1) (ConvNeXt's layer
+        scale, as torch exports ``gamma * y``): a per-channel scale (:meth:`_add_affine`)."""
         ins = list(node.input)
+        data = [i for i in ins if i in self.data]
+        if len(ins) == 2 and len(data) == 1:
+            x = self.data[data[0]]
+            c = self._const(node, ins[1] if ins[0] == data[0] else ins[0], "the factor")
+            if len(x.shape) == 3 and tuple(c.shape) in ((x.shape[0], 1, 1), (1, x.shape[0], 1, 1)):
+                return self._add_affine(node, data[0], np.asarray(c, np.float64).reshape(-1), np.zeros(x.shape[0]))
         if any(i not in self.data for i in ins):
             raise self._error(node, "multiplying by a constant is not supported (fold the factor into the weights of "
-                                    "a layer); relprop's Mul multiplies two tensors computed from the input")
+                                    "a layer), except a per-channel layer scale of shape (C, 1, 1) or (1, C, 1, 1) on "
+                                    "(N, C, H, W) data; relprop's Mul multiplies two tensors computed from the input")
         a, b = (self.data[i].shape for i in ins)
         if len(a) != len(b):
             raise self._error(node, f"product of per-sample shapes {a} and {b}: relprop's Mul needs one rank")
@@ -1020,24 +1123,86 @@ class _Importer:
                            None if bias is None else self._weight(bias), float(a.get("epsilon", 1e-5)))
         self._add_layer(node, layer, [X], x.shape)
 
+    # -- the channels-last region (_channels_last_regions) ---------------------------------------
+    def _region_error(self, node, msg):
+        first = self.region[id(node)][1]
+        return self._error(node, f"{msg}; it is inside the channels-last region that Transpose(perm=[0, 2, 3, 1]) "
+                                 f"{self._label(first)} opens and Transpose(perm=[0, 3, 1, 2]) closes, where relprop "
+                                 f"maps only {_REGION_OPS}; move it out of the transposed region in the source model "
+                                 "and re-export")
+
+    def _region_begin(self, node):
+        """``Transpose(perm=[0, 2, 3, 1])`` opening a region: the region's ops read the (N, C, H, W)
+        tensor itself, channels first, and map their last-axis semantics onto axis 1."""
+        x = self._data(node, node.input[0])
+        if len(x.shape) != 3:
+            raise self._region_error(node, f"it must transpose an (N, C, H, W) tensor, got per-sample shape {x.shape}")
+        self._alias(node, node.input[0])
+
+    def _region_end(self, node):
+        """``Transpose(perm=[0, 3, 1, 2])`` closing a region: the tensor is channels first already."""
+        self._data(node, node.input[0])
+        self._alias(node, node.input[0])
+
+    def _region_unsupported(self, node):
+        raise self._region_error(node, self.region[id(node)][2])
+
     def _layernorm_channels(self, node):
-        """torch's export of ConvNeXt's ``permute(0, 2, 3, 1) -> LayerNorm(C) -> permute(0, 3, 1, 2)``
-        (fused by :func:`_fuse_layernorm_channels`): relprop's LayerNorm over axis 1 (``axis=1``)."""
+        """``LayerNormalization(axis=-1)`` inside a region (ConvNeXt's ``permute(0, 2, 3, 1) ->
+        LayerNorm(C) -> permute(0, 3, 1, 2)``; torchvision's ``LayerNorm2d``): relprop's
+        LayerNorm over axis 1 (``axis=1``)."""
         a = self._attrs(node)
+        self._check_attrs(node, a, {"axis", "epsilon", "stash_type"})
+        self._unused_extra_outputs(node, "mean / inverse std")
         X = node.input[0]
         x = self._data(node, X)
-        if len(x.shape) != 3:
-            raise self._error(node, f"Transpose(0, 2, 3, 1) - LayerNormalization - Transpose(0, 3, 1, 2) needs an "
-                                    f"(N, C, H, W) input, got per-sample shape {x.shape}")
         ns = (x.shape[0],)
         try:
             scale = np.broadcast_to(self._const(node, node.input[1], "Scale"), ns)
-            bias = np.broadcast_to(self._const(node, node.input[2], "B"), ns) if node.input[2] else None
+            bias = (np.broadcast_to(self._const(node, node.input[2], "B"), ns)
+                    if len(node.input) > 2 and node.input[2] else None)
         except ValueError:
             raise self._error(node, f"Scale / B do not broadcast to the {ns[0]} channels") from None
         layer = self._make(node, G.LayerNorm, ns, self._weight(scale), None if bias is None else self._weight(bias),
                            float(a.get("epsilon", 1e-5)), "identity", 1)
         self._add_layer(node, layer, [X], x.shape)
+
+    def _region_matmul(self, node):
+        """``MatMul(x, W)`` with ``W`` (C_in, C_out) constant inside a region (torch's Linear on the
+        channels-last tensor): a 1x1 Conv2d with weight ``W^T[:, :, None, None]`` (exact); the
+        bias ``Add`` that follows folds into it (``_region_affine``, :func:`fold_channel_affines`)."""
+        X = node.input[0]
+        x = self._data(node, X)
+        w = self._const(node, node.input[1], "B (weight)")
+        if w.ndim != 2 or w.shape[0] != x.shape[0]:
+            raise self._region_error(node, f"its weight {w.shape} must be ({x.shape[0]}, C_out) to map the "
+                                           f"{x.shape[0]} channels")
+        layer = self._make(node, G.Conv2d, self._weight(np.ascontiguousarray(w.T)[:, :, None, None]), None)
+        self._add_layer(node, layer, [X], (w.shape[1],) + x.shape[1:])
+
+    def _region_affine(self, node):
+        """``Mul`` / ``Add`` of a constant of shape (C,) (broadcast over the last axis) inside a
+        region: a per-channel affine map (:func:`channel_affine_layer`)."""
+        (X,) = [i for i in node.input if i in self.data]
+        c_name = node.input[1] if node.input[0] == X else node.input[0]
+        x = self.data[X]
+        c = np.asarray(self._const(node, c_name, "the constant"), dtype=np.float64)
+        C = x.shape[0]
+        if not 1 <= c.ndim <= 4 or c.shape != (1,) * (c.ndim - 1) + (C,):
+            raise self._region_error(node, f"its constant has shape {c.shape}; relprop maps a constant of shape ({C},) "
+                                           "over the last axis here")
+        c = c.reshape(C)
+        if node.op_type == "Mul":
+            self._add_affine(node, X, c, np.zeros(C))
+        else:
+            self._add_affine(node, X, np.ones(C), c)
+
+    def _add_affine(self, node, X, gamma, beta):
+        """A per-channel affine map of (N, C, H, W) data ``X`` (:func:`channel_affine_layer`), folded
+        into the convolution before it at the end of the import where it can
+        (:func:`fold_channel_affines`, which documents what that means for LRP)."""
+        self._add_layer(node, channel_affine_layer(gamma, beta, self.dtype), [X], self.data[X].shape)
+        self.affines.add(self.data[node.output[0]].node)
 
     def _norm_vector(self, node, name, n, what):
         """A constant per-channel (or per-group) vector of ``n`` entries, as float64."""
@@ -1419,50 +1584,96 @@ def _fuse_groupnorm(onnx, nodes, inits):
     return [replace.get(id(n), n) for n in nodes]
 
 
-def _fuse_layernorm_channels(onnx, nodes):
-    """Replace torch's export of ConvNeXt's LayerNorm over channels (Liu et al. 2022; torchvision's
-    ``LayerNorm2d``), ``Transpose(perm=[0, 2, 3, 1]) -> LayerNormalization(axis=-1) ->
-    Transpose(perm=[0, 3, 1, 2])``, each intermediate read only by the next and the mean /
-    inverse-std outputs unused, by one relprop-domain ``LayerNormChannels`` node with inputs
-    ``x, Scale, B or ""`` (``_Importer._layernorm_channels`` checks the shapes). The matched
-    nodes become dead; a lone ``Transpose`` stays unsupported."""
+#: what a channels-last region may hold (the error for anything else says it)
+_REGION_OPS = ("LayerNormalization over the last axis, MatMul by a constant (C_in, C_out) matrix, Add / Mul of a "
+               "constant of shape (C,), elementwise activations, Identity, Dropout and Cast")
+_REGION_ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softplus", "Elu", "Gelu", "HardSwish", "HardSigmoid",
+                       "Mish", "Clip", "Identity", "Dropout", "Cast"}
+_REGION_FUSED = {"Gelu", "SiLU", "Mish", "Softplus"}  # relprop-domain activations (_fuse_activations, _fuse_softplus)
+_REGION_HANDLERS = {"begin": "_region_begin", "end": "_region_end", "layernorm": "_layernorm_channels",
+                    "matmul": "_region_matmul", "affine": "_region_affine", "unsupported": "_region_unsupported"}
+
+
+def _channels_last_regions(onnx, nodes, inits, output):
+    """The channels-last regions of torch's export of ConvNeXt's block (Liu et al. 2022, Fig. 4;
+    torchvision's ``CNBlock``): ``Transpose(perm=[0, 2, 3, 1])``, a chain of nodes each read
+    only by the next (among the nodes the output depends on: patterns fused before leave their
+    dead parts behind), then ``Transpose(perm=[0, 3, 1, 2])``. Returns ``{id(node): (role,
+    first Transpose[, why])}`` for every node of every region; the importer imports the region
+    channels first (``_Importer._region_*``): LayerNormalization(axis=-1) as LayerNorm(axis=1),
+    ``MatMul(x, W)`` (torch's Linear; the TorchScript exporter writes it as MatMul + Add(bias)
+    at opsets 17 and 20) as a 1x1 Conv2d, ``Add`` / ``Mul`` of a (C,) constant as a per-channel
+    affine map, elementwise activations as they are (GELU is Erf arithmetic at opset 17, fused
+    into one node by :func:`_fuse_activations` before, and ``Gelu`` at 20). Any other node of a
+    region gets the role ``"unsupported"`` and fails in one line naming it. A lone ``Transpose``
+    belongs to no region and stays unsupported."""
+    live = _needed_ids(nodes, [output])
+    nodes = [n for n in nodes if id(n) in live]
     producer = {o: n for n in nodes for o in n.output if o}
-    uses = {}
+    readers = {}
     for n in nodes:
         for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+            if i:
+                readers.setdefault(i, []).append(n)
+    produced = set(producer)
+    dynamic = {i for n in nodes for i in n.input if i and i not in produced and i not in inits}
+    for n in nodes:
+        if n.op_type not in ("Shape", "Size") and any(i in dynamic for i in n.input):
+            dynamic.update(o for o in n.output if o)
 
-    def standard(n, t):
-        return n is not None and n.op_type == t and n.domain in ("", "ai.onnx")
-
-    def attr(n, name, default=None):
-        for a in n.attribute:
-            if a.name == name:
-                return onnx.helper.get_attribute_value(a)
-        return default
+    def standard(n):
+        return n.domain in ("", "ai.onnx")
 
     def perm(n):
-        p = attr(n, "perm")
+        if n.op_type != "Transpose" or not standard(n):
+            return None
+        p = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "perm"), None)
         return None if p is None else tuple(int(v) for v in p)
 
-    replace = {}
-    for ln in nodes:
-        if not standard(ln, "LayerNormalization") or len(ln.input) < 2 or int(attr(ln, "axis", -1)) not in (-1, 3):
+    def role(n, cur):
+        """(role[, why]) of node ``n`` reading the region's tensor ``cur``."""
+        others = [i for i in n.input if i and i != cur]
+        data_others = [i for i in others if i in dynamic]
+        extra = [o for o in n.output[1:] if o and o in readers]
+        if extra:
+            return "unsupported", f"its extra output {extra[0]!r} is used"
+        if n.domain == "relprop" and n.op_type in _REGION_FUSED and not data_others:
+            return ("elementwise",)
+        if not standard(n):
+            return "unsupported", f"op type {n.op_type!r} (domain {n.domain!r}) is not supported"
+        if n.op_type == "LayerNormalization" and n.input[0] == cur and not data_others:
+            axis = next((onnx.helper.get_attribute_value(a) for a in n.attribute if a.name == "axis"), -1)
+            if int(axis) in (-1, 3):
+                return ("layernorm",)
+            return "unsupported", f"it normalizes from axis {axis}, not over the last axis (the channels)"
+        if n.op_type == "MatMul" and n.input[0] == cur and not data_others:
+            return ("matmul",)
+        if n.op_type in ("Add", "Mul") and len(n.input) == 2 and len(others) == 1 and not data_others:
+            return ("affine",)
+        if n.op_type in _REGION_ELEMENTWISE and not data_others:
+            return ("elementwise",)
+        if data_others:
+            return "unsupported", f"it combines the region's tensor with {data_others[0]!r}, computed from the input"
+        return "unsupported", f"op type {n.op_type!r} is not supported there"
+
+    regions = {}
+    for first in nodes:
+        if perm(first) != (0, 2, 3, 1) or first.input[0] not in dynamic:
             continue
-        t1 = producer.get(ln.input[0])
-        if not standard(t1, "Transpose") or perm(t1) != (0, 2, 3, 1) or uses.get(ln.input[0], 0) != 1:
-            continue
-        if any(o and uses.get(o, 0) for o in ln.output[1:]) or uses.get(ln.output[0], 0) != 1:
-            continue
-        readers = [n for n in nodes if ln.output[0] in n.input]
-        t2 = readers[0] if len(readers) == 1 else None
-        if not standard(t2, "Transpose") or perm(t2) != (0, 3, 1, 2):
-            continue
-        new = onnx.helper.make_node("LayerNormChannels", [t1.input[0], ln.input[1], ln.input[2] if len(ln.input) > 2
-                                                          else ""], [t2.output[0]], name=ln.name, domain="relprop")
-        new.attribute.extend(a for a in ln.attribute if a.name == "epsilon")
-        replace[id(t2)] = new
-    return [replace.get(id(n), n) for n in nodes]
+        cur, chain = first.output[0], []
+        while cur != output and len(readers.get(cur, [])) == 1 and list(readers[cur][0].input).count(cur) == 1:
+            nxt = readers[cur][0]
+            if perm(nxt) is not None:
+                if perm(nxt) == (0, 3, 1, 2):
+                    regions[id(first)] = ("begin", first)
+                    for n, r in chain:
+                        regions[id(n)] = (r[0], first) + tuple(r[1:])
+                    regions[id(nxt)] = ("end", first)
+                break
+            chain.append((nxt, role(nxt, cur)))
+            cur = nxt.output[0]
+    # elementwise ops import with their own handlers (any layout): only the others are dispatched
+    return {k: v for k, v in regions.items() if v[0] != "elementwise"}
 
 
 def _fuse_activations(onnx, nodes, inits):

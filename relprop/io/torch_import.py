@@ -30,7 +30,13 @@ nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d                 AdaptiveMaxPool2d
 nn.Upsample / UpsamplingNearest2d / UpsamplingBilinear2d,   Upsample (nearest, bilinear)
 F.interpolate (nearest, bilinear; no antialias)
 nn.LayerNorm, F.layer_norm; nn.GroupNorm, F.group_norm      LayerNorm, GroupNorm
-permute(0, 2, 3, 1) - LayerNorm(C) - permute(0, 3, 1, 2)    LayerNorm(axis=1), channels first
+permute(0, 2, 3, 1), a chain of ops each read only by the   the chain channels first:
+next, permute(0, 3, 1, 2) (ConvNeXt's CNBlock). In the      LayerNorm(axis=1), Conv2d 1x1
+chain: LayerNorm(C), nn.Linear / F.linear on the last       (weight W[:, :, None, None]), the
+axis, elementwise activations, Dropout, clone, * or + a     activation, a per-channel scale
+constant of shape (C,)                                      (folded as below)
+param * x, param of shape (C, 1, 1) or (1, C, 1, 1) on      folded into the Conv2d before it
+(N, C, H, W) (ConvNeXt's layer scale)                       (else a depthwise 1x1 Conv2d)
 a * b, torch.mul (two tensors, broadcast per sample)        Mul
 nn.Flatten, torch.flatten(x, 1), view/reshape keeping N     Flatten / Reshape
 nn.Dropout* (eval), F.dropout(training=False)               Dropout
@@ -39,6 +45,18 @@ a + b, torch.add, x += y                                    Add
 torch.cat(dim != 0)                                         Concat
 torch.stack([...], -1).sum(-1)  (zennit.layer.Sum)          Add
 ==========================================================  ====================================
+
+Between the two permutes each op maps its last-axis semantics onto the channel axis, exactly;
+anything else there is refused in one line naming it, and a permute outside such a region is
+refused. A per-channel scale (the layer scale, or a constant ``*`` / ``+`` in the channels-last
+region) folds into the ``Conv2d`` before it when nothing else reads that convolution
+(``W' = gamma W``, ``b' = gamma b + beta``), as a BatchNorm folds: the same values, gradient and
+DeepLIFT; for LRP the folded layer's rule sees ``gamma W`` (LRP-0 unchanged, epsilon's stabilizer
+rescaled by ``1 / |gamma|``; ``relprop.io.onnx_import.fold_channel_affines`` says more). A scale
+that cannot fold is a depthwise 1x1 ``Conv2d`` (groups = C), which gets the Conv2d rule. The
+composites map layer kinds, so the 1x1 ``Conv2d`` of a channels-last ``Linear`` gets their Conv2d
+rule (z+ in ``EpsilonPlusFlat``), where Zennit's composites give ``nn.Linear`` epsilon; pass
+``rules=`` a list (one rule per Dense/Conv2d node) to choose per layer.
 
 ``ceil_mode=True`` pools are accepted only where they give the same output size as
 ``ceil_mode=False`` (then they are the same operation). Anything else raises a one-line
@@ -69,6 +87,7 @@ import numpy as np
 from ..core import graph as G
 from ..core.canonize import canonize as _canonize, importer_fold
 from . import ImportNotice, apply_final_softmax, check_final_softmax
+from .onnx_import import channel_affine_layer, fold_channel_affines
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (any groups, dilation and padding_mode), nn.ConvTranspose2d, nn.BatchNorm1d/2d (with running "
@@ -76,7 +95,8 @@ SUPPORTED = (
     "(or Hardtanh(0, 6)), Mish, Softmax (last axis, last operation), nn.MaxPool2d "
     "(dilation=1), nn.AvgPool2d (count_include_pad=True), nn.AdaptiveAvgPool2d / AdaptiveMaxPool2d (any size), "
     "mean over (2, 3), nn.Upsample / F.interpolate (nearest, bilinear), LayerNorm, GroupNorm, "
-    "permute(0, 2, 3, 1) - LayerNorm(C) - permute(0, 3, 1, 2) (ConvNeXt), a * b (two tensors), "
+    "permute(0, 2, 3, 1) - LayerNorm(C) / Linear / activations / * or + a (C,) constant - permute(0, 3, 1, 2) "
+    "(ConvNeXt's block), a * b (two tensors), param * x with param (C, 1, 1) (ConvNeXt's layer scale), "
     "Flatten / flatten(x, 1) / view or reshape keeping the batch axis, Dropout, Identity, clone, + / torch.add, "
     "torch.cat, torch.stack summed over the stacked axis (zennit.layer.Sum)")
 
@@ -231,10 +251,18 @@ class _Stack:
 
 class _ChannelsLast:
     """The (N, H, W, C) view ``x.permute(0, 2, 3, 1)`` of an IR tensor ``t`` (N, C, H, W), made
-    only inside the fused pattern ``permute -> layer_norm(C) -> permute(0, 3, 1, 2)``."""
+    only inside a channels-last region ``permute(0, 2, 3, 1) -> ... -> permute(0, 3, 1, 2)``
+    (``_Converter._channels_last``). The handlers that map an op over the last axis
+    (layer_norm, linear, the elementwise activations, a multiply / add by a (C,) constant) read
+    it and return another view; every other handler refuses it (``_Converter._tensor``)."""
 
     def __init__(self, t):
         self.t = t
+
+
+#: what a channels-last region may hold (the error for anything else says it)
+_REGION_OPS = ("layer_norm over the C channels, Linear over the last axis, elementwise activations, dropout / "
+               "clone, and a multiply or add by a constant of shape (C,)")
 
 
 class _Unsupported(Exception):
@@ -311,6 +339,7 @@ class _Converter:
         self.env = {}
         self.functions, self.methods = _function_tables(torch)
         self.module_ops = _module_table(torch)
+        self.scales = set()  # IR node names of the per-channel scales (_emit_scale), folded in _finish
 
     # -- driver --------------------------------------------------------------------------------
     def run(self):
@@ -353,7 +382,7 @@ class _Converter:
                 continue
             keep.add(name)
             todo.extend(by_name[name].inputs)
-        nodes = [nd for nd in self.nodes if nd.name in keep]
+        nodes = fold_channel_affines([nd for nd in self.nodes if nd.name in keep], self.scales)
         for nd in nodes[:-1]:
             head = self.heads.get(nd.name)
             if head is not None:
@@ -461,6 +490,11 @@ class _Converter:
     def _tensor(self, v, what="input"):
         if isinstance(v, _Tensor):
             return v
+        if isinstance(v, _ChannelsLast):
+            raise _Unsupported(f"its {what} is the channels-last view permute(0, 2, 3, 1) of {v.t.name!r}: between "
+                               "permute(0, 2, 3, 1) and permute(0, 3, 1, 2) relprop maps only " + _REGION_OPS,
+                               todo="move this op out of the permuted region (before the first permute or after "
+                                    "the second)")
         if isinstance(v, _Stack):
             raise _Unsupported("a torch.stack result is used by it; relprop supports torch.stack only when summed "
                                "over the stacked axis (zennit.layer.Sum)")
@@ -491,32 +525,37 @@ class _Converter:
             return None
         return tuple(d % 4 for d in dims)
 
-    def _is_layer_norm(self, n):
-        if n.op == "call_module":
-            return self.module_ops.get(type(self.modules[n.target]), (None,))[0] == "layer_norm"
-        return n.op == "call_function" and self.functions.get(n.target, (None,))[0] == "layer_norm"
-
     def _channels_last(self, n):
-        """ConvNeXt's LayerNorm over channels, ``permute(0, 2, 3, 1) -> layer_norm(C) ->
-        permute(0, 3, 1, 2)`` (each permute read only by the next op; Liu et al. 2022): the first
-        permute gives a ``_ChannelsLast`` view that only ``op_layer_norm`` reads (it emits the
-        channels-first LayerNorm) and the second permute returns its tensor. None for any other
-        node, so a lone permute stays refused as unsupported."""
+        """The channels-last region of ConvNeXt's block (Liu et al. 2022, Fig. 4; torchvision's
+        ``CNBlock``): ``permute(0, 2, 3, 1)``, a chain of ops each read only by the next, then
+        ``permute(0, 3, 1, 2)``. The first permute gives a ``_ChannelsLast`` view of its
+        (N, C, H, W) input; the ops of the chain read views and emit channels-first layers
+        (``op_layer_norm``: LayerNorm(axis=1); ``op_linear``: a 1x1 Conv2d; ``_activation``: the
+        activation; ``op_mul`` / ``op_add`` with a (C,) constant: a per-channel scale), any other
+        op there is refused in one line (``_tensor``); the second permute returns the tensor.
+        None for every other node, so a lone permute (no permute back, or a branch) stays refused
+        as unsupported."""
         dims = self._permute_dims(n)
         if dims is None or not n.args or not isinstance(n.args[0], self.torch.fx.Node):
             return None
         src = self.env.get(n.args[0])
         if dims == (0, 3, 1, 2) and isinstance(src, _ChannelsLast):
             return src.t
-        if dims != (0, 2, 3, 1) or not isinstance(src, _Tensor) or len(src.shape) != 4 or len(n.users) != 1:
+        if dims != (0, 2, 3, 1) or not isinstance(src, _Tensor) or len(src.shape) != 4:
             return None
-        (ln,) = n.users
-        if not self._is_layer_norm(ln) or not ln.args or ln.args[0] is not n or len(ln.users) != 1:
-            return None
-        (back,) = ln.users
-        if self._permute_dims(back) != (0, 3, 1, 2) or not back.args or back.args[0] is not ln:
-            return None
-        return _ChannelsLast(src)
+        cur = n
+        for _ in range(len(self.gm.graph.nodes)):  # the chain, each node read only by the next
+            if len(cur.users) != 1:
+                return None
+            (nxt,) = cur.users
+            reads = []
+            self.torch.fx.node.map_arg((nxt.args, nxt.kwargs), lambda a: reads.append(a is cur))
+            if nxt.op == "output" or sum(reads) != 1:  # y + y reads it twice: no chain
+                return None
+            if self._permute_dims(nxt) is not None:
+                return _ChannelsLast(src) if self._permute_dims(nxt) == (0, 3, 1, 2) and nxt.args[0] is cur else None
+            cur = nxt
+        return None  # pragma: no cover - a chain is shorter than the graph
 
     def _convert(self, n):
         out_shape = lambda: self._shape(n)  # noqa: E731 - shape only when a handler needs it
@@ -527,6 +566,7 @@ class _Converter:
             mod = self.modules[n.target]
             entry = self.module_ops.get(type(mod))
             if entry is None:
+                self._region_hint(n)
                 raise _Unsupported("this module type is not supported")
             op, params = entry
             if len(n.args) != 1 or n.kwargs:
@@ -536,10 +576,14 @@ class _Converter:
         elif n.op == "call_method":
             entry = self.methods.get(n.target)
             if entry is None:
+                self._region_hint(n)
                 raise _Unsupported("this tensor method is not supported")
             op, names, defaults = entry
             args = [self._arg(a) for a in n.args]
             kwargs = {k: self._arg(v) for k, v in n.kwargs.items()}
+            if op == "permute":  # x.permute(0, 2, 3, 1) or x.permute((0, 2, 3, 1))
+                dims = args[1:] if not (len(args) == 2 and isinstance(args[1], (tuple, list))) else list(args[1])
+                args, kwargs = [args[0], kwargs.pop("dims", dims)], kwargs
             if op == "reshape":  # x.view(a, b, ...) or x.view((a, b, ...))
                 shape = args[1:] if not (len(args) == 2 and isinstance(args[1], (tuple, list))) else list(args[1])
                 shape = kwargs.pop("size", kwargs.pop("shape", shape))
@@ -550,6 +594,7 @@ class _Converter:
         elif n.op == "call_function":
             entry = self.functions.get(n.target)
             if entry is None:
+                self._region_hint(n)
                 raise _Unsupported("this function is not supported")
             op, names, defaults = entry
             b = _bind(names, [self._arg(a) for a in n.args], {k: self._arg(v) for k, v in n.kwargs.items()}, defaults)
@@ -557,8 +602,23 @@ class _Converter:
             raise _Unsupported(f"fx node kind {n.op!r}")
         return getattr(self, "op_" + op)(n, b, out_shape)
 
+    def _region_hint(self, n):
+        """An unmapped op reading a channels-last view: say what the region may hold instead."""
+        for a in n.all_input_nodes:
+            v = self.env.get(a)
+            if isinstance(v, _ChannelsLast):
+                self._tensor(v)
+
     # -- handlers: one per operation family (b: bound arguments, shape(): traced output shape) ----
     def op_linear(self, n, b, shape):
+        if isinstance(b["input"], _ChannelsLast):  # Linear over C at every pixel: a 1x1 convolution (exact)
+            x = b["input"].t
+            w, bias = self._const(b["weight"], "weight"), self._const(b.get("bias"), "bias")
+            if w.ndim != 2 or w.shape[1] != x.shape[1]:
+                raise _Unsupported(f"a linear map with weight {w.shape} after permute(0, 2, 3, 1) of {x.shape}: it "
+                                   f"must read the {x.shape[1]} channels (weight (out, {x.shape[1]}))")
+            layer = self._layer(G.Conv2d, w[:, :, None, None], bias)
+            return _ChannelsLast(self._emit(self._base_name(n), layer, [x], (x.shape[0], w.shape[0]) + x.shape[2:]))
         x = self._tensor(b["input"])
         if len(x.shape) != 2:
             raise _Unsupported(f"input of shape {x.shape}: relprop's Dense takes (N, features) inputs")
@@ -576,7 +636,11 @@ class _Converter:
         dilation = _pair(b["dilation"])
         # grouped / dilated: the exactly equivalent dense block-diagonal, zero-dilated weight
         # (Conv2d.from_compact); groups and dilation stay recorded in the layer
-        dense = G.Conv2d.from_compact(w, bias, groups=int(b["groups"]), dilation=dilation)
+        try:
+            dense = G.Conv2d.from_compact(w, bias, groups=int(b["groups"]), dilation=dilation)
+        except ValueError as e:  # e.g. a dense expansion over the budget: its message says what to do
+            msg, _, todo = str(e).partition("; use ")
+            raise _Unsupported(msg, todo=f"use {todo}" if todo else None) from None
         padding = b["padding"]
         if isinstance(padding, str):
             if padding == "valid":
@@ -627,6 +691,9 @@ class _Converter:
         return (t, None, None) if b.get("_tuple") else t
 
     def _activation(self, n, b, shape, layer):
+        if isinstance(b["input"], _ChannelsLast) and layer.kind != "Softmax":  # elementwise: any layout
+            x = b["input"].t
+            return _ChannelsLast(self._emit(self._base_name(n), layer, [x], x.shape))
         x = self._tensor(b["input"])
         return self._emit(self._base_name(n), layer, [x], shape())
 
@@ -791,7 +858,7 @@ class _Converter:
                           [x], shape())
 
     def op_layer_norm(self, n, b, shape):
-        channels_last = isinstance(b["input"], _ChannelsLast)  # ConvNeXt's pattern (_channels_last)
+        channels_last = isinstance(b["input"], _ChannelsLast)  # ConvNeXt's region (_channels_last)
         x = b["input"].t if channels_last else self._tensor(b["input"])
         ns = b["normalized_shape"]
         ns = (int(ns),) if isinstance(ns, int) else tuple(int(s) for s in ns)
@@ -830,10 +897,15 @@ class _Converter:
 
     def op_mul(self, n, b, shape):
         a, o = b["input"], b["other"]
+        scale = self._channel_constant(n, a, o, "multiplying by")
+        if scale is not None:
+            return scale
         if not isinstance(a, _Tensor) or not isinstance(o, _Tensor):
             const = o if isinstance(a, _Tensor) else a
             raise _Unsupported(f"multiplying by {_describe_value(const)} is not supported; relprop's Mul multiplies "
-                               "two tensors computed from the input", todo="fold constant factors into a layer's weights")
+                               "two tensors computed from the input, and a constant factor is mapped only as a "
+                               "per-channel scale (a parameter of shape (C, 1, 1) or (1, C, 1, 1) on (N, C, H, W), "
+                               "ConvNeXt's layer scale)", todo="fold constant factors into a layer's weights")
         if len(a.shape) != len(o.shape) or a.shape[0] != o.shape[0]:
             raise _Unsupported(f"product of shapes {a.shape} and {o.shape}; relprop's Mul needs one rank and one batch "
                                "size (broadcasting over the other axes)")
@@ -852,6 +924,53 @@ class _Converter:
         except ValueError as e:
             raise _Unsupported(str(e)) from None
         return self._emit(self._base_name(n), layer, [a, o], shape())
+
+    def _channel_constant(self, n, a, o, verb):
+        """``a * o`` / ``a + o`` as a per-channel affine map, or None when neither operand is a
+        channels-last view and no constant is a channels-first per-channel factor:
+
+        * channels-last (inside ``permute(0, 2, 3, 1) ... permute(0, 3, 1, 2)``): a constant
+          tensor that broadcasts over the last axis, of shape (C,) (or (1, ..., 1, C));
+        * channels-first ``(N, C, H, W)`` times a parameter of shape (C, 1, 1) or (1, C, 1, 1):
+          ConvNeXt's layer scale ``gamma * y`` (Liu et al. 2022, Sec. 2.1, after Touvron et al.
+          2021's LayerScale).
+
+        The result is ``_emit_scale``'s per-channel scale node, which ``_finish`` folds into
+        the preceding convolution where it can (see there)."""
+        if not isinstance(a, _ChannelsLast) and not isinstance(o, _ChannelsLast):
+            # channels first: only a layer-scale parameter multiplying a 4-d tensor
+            x, const = (a, o) if isinstance(a, _Tensor) else (o, a)
+            if verb != "multiplying by" or not isinstance(x, _Tensor) or len(x.shape) != 4 \
+                    or not isinstance(const, self.torch.Tensor):
+                return None
+            c = x.shape[1]
+            if tuple(const.shape) not in ((c, 1, 1), (1, c, 1, 1)):
+                return None
+            return self._emit_scale(n, x, self._const(const, "scale").reshape(c), None)
+        view, const = (a, o) if isinstance(a, _ChannelsLast) else (o, a)
+        x = view.t
+        c = x.shape[1]
+        if not isinstance(const, self.torch.Tensor) or not 1 <= const.ndim <= 4 \
+                or tuple(const.shape) != (1,) * (const.ndim - 1) + (c,):
+            raise _Unsupported(f"{verb} {_describe_value(const)} after permute(0, 2, 3, 1) of {x.shape}: relprop maps "
+                               f"only a constant of shape ({c},) over the last axis here (between the permutes: "
+                               f"{_REGION_OPS})", todo="move this op out of the permuted region, or make the constant "
+                                                       f"a parameter of shape ({c},)")
+        v = self._const(const, "constant").reshape(c)
+        if verb == "adding":
+            return _ChannelsLast(self._emit_scale(n, x, None, v))
+        return _ChannelsLast(self._emit_scale(n, x, v, None))
+
+    def _emit_scale(self, n, x, gamma, beta):
+        """The per-channel affine map ``y[c] = gamma[c] x[c] + beta[c]`` of (N, C, H, W): a
+        depthwise 1x1 Conv2d (groups = C, exact), recorded in ``self.scales`` for ``_finish``."""
+        c = x.shape[1]
+        dt = (gamma if gamma is not None else beta).dtype
+        gamma = np.ones(c) if gamma is None else np.asarray(gamma, np.float64)
+        beta = np.zeros(c) if beta is None else np.asarray(beta, np.float64)
+        t = self._emit(self._base_name(n), channel_affine_layer(gamma, beta, dt), [x], x.shape)
+        self.scales.add(t.name)
+        return t
 
     def _kind_of(self, t):
         """The layer kind of the node that produced IR tensor ``t`` (None for the graph input)."""
@@ -908,20 +1027,33 @@ class _Converter:
         layer = G.Flatten() if len(out) == 2 else G.Reshape(out[1:])
         return self._emit(self._base_name(n), layer, [x], out)
 
+    def op_permute(self, n, b, shape):
+        """Reached only by a permute outside a channels-last region (``_channels_last`` maps those)."""
+        dims = b.get("dims")
+        dims = tuple(dims) if isinstance(dims, (list, tuple)) else dims
+        raise _Unsupported(f"permute{dims} is not supported on its own: relprop maps a permute only as "
+                           "permute(0, 2, 3, 1) of an (N, C, H, W) tensor, then a chain of ops each read only by the "
+                           f"next ({_REGION_OPS}), then permute(0, 3, 1, 2) (ConvNeXt's block)",
+                           todo="keep the tensor channels first, or close the region with permute(0, 3, 1, 2)")
+
     def op_dropout(self, n, b, shape):
-        x = self._tensor(b["input"])
+        view = isinstance(b["input"], _ChannelsLast)  # elementwise in eval mode: any layout
+        x = b["input"].t if view else self._tensor(b["input"])
         if b.get("training") or b.get("train"):
             raise _Unsupported("dropout with training=True is random; call it with training=self.training "
                                "(or use nn.Dropout) so that it is the identity in eval mode")
-        return self._emit(self._base_name(n), G.Dropout(float(b.get("p", 0.5))), [x], x.shape)
+        t = self._emit(self._base_name(n), G.Dropout(float(b.get("p", 0.5))), [x], x.shape)
+        return _ChannelsLast(t) if view else t
 
     def op_identity(self, n, b, shape):
-        return self._tensor(b["input"])
+        return b["input"] if isinstance(b["input"], _ChannelsLast) else self._tensor(b["input"])
 
     def op_add(self, n, b, shape):
         a, o = b["input"], b["other"]
         if b.get("alpha", 1) != 1:
             raise _Unsupported(f"alpha={b['alpha']} is not supported (only a plain sum)")
+        if isinstance(a, _ChannelsLast) or isinstance(o, _ChannelsLast):
+            return self._channel_constant(n, a, o, "adding")
         if not isinstance(a, _Tensor) or not isinstance(o, _Tensor):
             const = o if isinstance(a, _Tensor) else a
             raise _Unsupported(f"adding {_describe_value(const)} is not supported; relprop's Add sums tensors "
@@ -1026,6 +1158,8 @@ def _func_name(f):
 def _describe_value(v):
     if isinstance(v, _Tensor):
         return f"tensor {v.name!r}"
+    if isinstance(v, _ChannelsLast):
+        return f"the channels-last view permute(0, 2, 3, 1) of tensor {v.t.name!r}"
     if isinstance(v, _Batch):
         return "x.size(0)"
     if isinstance(v, (list, tuple)):
@@ -1074,6 +1208,7 @@ _SIGS = {
     "mean": (("input", "dim", "keepdim", "dtype"), {"keepdim": False}),
     "flatten": (("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
     "reshape": (("input", "shape"), {}),
+    "permute": (("input", "dims"), {}),
     "dropout": (("input", "p", "training", "inplace"), {"p": 0.5, "training": True}),
     "identity": (("input", "memory_format"), {}),
     "add": (("input", "other", "alpha"), {"alpha": 1}),
@@ -1144,12 +1279,14 @@ def _function_tables(torch):
                                 aten_op("_adaptive_avg_pool2d")])
     reg("adaptive_max_pool2d", [F.adaptive_max_pool2d, getattr(F, "adaptive_max_pool2d_with_indices", None)])
     reg("interpolate", [F.interpolate, getattr(F, "upsample", None)])
-    reg("layer_norm", [F.layer_norm, aten_op("layer_norm")])
+    reg("layer_norm", [F.layer_norm])
+    reg("layer_norm", [aten_op("layer_norm")], ("input", "normalized_shape", "weight", "bias", "eps", "cudnn_enable"))
     reg("group_norm", [F.group_norm, aten_op("group_norm")])
     reg("mul", [operator.mul, operator.imul, torch.mul, aten_op("mul", "Tensor")])
     reg("mean", [torch.mean, aten_op("mean", "dim")])
     reg("flatten", [torch.flatten, aten_op("flatten", "using_ints")])
     reg("reshape", [torch.reshape, aten_op("reshape"), aten_op("view"), aten_op("_unsafe_view")])
+    reg("permute", [torch.permute, aten_op("permute")])  # only a channels-last region (_channels_last)
     reg("dropout", [F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout])
     reg("dropout", [aten_op("dropout")], ("input", "p", "training"))
     reg("identity", [torch.clone, aten_op("clone"), aten_op("alias")])
@@ -1175,6 +1312,7 @@ def _function_tables(torch):
     method("mean", None, "mean")
     method("flatten", None, "flatten")
     method("reshape", None, "view", "reshape")
+    method("permute", None, "permute")
     method("identity", None, "clone", "contiguous")
     method("add", None, "add", "add_", "__add__", "__iadd__")
     method("sum", None, "sum")

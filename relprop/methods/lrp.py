@@ -23,10 +23,13 @@ is a probability distribution (Zhang et al. 2016).
 """
 from __future__ import annotations
 
+import numpy as np
+
+from ..core import backend
 from ..core import composites as C
 from ..core import engine
 from ..core import rules as R
-from ..core.checks import _check_bounds, _check_fits, _reads_input_directly
+from ..core.checks import _check_bounds, _check_fits
 from ..core.modes import LRP
 from .base import Method, register
 
@@ -96,22 +99,34 @@ def _check_start(name, p):
 
 def _validator(name, build):
     def validate(graph, x, p):
-        """Builds (and so checks) the rule list; checks z^B bounds against x where x is the layer input."""
+        """Builds (and so checks) the rule list; checks z^B bounds against x (:func:`_zbox_rule`)
+        and the dense columns of expanded depthwise layers (``Conv2d.check_columns``)."""
         start = _check_start(name, p)
         try:
             rules = build(graph, _rule_params(p))
         except TypeError as e:
             msg = str(e)
             raise TypeError(msg if msg.startswith("method ") else f"method {name!r}: {msg}") from None
-        for node, rule in zip(graph.linear_nodes(), rules):
+        nodes = graph.linear_nodes()
+        shapes = None if x is None else graph.infer_shapes(tuple(x.shape[1:]))  # (as the call's own check of x)
+        rules = list(rules)
+        for i, (node, rule) in enumerate(zip(nodes, rules)):
             if not isinstance(rule, R.Rule):
                 raise TypeError(f"the rule for layer {node.name!r} ({node.layer.kind}) must be a rule instance from "
                                 f"rp.rules (e.g. rp.rules.Epsilon()), got {rule!r}")
-            if x is not None:
-                _check_fits(rule.epsilon, x.dtype, f"the epsilon of the rule on layer {node.name!r}")
-            if isinstance(rule, R.ZBox) and x is not None and _reads_input_directly(graph, node):
-                _check_bounds(rule.low, rule.high, x, f"ZBox rule on layer {node.name!r}")
+            if x is None:
+                continue
+            _check_fits(rule.epsilon, x.dtype, f"the epsilon of the rule on layer {node.name!r}")
+            if isinstance(rule, R.ZBox):
+                rules[i] = _zbox_rule(graph, node, rule, x, shapes)
+            if node.layer.kind == "Conv2d" and node.layer.depthwise:  # every LRP rule reads its dense columns
+                try:
+                    node.layer.check_columns(shapes[node.inputs[0]])
+                except ValueError as e:
+                    raise ValueError(f"method {name!r}, layer {node.name!r} ({node.layer!r}): {e}") from None
         out = {"rules": rules}
+        if x is not None and x.shape[0] > 1 and any(isinstance(r, _SampleBounds) for r in rules):
+            out["zbox_rows"] = np.arange(x.shape[0]).reshape((x.shape[0],) + (1,) * (x.ndim - 1))
         if start is not None:
             out["start"] = start
         out["pool_eps"] = p["rules"].stabilizer if isinstance(p.get("rules"), C.Composite) else engine.POOL_STABILIZER
@@ -121,7 +136,153 @@ def _validator(name, build):
 
 
 def _rules(graph, p):
-    return p["rules"]
+    """The rule list of one internal batch: z^B bounds with a row per sample cut to its rows
+    (``zbox_rows``, a per-sample parameter the executor slices with x)."""
+    rows = p.get("zbox_rows")
+    if rows is None:
+        return p["rules"]
+    idx = backend.to_host(rows).reshape(-1)
+    return [r.rows(idx) if isinstance(r, _SampleBounds) else r for r in p["rules"]]
+
+
+# ---- z^B bounds ------------------------------------------------------------------------------
+# The z^B rule (Montavon et al. 2017, Sec. 4.3: R_i = sum_j (x_i w_ij - l_i w_ij+ - h_i w_ij-) /
+# sum_i (...) R_j) reads its layer's input x with the box [l, h] that holds it. Users give the
+# box of the model's input; layers that only copy values of x (reshapes, Pad, ZeroInsert2d)
+# carry it to the layer's input: a copied pixel keeps its bounds, a constant Pad value or an
+# inserted zero c gets l = h = c (the input IS c there, and it contributes c w - c w+ - c w- = 0,
+# what Conv2d's own zero padding does to the bounds: one Pad + Conv2d equals the padded Conv2d).
+
+
+class _SampleBounds(R.ZBox):
+    """A z^B rule whose bounds carry one row per sample of x (``n`` rows of rank ``rank``):
+    :func:`_rules` gives each internal batch the rule of its rows."""
+
+    def __init__(self, low, high, epsilon, n, rank):
+        super().__init__(low, high, epsilon)
+        self.n, self.rank = n, rank
+
+    def rows(self, idx):
+        def cut(v):
+            return v[idx] if v.ndim == self.rank and v.shape[0] == self.n else v
+
+        return R.ZBox(cut(self.low), cut(self.high), self.epsilon)
+
+
+def _fits(v, shape):
+    try:
+        return np.broadcast_shapes(np.shape(v), tuple(shape)) == tuple(shape)
+    except ValueError:
+        return False
+
+
+def _per_sample(v, shape):
+    """True when the bound ``v`` has one row per sample of ``shape`` (N, ...), N > 1."""
+    return np.ndim(v) == len(shape) and shape[0] > 1 and np.shape(v)[0] == shape[0]
+
+
+def _batched(v, shape):
+    """``v`` broadcast to ``(B,) + shape[1:]``: B = N for a bound with a row per sample, else 1."""
+    v = np.asarray(v, np.float64)
+    v = v.reshape((1,) * (len(shape) - v.ndim) + v.shape)
+    return np.broadcast_to(v, ((shape[0] if _per_sample(v, shape) else 1),) + tuple(shape[1:]))
+
+
+def _copies_of_x(graph, node):
+    """The nodes between x and ``node`` (x first) when each copies values of its input (a
+    reshape, Pad, ZeroInsert2d); None when another layer or a merge lies between."""
+    path, src = [], node.inputs[0]
+    while src != "input":
+        prev = graph.by_name[src]
+        if len(prev.inputs) != 1 or not (prev.layer.passes_values or prev.layer.kind in ("Pad", "ZeroInsert2d")):
+            return None
+        path.append(prev)
+        src = prev.inputs[0]
+    return path[::-1]
+
+
+def _carry(v, path, shapes):
+    """``v`` (B, *x's per-sample shape) through the copying layers of ``path``: a reshape keeps
+    the values, Pad and ZeroInsert2d copy each output from its source pixel (``sources``) and
+    put their constant (Pad's ``value``, ZeroInsert2d's 0) where there is none."""
+    for nd in path:
+        layer = nd.layer
+        if layer.passes_values:
+            v = v.reshape((v.shape[0],) + tuple(shapes[nd.name]))
+            continue
+        rows, cols = layer.sources(*v.shape[2:])
+        v = v[:, :, np.maximum(rows, 0)][:, :, :, np.maximum(cols, 0)]
+        hole = (rows < 0)[:, None] | (cols < 0)[None, :]
+        if hole.any():
+            v = np.where(hole, v.dtype.type(layer.value if layer.kind == "Pad" else 0), v)
+    return v
+
+
+def _zbox_rule(graph, node, rule, x, shapes):
+    """The z^B rule to run on ``node`` for the input x, its bounds checked before any kernel.
+
+    * only reshapes between x and the layer: bounds in x's shape, checked against x (the engine
+      reshapes them);
+    * copies of x between (Pad, ZeroInsert2d): bounds in x's shape are carried to the layer's
+      input (see above) and checked against x, which is the same check on the copies; bounds in
+      the layer input's shape (and not x's) are taken as they are and checked against x carried
+      through the same layers, i.e. the values the layer reads;
+    * any other layer between: the bounds must be those of the layer's input (scalars or arrays
+      of its shape; checked for shape now, for values when the layer runs).
+    Bounds with one row per sample become a :class:`_SampleBounds`."""
+    where = f"ZBox rule on layer {node.name!r}"
+    n = x.shape[0]
+    in_shape = (n,) + tuple(shapes[node.inputs[0]])
+    path = _copies_of_x(graph, node)
+    if path is not None and all(nd.layer.passes_values for nd in path):
+        _check_bounds(rule.low, rule.high, x, where)
+        low, high, space = rule.low, rule.high, x.shape
+    elif path is None:
+        between = _between(graph, node)
+        for nm, v in (("low", rule.low), ("high", rule.high)):
+            if not _fits(v, in_shape):
+                raise ValueError(f"{where}: {nm} of shape {np.shape(v)} does not broadcast to the layer's input "
+                                 f"{in_shape}; {between} lie between x and this layer and do not copy x's values, "
+                                 f"so its bounds are those of its own input (scalars or arrays of that shape, checked "
+                                 f"when it runs), or put the z^B rule on a layer that reads x")
+        low, high, space = rule.low, rule.high, in_shape
+    else:
+        after = "x after " + ", ".join(f"{nd.name!r} ({nd.layer!r})" for nd in path)
+        carried = []
+        for nm, v in (("low", rule.low), ("high", rule.high)):
+            if _fits(v, x.shape):
+                carried.append((True, _carry(_batched(v, x.shape), path, shapes)))
+            elif _fits(v, in_shape):
+                carried.append((False, np.array(_batched(v, in_shape))))
+            else:
+                raise ValueError(f"{where}: {nm} of shape {np.shape(v)} broadcasts neither to x {x.shape} nor to the "
+                                 f"layer's input {in_shape} ({after})")
+        (x_lo, low), (x_hi, high) = carried
+        if x_lo and x_hi:  # the layer reads copies of x and of the bounds, or the constant in both
+            _check_bounds(rule.low, rule.high, x, where)
+        else:
+            _check_bounds(low, high, _carry(backend.to_host(x), path, shapes), f"{where} (its input: {after})")
+        space = in_shape
+    if _per_sample(low, space) or _per_sample(high, space):
+        return _SampleBounds(low, high, rule.epsilon, n, len(space))
+    if low is rule.low and high is rule.high:
+        return rule
+    return R.ZBox(low, high, rule.epsilon)
+
+
+def _between(graph, node):
+    """The layers between x and ``node`` that are not copies of x, as a phrase."""
+    names, todo, seen = [], list(node.inputs), set()
+    while todo:
+        src = todo.pop()
+        if src == "input" or src in seen:
+            continue
+        seen.add(src)
+        prev = graph.by_name[src]
+        if not (prev.layer.passes_values or prev.layer.kind in ("Pad", "ZeroInsert2d")):
+            names.append(f"{prev.name!r} ({prev.layer.kind})")
+        todo.extend(prev.inputs)
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 _BUILDERS = {}
@@ -134,7 +295,7 @@ def _lrp(name, params, doc, build, start="score", sums_to="score"):
         params = {**params, "start": "score"}
     _BUILDERS[name] = build
     register(Method(name, doc, params, validate=_validator(name, build), mode=LRP, start=start, rules=_rules, backends=GPU,
-                    sums_to=sums_to, family="lrp"))
+                    sums_to=sums_to, family="lrp", per_sample=("zbox_rows",)))
 
 
 _lrp("lrp.z", {"include_bias": True}, "LRP-0: R_i = sum_j a_i w_ij / z_j R_j", _one_rule(R.Z))
