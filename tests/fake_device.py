@@ -116,6 +116,9 @@ def _kernel_module():
         if name in ("xp", "name", "OOM"):
             continue
         f = getattr(cpu, name)
+        if not callable(f):  # constants (PARAM_ACT_CODES, the SHIFTED / WINOGRAD flags) as they are
+            setattr(mod, name, f)
+            continue
 
         def wrapped(*args, _f=f, _name=name):
             for a in args:

@@ -2,8 +2,10 @@
 expansion far beyond the compact layer is refused with one line naming the layer, both sizes
 and what to do, before the dense weight or its im2col columns are allocated.
 
-The limits (``relprop.core.budget.Budget.expansion`` / ``expansion_cols``, 256 MiB and 1 GiB)
-apply only beyond ``graph.EXPANSION_RATIO`` (64x the compact layer). Expected values of the
+The limits (``relprop.core.budget.Budget.expansion`` / ``expansion_cols``, 512 MiB and 1 GiB)
+apply only beyond ``graph.EXPANSION_RATIO`` (64x the compact layer); the columns are counted in
+the dtype they are built in (float32 at shape inference, x's dtype in the methods, float64 in
+``fit_patterns``). Expected values of the
 allowed cases come from a plain numpy dilated convolution (a loop over the taps) and from torch.
 """
 from __future__ import annotations
@@ -42,20 +44,21 @@ def _peak_mib(fn):
 
 
 def test_errors_dilated_from_compact_refused_before_allocating():
-    """3x3 dilated by 64: 129x129 dense taps, 1849x the compact weight, 260 MiB."""
-    w = RNG.normal(size=(64, 64, 3, 3)).astype(np.float32)
+    """3x3 dilated by 64, 96 channels: 129x129 dense taps, 1849x the compact weight, 585 MiB."""
+    w = RNG.normal(size=(96, 96, 3, 3)).astype(np.float32)
     err, peak = _peak_mib(lambda: rp.Conv2d.from_compact(w, dilation=64))
-    assert err is not None, "a 260 MiB expansion of a 0.14 MiB weight was accepted"
+    assert err is not None, "a 585 MiB expansion of a 0.32 MiB weight was accepted"
     msg = str(err)
     assert "\n" not in msg
-    for part in ("Conv2d.from_compact", "dilation=(64, 64)", "(64, 64, 3, 3)", "0.141 MiB", "(64, 64, 129, 129)",
-                 "260 MiB", "1849x", "256 MiB", "smaller dilation", "expansion="):
+    for part in ("Conv2d.from_compact", "dilation=(64, 64)", "(96, 96, 3, 3)", "0.316 MiB", "(96, 96, 129, 129)",
+                 "585 MiB", "1849x", "512 MiB", "smaller dilation", "expansion="):
         assert part in msg, (part, msg)
     assert peak < 8, f"the refusal allocated {peak:.1f} MiB"
 
 
 def test_errors_depthwise_from_compact_refused():
-    """EfficientNet-B7's widest depthwise 5x5 (3840 channels): 1.37 GiB dense, 3840x."""
+    """A depthwise 5x5 of 3840 channels: 1.37 GiB dense, 3840x. (3840 is EfficientNet-B7's widest
+    depthwise layer, a 3x3: 506 MiB dense, under the 512 MiB limit; its widest 5x5 has 2304.)"""
     w = RNG.normal(size=(3840, 1, 5, 5)).astype(np.float32)
     err, peak = _peak_mib(lambda: rp.Conv2d.from_compact(w, groups=3840))
     assert err is not None
@@ -68,12 +71,12 @@ def test_errors_depthwise_from_compact_refused():
 def test_errors_dense_weight_given_to_the_constructor():
     """A dense weight built by the caller: refused before the layer's private copies (and the
     structure mask) are made; also through a ConvTranspose2d, whose decomposition expands."""
-    w = np.zeros((64, 64, 129, 129), np.float32)  # untouched pages: no real memory
+    w = np.zeros((96, 96, 129, 129), np.float32)  # untouched pages: no real memory
     err, peak = _peak_mib(lambda: rp.Conv2d(w, dilation=64))
-    assert err is not None and str(err).startswith("Conv2d: ") and "260 MiB" in str(err), err
+    assert err is not None and str(err).startswith("Conv2d: ") and "585 MiB" in str(err), err
     assert peak < 8, f"the refusal allocated {peak:.1f} MiB"
-    with pytest.raises(ValueError, match=r"ConvTranspose2d: .*\(64, 64, 129, 129\) of 260 MiB \(1849x\)"):
-        rp.ConvTranspose2d(RNG.normal(size=(64, 64, 3, 3)).astype(np.float32), dilation=64)
+    with pytest.raises(ValueError, match=r"ConvTranspose2d: .*\(96, 96, 129, 129\) of 585 MiB \(1849x\)"):
+        rp.ConvTranspose2d(RNG.normal(size=(96, 96, 3, 3)).astype(np.float32), dilation=64)
 
 
 def test_errors_limit_counts_the_stored_dtype(monkeypatch):
@@ -125,18 +128,65 @@ def test_errors_huge_columns_in_a_small_model_refused_before_any_kernel():
         assert peak < 64, f"the refusal allocated {peak:.1f} MiB"
 
 
-def test_errors_depthwise_columns_refused_for_lrp_only(monkeypatch):
-    """Depthwise layers run their forward and gradient tap by tap (no dense columns), so only
-    the LRP methods, whose rules read the dense columns, are refused."""
+def _depthwise_net(c=128, h=16):
+    """Depthwise 3x3 (c groups, 128x its compact weight), ReLU, Dense: its dense im2col columns
+    take c * 9 * h * h values per sample (16x16, 128 channels: 1.125 MiB in float32, 2.25 MiB
+    in float64)."""
+    conv = rp.Conv2d.from_compact(RNG.normal(size=(c, 1, 3, 3)), groups=c, padding=1)
+    return rp.Sequential(conv, rp.ReLU(), rp.Flatten(), rp.Dense(RNG.normal(size=(3, c * h * h))))
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "rap", "patternnet", "pattern_attribution"])
+def test_errors_depthwise_columns_refused_for_the_methods_that_build_them(method, monkeypatch):
+    """Depthwise layers run their forward and gradient tap by tap (no dense columns), so the
+    gradient runs; the methods that build the dense columns are refused, naming the method:
+    LRP (its rules), RAP (its contractions), PatternNet / PatternAttribution (the pattern
+    graph's plain convolution)."""
+    net = _depthwise_net()
+    x = RNG.uniform(size=(2, 128, 16, 16)).astype(np.float32)
+    params = {"patterns": rp.fit_patterns(net, RNG.uniform(size=(4, 128, 16, 16)))} if "pattern" in method else {}
+    monkeypatch.setattr(budget, "BUDGET", budget.Budget(expansion_cols=2**20))
+    assert np.isfinite(rp.attribute(net, x, "gradient")).all()
+    with pytest.raises(ValueError, match=rf"method '{method}', layer '0' .*1\.12 MiB of im2col columns per sample "
+                                         r"\(float32, 128x .*limit of 1 MiB") as info:
+        rp.attribute(net, x, method, **params)
+    assert "\n" not in str(info.value)
+
+
+def test_errors_fit_patterns_counts_its_float64_patches(monkeypatch):
+    """fit_patterns builds every Conv2d's im2col patches in float64, whatever the data's dtype:
+    float32 data whose float32 columns would fit is refused at their float64 size."""
+    net = _depthwise_net()
     monkeypatch.setattr(budget, "BUDGET", budget.Budget(expansion_cols=2 * 2**20))
-    conv = rp.Conv2d.from_compact(RNG.normal(size=(128, 1, 3, 3)), groups=128, padding=1)
-    net = rp.Sequential(conv, rp.ReLU(), rp.Flatten(), rp.Dense(RNG.normal(size=(3, 128 * 32 * 32))))
-    x = RNG.uniform(size=(2, 128, 32, 32))
-    g = rp.attribute(net, x, "gradient")
-    assert np.isfinite(g).all()
-    with pytest.raises(ValueError, match=r"method 'lrp.epsilon', layer '0' .*4\.5 MiB of im2col columns per sample "
-                                         r"\(128x .*limit of 2 MiB"):
+    data = RNG.uniform(size=(4, 128, 16, 16)).astype(np.float32)
+    rp.attribute(net, data, "lrp.epsilon")  # 1.125 MiB of float32 columns: under the limit
+    with pytest.raises(ValueError, match=r"fit_patterns, layer '0' .*2\.25 MiB of im2col columns per sample "
+                                         r"\(float64, 128x .*limit of 2 MiB"):
+        rp.fit_patterns(net, data)
+
+
+def test_errors_columns_counted_in_the_input_dtype(monkeypatch):
+    """The same layers and limit: float32 inputs pass where float64 inputs, whose columns take
+    8 bytes a value, are refused; for a depthwise layer in the LRP check, for a dilated one
+    (3x3 dilated by 16, 121x; 21.5 MiB of float32 columns per sample on 36x36) at the input
+    check of every method."""
+    monkeypatch.setattr(budget, "BUDGET", budget.Budget(expansion_cols=2 * 2**20))
+    net = _depthwise_net()
+    x = RNG.uniform(size=(2, 128, 16, 16))
+    rp.attribute(net, x.astype(np.float32), "lrp.epsilon")
+    with pytest.raises(ValueError, match=r"method 'lrp.epsilon', layer '0' .*2\.25 MiB of im2col columns per "
+                                         r"sample \(float64, "):
         rp.attribute(net, x, "lrp.epsilon")
+
+    monkeypatch.setattr(budget, "BUDGET", budget.Budget(expansion_cols=32 * 2**20))
+    net = _dilated_net(4, 16, 36)
+    x = RNG.uniform(size=(2, 4, 36, 36))
+    for method in ("gradient", "lrp.epsilon"):
+        assert np.isfinite(rp.attribute(net, x.astype(np.float32), method)).all()
+        with pytest.raises(ValueError, match=r"layer '0' .*43\.1 MiB of im2col columns per sample \(float64, 121x"):
+            rp.attribute(net, x, method)
+    with pytest.raises(ValueError, match=r"43\.1 MiB .*\(float64, 121x"):
+        rp.forward(net, x)
 
 
 # ---- a large but allowed expansion computes the dilated convolution -----------------------
@@ -201,11 +251,11 @@ def test_errors_from_torch_dilation_64():
     fewer channels the weight fits and the columns for the example's 64x64 input are refused."""
     torch = pytest.importorskip("torch")
     nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(64, 64, 3, dilation=64, padding=64), nn.ReLU()).eval()
+    model = nn.Sequential(nn.Conv2d(96, 96, 3, dilation=64, padding=64), nn.ReLU()).eval()
     with pytest.raises(ValueError) as info:
-        _from_torch(model, torch.zeros(1, 64, 130, 130))
+        _from_torch(model, torch.zeros(1, 96, 130, 130))
     msg = str(info.value)
-    for part in ("from_torch", "torch.nn.Conv2d", "module '0'", "(64, 64, 129, 129)", "260 MiB", "1849x",
+    for part in ("from_torch", "torch.nn.Conv2d", "module '0'", "(96, 96, 129, 129)", "585 MiB", "1849x",
                  "smaller dilation", "expansion="):
         assert part in msg, (part, msg)
     assert "\n" not in msg

@@ -4,7 +4,8 @@ Every GPU kernel runs on the same random inputs as the CPU kernel of the same na
 and float64, awkward geometries (odd sizes, stride 2 and 3, padding, overlapping windows,
 batch 1 and 7), with the 32-bit and the 64-bit index instantiations; outputs must agree to
 1e-5 (float32) / 1e-12 (float64) relative to the output's largest magnitude, max-pool winners
-exactly. Skipped without CuPy or a CUDA device.
+exactly. The parametrized activations (values in double rounded once on both sides) agree to
+one float32 ulp / 32 float64 ulps (see ``act_close``). Skipped without CuPy or a CUDA device.
 """
 from __future__ import annotations
 
@@ -420,3 +421,298 @@ def test_gpu_rejects_integer_outputs(gpu):
     cp = gpu.cp
     with pytest.raises(TypeError, match="float32 or float64"):
         gpu.k.act_backward(cp.zeros(3), cp.zeros(3), cp.zeros(3), 0, cp.zeros(3, cp.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# parametrized activations (param_act, param_act_grad)
+
+# (code name, p0, p1): the layer parameters a code reads (torch's defaults and others)
+PARAM_ACTS = [
+    ("LeakyReLU", 0.01, 0.0), ("LeakyReLU", 0.2, 0.0),
+    ("Softplus", 1.0, 20.0), ("Softplus", 2.0, 5.0), ("Softplus", 0.5, 3.0),
+    ("ELU", 1.0, 0.0), ("ELU", 0.7, 0.0),
+    ("GELU", 0.0, 0.0), ("GELU_tanh", 0.0, 0.0), ("SiLU", 0.0, 0.0), ("Hardswish", 0.0, 0.0),
+    ("Hardsigmoid", 0.0, 0.0), ("ReLU6", 0.0, 0.0), ("Mish", 0.0, 0.0),
+]
+# the kinks (0, +-3, 6; Softplus' thresholds 20 = 20/1, 2.5 = 5/2, 6 = 3/0.5), the saturated and
+# the overflow-prone ends (+-20, +-40 for the sigmoids, +-100 and +-1e3 the clips in the GELUs,
+# +-800 past exp's double range, +-1e4, +-1e30), tiny values, and a NaN (kept, as the CPU's max/min
+# keep it)
+PARAM_ACT_Z = [0.0, -0.0, 3.0, -3.0, 6.0, -6.0, 20.0, -20.0, 2.5, 1e4, -1e4, 1e30, -1e30, 40.0, -40.0,
+               100.0, -100.0, 1e3, -1e3, 800.0, -800.0, 1.0, -1.0, 0.5, -0.5, 1e-7, -1e-7, np.nan]
+PARAM_ACT_Z64 = [1e300, -1e300, 1e-300, -1e-300]  # float64 only
+
+
+def _param_act_z(rng, dtype):
+    z = PARAM_ACT_Z + (PARAM_ACT_Z64 if dtype == np.float64 else [])
+    # and many ordinary values, spread over the curved part of every activation
+    return np.concatenate([np.array(z), 4 * rng.standard_normal(2000), rng.uniform(-8, 8, 2000)]).astype(dtype)
+
+
+def act_close(got, want, g, dtype, what):
+    """GPU vs CPU for values each side computes in double and rounds once to ``dtype``.
+
+    The two double results differ by a few units in the last place of the double math
+    functions (CUDA's libm, the host's, and the CPU kernel's own vectorized ``exp``, ~1 ulp, all
+    differ; the basic operations are IEEE on both sides, without FMA), far less than a float32
+    ulp, so their float32 roundings are at most one float32 ulp apart: ``|got - want| <=
+    2^-23 |want|``. Where a derivative sums terms of opposite sign
+    (GELU', Mish' near their zeros) the double difference is relative to the terms (|terms| <~ 1.1,
+    times |g|), not to the result: the absolute ``4e-15 |g|`` (~18 double ulps of 1). float64: 32 ulps
+    (CUDA's erfc alone is within 5, composed with a few more roundings) plus the same absolute term.
+    The float32 floor 2^-126: a GPU flushes subnormal float32 results to zero (CuPy's -ftz=true).
+    """
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    gmag = np.abs(np.asarray(g, np.float64))
+    if np.dtype(dtype) == np.float32:
+        bound = 2.0 ** -23 * np.abs(want) + 4e-15 * gmag + 2.0 ** -126
+    else:
+        bound = 32 * 2.0 ** -52 * np.abs(want) + 4e-15 * gmag + 1e-300
+    with np.errstate(invalid="ignore"):
+        ok = (got == want) | (np.isnan(got) & np.isnan(want)) | (np.abs(got - want) <= bound)
+    assert ok.all(), (f"{what}: {int((~ok).sum())} values differ, e.g. got {got[~ok][:5]}, "
+                      f"want {want[~ok][:5]}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", PARAM_ACTS, ids=lambda a: f"{a[0]}-{a[1]}-{a[2]}")
+def test_gpu_param_act(gpu, rng, act, dtype):
+    kind, p0, p1 = act
+    code = cpu.PARAM_ACT_CODES[kind]
+    z = _param_act_z(rng, dtype)
+    g = rand(rng, z.shape, dtype)
+    ca, ga = np.full(z.shape, np.nan, dtype), gpu.cp.full(z.shape, np.nan, dtype)
+    cpu.param_act(z, code, p0, p1, ca)
+    assert gpu.k.param_act(gpu.cp.asarray(z), code, p0, p1, ga) is None
+    act_close(gpu.cp.asnumpy(ga), ca, np.zeros_like(z), dtype, f"param_act {kind}")
+    cg, gg = np.full(z.shape, np.nan, dtype), gpu.cp.full(z.shape, np.nan, dtype)
+    cpu.param_act_grad(g, z, code, p0, p1, cg)
+    assert gpu.k.param_act_grad(gpu.cp.asarray(g), gpu.cp.asarray(z), code, p0, p1, gg) is None
+    act_close(gpu.cp.asnumpy(gg), cg, g, dtype, f"param_act_grad {kind}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_param_act_operands(gpu, rng, dtype):
+    # a strided output, host (numpy) inputs and (N, C, H, W) arrays of one size are all "flat"
+    cp = gpu.cp
+    z, g = rand(rng, (2, 3, 4, 5), dtype), rand(rng, (2, 3, 4, 5), dtype)
+    code = cpu.PARAM_ACT_CODES["GELU"]
+    want, wgrad = np.empty(z.size, dtype), np.empty(z.size, dtype)
+    cpu.param_act(z.ravel(), code, 0.0, 0.0, want)
+    cpu.param_act_grad(g.ravel(), z.ravel(), code, 0.0, 0.0, wgrad)
+    buf = cp.full(2 * z.size, cp.nan, dtype)
+    gpu.k.param_act(z, code, 0.0, 0.0, buf[::2])
+    act_close(cp.asnumpy(buf[::2]), want, np.zeros(z.size), dtype, "param_act strided out")
+    assert bool(cp.isnan(buf[1::2]).all())
+    out = cp.full(z.shape, cp.nan, dtype)
+    gpu.k.param_act_grad(cp.asarray(g), z, np.int64(code), np.float32(0), 0, out)
+    act_close(cp.asnumpy(out).ravel(), wgrad, g.ravel(), dtype, "param_act_grad 4-D")
+
+
+def test_gpu_param_act_codes_are_the_cpus(gpu):
+    assert gpu.k.PARAM_ACT_CODES == cpu.PARAM_ACT_CODES
+    assert sorted(cpu.PARAM_ACT_CODES.values()) == list(range(10))
+
+
+def test_gpu_errors_param_act(gpu):
+    cp = gpu.cp
+    z, out = cp.zeros(5), cp.zeros(5)
+    for bad in (10, -1, 1.5, "GELU", None):
+        with pytest.raises(ValueError, match=r"param_act: code must be an integer in 0\.\.9"):
+            gpu.k.param_act(z, bad, 0.0, 0.0, out)
+        with pytest.raises(ValueError, match=r"param_act_grad: code must be an integer in 0\.\.9"):
+            gpu.k.param_act_grad(z, z, bad, 0.0, 0.0, out)
+    for code in (10, -1):  # the CPU kernels refuse these too
+        with pytest.raises(ValueError, match="code in 0..9"):
+            cpu.param_act(np.zeros(5), code, 0.0, 0.0, np.zeros(5))
+    with pytest.raises(ValueError, match="p0 must be a real number"):
+        gpu.k.param_act(z, 0, "0.01", 0.0, out)
+    with pytest.raises(ValueError, match="p1 must be a real number"):
+        gpu.k.param_act_grad(z, z, 1, 1.0, None, out)
+    with pytest.raises(ValueError, match="z has 5 elements, out 6"):
+        gpu.k.param_act(z, 0, 0.0, 0.0, cp.zeros(6))
+    with pytest.raises(ValueError, match="g, z and out must have one size, got 5, 4 and 5"):
+        gpu.k.param_act_grad(z, cp.zeros(4), 0, 0.0, 0.0, out)
+    with pytest.raises(ValueError, match="got 5, 5 and 4"):
+        gpu.k.param_act_grad(z, z, 0, 0.0, 0.0, cp.zeros(4))
+    with pytest.raises(ValueError, match="one size"):  # as the CPU kernels
+        cpu.param_act_grad(np.zeros(5), np.zeros(4), 0, 0.0, 0.0, np.zeros(5))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gpu.k.param_act(z, 0, 0.0, 0.0, cp.zeros(5, cp.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# depthwise convolutions
+
+# (N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw); (kh, kw) the undilated kernel, the dense dilated
+# one is ((kh - 1) dh + 1, (kw - 1) dw + 1)
+DW_GEOMS = [
+    (1, 3, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1),
+    (2, 4, 11, 8, 5, 5, 2, 2, 2, 2, 1, 1),
+    (3, 2, 13, 10, 7, 7, 3, 3, 3, 3, 1, 1),
+    (2, 3, 12, 9, 3, 3, 1, 1, 2, 2, 2, 2),
+    (1, 5, 15, 11, 5, 3, 2, 1, 0, 3, 2, 1),
+    (2, 2, 9, 14, 3, 5, 3, 2, 1, 0, 1, 2),
+    (1, 1, 6, 5, 7, 7, 1, 1, 3, 3, 1, 1),  # kernel larger than the image: the padding makes it fit
+    (3, 2, 10, 10, 3, 3, 2, 2, 0, 0, 2, 2),
+    (1, 2, 16, 15, 7, 7, 2, 3, 3, 2, 2, 2),
+    (7, 3, 8, 5, 3, 3, 3, 1, 2, 0, 1, 1),  # stride larger than kernel minus padding: skipped rows
+]
+
+
+def _dw_setup(rng, geom, dtype):
+    """(x, dense dilated taps, (sh, sw, ph, pw, dh, dw), (ho, wo)); the taps between the
+    multiples of the dilation are NaN: a kernel that reads them fails."""
+    n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw = geom
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    taps = np.full((c, ekh, ekw), np.nan, dtype)
+    taps[:, ::dh, ::dw] = rand(rng, (c, kh, kw), dtype)
+    ho, wo = cpu.conv_out_shape(h, w, ekh, ekw, sh, sw, ph, pw)
+    assert ho >= 1 and wo >= 1
+    return rand(rng, (n, c, h, w), dtype), taps, (sh, sw, ph, pw, dh, dw), (ho, wo)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geom", DW_GEOMS)
+def test_gpu_depthwise_conv(gpu, rng, geom, dtype):
+    x, taps, prm, (ho, wo) = _dw_setup(rng, geom, dtype)
+    n, c = x.shape[:2]
+    run_both(gpu, "depthwise_conv", [x, taps, *prm, ho, wo, nan_like((c, n * ho * wo), dtype)], [10], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("geom", DW_GEOMS)
+def test_gpu_depthwise_conv_grad(gpu, rng, geom, dtype):
+    x, taps, prm, (ho, wo) = _dw_setup(rng, geom, dtype)
+    n, c = x.shape[:2]
+    run_both(gpu, "depthwise_conv_grad", [rand(rng, (n, c, ho, wo), dtype), taps, *prm, nan_like(x.shape, dtype)],
+             [8], dtype)
+
+
+@pytest.mark.parametrize("geom", DW_GEOMS[1::3])
+def test_gpu_depthwise_conv_grad_is_the_adjoint(gpu, rng, geom):
+    # <W x, g> = <x, W^T g> on the GPU kernels alone (float64): the gather indexes the same taps
+    cp = gpu.cp
+    x, taps, prm, (ho, wo) = _dw_setup(rng, geom, np.float64)
+    n, c = x.shape[:2]
+    g = rand(rng, (n, c, ho, wo), np.float64)
+    out, gin = cp.full((c, n * ho * wo), cp.nan), cp.full(x.shape, cp.nan)
+    gpu.k.depthwise_conv(cp.asarray(x), cp.asarray(taps), *prm, ho, wo, out)
+    gpu.k.depthwise_conv_grad(cp.asarray(g), cp.asarray(taps), *prm, gin)
+    lhs = float((cp.asnumpy(out).reshape(c, n, ho, wo).transpose(1, 0, 2, 3) * g).sum())
+    rhs = float((x * cp.asnumpy(gin)).sum())
+    assert abs(lhs - rhs) <= 1e-12 * (np.abs(x).sum() * np.nanmax(np.abs(taps)) * np.abs(g).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_depthwise_strided_operands(gpu, rng, dtype):
+    # a transposed (strided) input and output, host taps
+    cp = gpu.cp
+    x, taps, prm, (ho, wo) = _dw_setup(rng, DW_GEOMS[4], dtype)
+    n, c = x.shape[:2]
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    want = np.empty((c, n * ho * wo), dtype)
+    cpu.depthwise_conv(x, taps, *prm, ho, wo, want)
+    out = cp.full((n * ho * wo, c), cp.nan, dtype).T
+    gpu.k.depthwise_conv(cp.asarray(xt), taps, *prm, ho, wo, out)
+    close(cp.asnumpy(out), want, dtype)
+    g = rand(rng, (n, c, ho, wo), dtype)
+    wgin = np.empty(x.shape, dtype)
+    cpu.depthwise_conv_grad(g, taps, *prm, wgin)
+    gin = cp.full((n, c, x.shape[3], x.shape[2]), cp.nan, dtype).transpose(0, 1, 3, 2)
+    g_view = cp.asarray(g[:, :, ::-1])[:, :, ::-1]  # g again, as a view with a negative row stride
+    gpu.k.depthwise_conv_grad(g_view, taps, *prm, gin)
+    close(cp.asnumpy(gin), wgin, dtype)
+
+
+def _dw_error_cases():
+    """(label, forward?, argument overrides, message): each bad argument of the geometry in turn;
+    ``cpu`` marks the ones the CPU kernel refuses with ValueError as well."""
+    return [
+        ("stride 0", True, dict(sh=0), "stride 0x1 and dilation 1x1 must be >= 1", True),
+        ("dilation 0", True, dict(dw=0), "stride 1x1 and dilation 1x0 must be >= 1", True),
+        ("padding -1", False, dict(ph=-1), r"padding -1x0 >= 0", True),
+        ("taps channels", True, dict(taps=(4, 3, 3)), r"taps has shape \(4, 3, 3\), expected \(C, kh, kw\) with C = 3",
+         True),
+        ("taps 2-D", False, dict(taps=(3, 3)), r"taps has shape \(3, 3\)", False),
+        ("ho", True, dict(ho=6), r"\(Ho, Wo\) = \(6, 7\) must be the window sweep \(7, 7\)", True),
+        ("wo", True, dict(wo=8), r"\(Ho, Wo\) = \(7, 8\) must be the window sweep \(7, 7\)", True),
+        ("float stride", True, dict(sw=1.0), "the geometry must be integers", False),
+        ("out", True, dict(out=(3, 48)), r"out has shape \(3, 48\), expected \(C, N\*Ho\*Wo\) = \(3, 49\)", True),
+        ("x 3-D", True, dict(x=(3, 7, 9)), r"the input must be \(N, C, H, W\)", False),
+        ("g channels", False, dict(g=(1, 2, 7, 7)), "must be .* with one N and C", True),
+        ("g size", False, dict(g=(1, 3, 6, 7)), r"\(Ho, Wo\) = \(6, 7\) must be the window sweep \(7, 7\)", True),
+    ]
+
+
+@pytest.mark.parametrize("case", _dw_error_cases(), ids=lambda c: c[0])
+def test_gpu_errors_depthwise(gpu, case):
+    label, forward, over, msg, cpu_refuses = case
+    cp = gpu.cp
+    a = dict(x=(1, 3, 7, 9), taps=(3, 3, 3), sh=1, sw=1, ph=1, pw=0, dh=1, dw=1, ho=7, wo=7, out=(3, 49),
+             g=(1, 3, 7, 7))
+    a.update(over)
+    arr = {k: np.zeros(a[k]) for k in ("x", "taps", "out", "g")}
+    geo = [a[k] for k in ("sh", "sw", "ph", "pw", "dh", "dw")]
+    for side, xp, k in (("gpu", cp, gpu.k), ("cpu", np, cpu)):
+        if side == "cpu" and not cpu_refuses:
+            continue
+        v = {name: xp.asarray(arr[name]) for name in arr}
+        with pytest.raises(ValueError, match=msg if side == "gpu" else None):
+            if forward:
+                k.depthwise_conv(v["x"], v["taps"], *geo, a["ho"], a["wo"], v["out"])
+            else:
+                k.depthwise_conv_grad(v["g"], v["taps"], *geo, xp.zeros((1, 3, 7, 9)))
+
+
+def test_gpu_errors_depthwise_dtype(gpu):
+    cp = gpu.cp
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gpu.k.depthwise_conv(cp.zeros((1, 1, 3, 3)), cp.zeros((1, 1, 1)), 1, 1, 0, 0, 1, 1, 3, 3,
+                             cp.zeros((1, 9), cp.int64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gpu.k.depthwise_conv_grad(cp.zeros((1, 1, 3, 3)), cp.zeros((1, 1, 1)), 1, 1, 0, 0, 1, 1,
+                                  cp.zeros((1, 1, 3, 3), cp.int32))
+
+
+# ---------------------------------------------------------------------------------------
+# the two packages
+
+
+# CPU lowerings the GPU backend does not offer: the engine uses them only where the backend's
+# SHIFTED / WINOGRAD flag is true (relprop.core.linear), and the GPU's are false
+CPU_ONLY = {"pad_flat", "crop_wide", "gemm_taps", "taps", "wide_geometry", "winograd_filter", "winograd_input",
+            "winograd_output", "winograd_tiles", "winograd4_filter", "winograd4_input", "winograd4_output",
+            "winograd4_tiles"}
+GPU_ONLY = {"free_memory", "set_tf32"}  # device memory and TF32 (relprop.core.backend calls them when present)
+
+
+def _params(f):
+    """Parameter names of a kernel; a threaded CPU kernel's compiled function has ``part, parts`` last."""
+    import inspect
+
+    if hasattr(f, "kernel"):
+        names = list(inspect.signature(f.kernel.py_func).parameters)
+        assert names[-2:] == ["part", "parts"]
+        return names[:-2]
+    return list(inspect.signature(getattr(f, "py_func", f)).parameters)
+
+
+def test_gpu_exports_match_cpu(gpu):
+    k = gpu.k
+    for mod in (cpu, k):
+        assert len(mod.__all__) == len(set(mod.__all__))
+        assert all(hasattr(mod, name) for name in mod.__all__)
+    assert set(cpu.__all__) - CPU_ONLY == set(k.__all__) - GPU_ONLY, (
+        f"only on the CPU: {sorted(set(cpu.__all__) - CPU_ONLY - set(k.__all__))}, "
+        f"only on the GPU: {sorted(set(k.__all__) - GPU_ONLY - set(cpu.__all__))}")
+    assert CPU_ONLY <= set(cpu.__all__) and not CPU_ONLY & set(k.__all__)
+    assert k.SHIFTED is False and k.WINOGRAD is False
+    for name in sorted(set(cpu.__all__) - CPU_ONLY - {"xp", "name", "OOM"}):
+        c, g = getattr(cpu, name), getattr(k, name)
+        if callable(c):
+            assert _params(c) == _params(g), f"{name}: CPU {_params(c)}, GPU {_params(g)}"
+        else:
+            assert type(c) is type(g), name
+    for name in ("depthwise_conv", "depthwise_conv_grad", "param_act", "param_act_grad", "PARAM_ACT_CODES"):
+        assert name in k.__all__

@@ -51,6 +51,7 @@ What each reference is:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import io
 import warnings
@@ -148,11 +149,11 @@ class AffineBlock(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, block):
+    def __init__(self, block, dim=C):
         super().__init__()
-        self.stem = nn.Conv2d(3, C, 4, stride=4)  # registered first: Zennit's first layer
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)  # registered first: Zennit's first layer
         self.block = block
-        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(C, CLASSES)
+        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(dim, CLASSES)
 
     def forward(self, x):
         return self.fc(torch.flatten(self.gap(self.block(self.stem(x))), 1))
@@ -540,3 +541,231 @@ def test_errors_constant_factors_outside_a_layer_scale_stay_refused():
         with pytest.raises(ValueError, match="multiplying by") as e:
             rp.from_torch(Times(factor).eval(), inputs(np.float32))
         assert "\n" not in str(e.value)
+
+
+# -- per-channel maps: folded at once or kept as vectors until they fold ---------------------------------------
+def _small_expansion(monkeypatch, nbytes=32 * 2**10):
+    """A dense-expansion limit of 32 KiB: a 128-channel depthwise 1x1 (64 KiB dense in float32,
+    128x its factors) is refused, a 32-channel one (ratio 32 < EXPANSION_RATIO) never is."""
+    from relprop.core import budget
+
+    monkeypatch.setattr(budget, "BUDGET", dataclasses.replace(budget.BUDGET, expansion=nbytes))
+
+
+def _check_onnx(m, x, what):
+    """from_onnx (opset 17) = onnxruntime = torch, and the torch import's layer kinds."""
+    data = export(m, x, 17)
+    net = rp.from_onnx(data)
+    x3 = inputs(np.float32, seed=4, n=3)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert_close(net(x3), sess.run(None, {"x": x3})[0], 1e-5, f"{what} vs onnxruntime")
+    assert_close(net(x3), torch_out(m, x3), 1e-5, f"{what} vs torch")
+    return net
+
+
+def test_reference_onnx_linear_bias_folds_under_a_small_expansion_limit(monkeypatch):
+    """A block of width 32 (Linear(32, 128)): ONNX writes each Linear as MatMul + Add(bias); the
+    bias folds into the MatMul's 1x1 conv at once, so the limit that would refuse a 128-channel
+    depthwise 1x1 conv never sees one: from_onnx imports what from_torch imports (same kinds,
+    forward = onnxruntime = torch)."""
+    _small_expansion(monkeypatch)
+    torch.manual_seed(3)
+    m = Net(CNBlock(32, 0.7, 0.0), dim=32).float().eval()
+    x = inputs(np.float32)
+    via_torch = import_torch(m, x)
+    net = _check_onnx(m, x, "width 32")
+    assert kinds(net) == kinds(via_torch) == ["Conv2d", "Conv2d", "LayerNorm", "Conv2d", "GELU", "Conv2d", "Add",
+                                              "GlobalAvgPool2d", "Flatten", "Dense"], kinds(net)
+    assert_close(rp.forward(via_torch, x), torch_out(m, x), 1e-5, "width 32 from torch")
+
+
+class _ScaleAfterSiLU(nn.Module):
+    """stem (128 channels), SiLU, a layer scale (1, 128, 1, 1): nothing to fold into."""
+
+    def __init__(self, dim=128):
+        super().__init__()
+        self.stem, self.act = nn.Conv2d(3, dim, 4, stride=4), nn.SiLU()
+        self.gamma = nn.Parameter(torch.rand(1, dim, 1, 1) + 0.5)
+        self.fc = nn.Linear(dim, CLASSES)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.gamma * self.act(self.stem(x)), 1), 1))
+
+
+def test_errors_unfoldable_scale_over_the_limit_names_its_op(monkeypatch):
+    """A scale that cannot fold becomes a depthwise 1x1 conv; over the limit both importers
+    refuse it in one line naming the op (torch: the fx node, ONNX: the Mul node) and saying
+    what to do for a per-channel scale."""
+    torch.manual_seed(5)
+    m, x = _ScaleAfterSiLU().float().eval(), inputs(np.float32)
+    data = export(m, x, 17)
+    _small_expansion(monkeypatch)
+    for imp, where in ((lambda: import_torch(m, x), r"from_torch: operator\.mul at node 'mul'"),
+                       (lambda: rp.from_onnx(data), r"ONNX node '/Mul' \(Mul\)")):
+        want = (where + r".*: this per-channel scale / shift of 128 channels does not fold into a convolution "
+                r"\(it follows '[^']*', a SiLU\) and would be a depthwise 1x1 Conv2d with a dense "
+                r"\(128, 128, 1, 1\) weight of 0\.0625 MiB")
+        with pytest.raises(ValueError, match=want) as e:
+            imp()
+        msg = str(e.value)
+        assert "\n" not in msg and "limit of 0.0312 MiB" in msg and "right after a convolution" in msg, msg
+        assert "expansion=<bytes>" in msg, msg
+
+
+def test_reference_scale_on_a_convolution_read_twice_stays_a_depthwise_conv():
+    """``y = stem(x); gamma * y + y``: the stem has two readers, so the layer scale cannot fold;
+    it is a depthwise 1x1 Conv2d from torch and from ONNX, forward and gradient = torch."""
+
+    class TwoReaders(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, C, 4, stride=4)
+            self.gamma = nn.Parameter(torch.rand(C, 1, 1) + 0.5)
+            self.fc = nn.Linear(C, CLASSES)
+
+        def forward(self, x):
+            y = self.stem(x)
+            return self.fc((self.gamma * y + y).mean((2, 3)))
+
+    torch.manual_seed(6)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        m = TwoReaders().to(dtype).eval()
+        x = inputs(np.float64 if dtype == torch.float64 else np.float32)
+        net = import_torch(m, x)
+        assert kinds(net)[:3] == ["Conv2d", "Conv2d", "Add"], kinds(net)
+        scale = net.nodes[1].layer
+        assert scale.groups == C and scale.weight.shape == (C, C, 1, 1)
+        np.testing.assert_array_equal(np.diagonal(scale.weight[:, :, 0, 0]),
+                                      m.gamma.detach().numpy().reshape(C))
+        assert_close(rp.forward(net, x), torch_out(m, x), tol, "two readers forward")
+        assert_close(rp.attribute(net, x, "gradient", target=TARGET), torch_grad(m, x), tol, "two readers gradient")
+    net = _check_onnx(m, x, "two readers")
+    assert kinds(net)[:3] == ["Conv2d", "Conv2d", "Add"], kinds(net)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_reference_region_linears_without_bias(dtype):
+    """CNBlock with ``bias=False`` Linears (ONNX: a MatMul and no Add): the 1x1 convs have zero
+    bias, the layer scale folds into the second; forward and gradient = torch, ONNX =
+    onnxruntime = torch."""
+    m = build(dtype=torch.float32 if dtype == np.float32 else torch.float64)
+    blk = m.block.block
+    for i in (3, 5):
+        lin = blk[i]
+        blk[i] = nn.Linear(lin.in_features, lin.out_features, bias=False).to(lin.weight.dtype)
+        with torch.no_grad():
+            blk[i].weight.copy_(lin.weight)
+    m.eval()
+    x = inputs(dtype)
+    net = import_torch(m, x)
+    assert kinds(net) == ["Conv2d", "Conv2d", "LayerNorm", "Conv2d", "GELU", "Conv2d", "Add", "GlobalAvgPool2d",
+                          "Flatten", "Dense"], kinds(net)
+    np.testing.assert_array_equal(net.nodes[3].layer.bias, 0)
+    np.testing.assert_array_equal(net.nodes[5].layer.bias, 0)
+    assert_close(rp.forward(net, x), torch_out(m, x), TOL[dtype], "bias-free forward")
+    assert_close(rp.attribute(net, x, "gradient", target=TARGET), torch_grad(m, x), TOL[dtype], "bias-free gradient")
+    if dtype == np.float32:
+        assert kinds(_check_onnx(m, x, "bias-free")) == kinds(net)
+
+
+def test_errors_bool_layer_scale_buffer_is_refused():
+    """A (C, 1, 1) bool buffer as the factor (a channel mask): refused in one line naming its
+    dtype, not imported in some other dtype."""
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.fc = nn.Conv2d(3, C, 4, stride=4), nn.Linear(C, CLASSES)
+            self.register_buffer("mask", torch.arange(C).reshape(C, 1, 1) % 2 == 0)
+
+        def forward(self, x):
+            return self.fc((self.stem(x) * self.mask).mean((2, 3)))
+
+    with pytest.raises(ValueError, match=r"from_torch: .*dtype torch\.bool.*floating-point") as e:
+        rp.from_torch(Masked().eval(), inputs(np.float32))
+    assert "\n" not in str(e.value)
+
+
+# -- ONNX: a per-channel Add on (N, C, H, W) data (a BatchNorm exported as Mul + Add) -------------------------
+def _onnx_model(nodes, inits, c=4, hw=6):
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", CLASSES])
+    head = [helper.make_node("GlobalAveragePool", [nodes[-1].output[0]], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"],
+                                                                         transB=1)]
+    rng = np.random.default_rng(21)
+    inits = {**inits, "fc_w": rng.standard_normal((CLASSES, c)).astype(np.float32),
+             "fc_b": rng.standard_normal(CLASSES).astype(np.float32)}
+    g = helper.make_graph(nodes + head, "g", [x], [y], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _onnx_cases():
+    from onnx import helper
+
+    rng = np.random.default_rng(22)
+    c = 4
+    scale = (rng.uniform(0.5, 1.5, (1, c, 1, 1))).astype(np.float32)
+    shift = rng.standard_normal((c, 1, 1)).astype(np.float32)
+    w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+    conv = helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1])
+    relu = helper.make_node("Relu", ["x"], ["h"])
+    return {
+        # Relu, then a BatchNorm as Mul + Add: one depthwise 1x1 conv (the shift folds into the scale's bias)
+        "bn_after_relu": ([relu, helper.make_node("Mul", ["h", "s"], ["m"]),
+                           helper.make_node("Add", ["m", "b"], ["a"])], {"s": scale, "b": shift}, ["ReLU", "Conv2d"]),
+        # Relu, then the Add alone: a depthwise 1x1 conv with unit weight and the shift as bias
+        "add_after_relu": ([relu, helper.make_node("Add", ["h", "b"], ["a"])], {"b": shift}, ["ReLU", "Conv2d"]),
+        # a conv read by nothing else: the Add (shape (1, C, 1, 1)) is its bias, the Mul folds too
+        "conv_then_add_mul": ([conv, helper.make_node("Add", ["h", "b"], ["a0"]),
+                               helper.make_node("Mul", ["a0", "s"], ["a"])],
+                              {"w": w, "b": shift.reshape(1, c, 1, 1), "s": scale}, ["Conv2d"]),
+        # a conv read twice: the Add cannot be its bias, it is a depthwise 1x1 conv; the sum reads both
+        "conv_read_twice": ([conv, helper.make_node("Add", ["h", "b"], ["a0"]),
+                             helper.make_node("Add", ["a0", "h"], ["a"])], {"w": w, "b": shift},
+                            ["Conv2d", "Conv2d", "Add"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["bn_after_relu", "add_after_relu", "conv_then_add_mul", "conv_read_twice"])
+def test_reference_onnx_channel_add_matches_onnxruntime(case):
+    """``Add`` of a (C, 1, 1) / (1, C, 1, 1) initializer to (N, C, H, W) data maps like ``Mul``
+    by one: the bias of a conv read by nothing else, else a per-channel affine map (a depthwise
+    1x1 Conv2d where it cannot fold). Forward = onnxruntime; the folded weights = numpy from the
+    initializers."""
+    nodes, inits, want = _onnx_cases()[case]
+    data = _onnx_model(nodes, inits)
+    net = rp.from_onnx(data)
+    assert kinds(net)[:len(want)] == want and kinds(net)[len(want):] == ["GlobalAvgPool2d", "Flatten", "Dense"], \
+        kinds(net)
+    x = np.random.default_rng(23).standard_normal((3, 4, 6, 6)).astype(np.float32)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    assert_close(net(x), sess.run(None, {"x": x})[0], 1e-5, f"{case} vs onnxruntime")
+    layer = net.nodes[1 if want[0] == "ReLU" else 0].layer
+    shift = inits["b"].reshape(-1)
+    scale = inits["s"].reshape(-1) if "s" in inits else np.ones(4)
+    if want[0] == "ReLU":  # the depthwise 1x1 conv: weight = scale, bias = shift
+        np.testing.assert_array_equal(np.diagonal(layer.weight[:, :, 0, 0]), scale)
+        np.testing.assert_array_equal(layer.bias, shift)
+    elif case == "conv_then_add_mul":  # (W x + shift) * scale
+        np.testing.assert_allclose(layer.weight, inits["w"] * scale[:, None, None, None], rtol=1e-6)
+        np.testing.assert_allclose(layer.bias, shift * scale, rtol=1e-6)
+    else:  # the conv as it is, the shift a depthwise 1x1 conv with unit weight
+        np.testing.assert_array_equal(layer.weight, inits["w"])
+        np.testing.assert_array_equal(net.nodes[1].layer.bias, shift)
+        np.testing.assert_array_equal(np.diagonal(net.nodes[1].layer.weight[:, :, 0, 0]), 1)
+
+
+def test_errors_onnx_channel_add_of_another_shape_stays_refused():
+    """Only a per-channel constant (C, 1, 1) / (1, C, 1, 1) is mapped after a non-linear layer:
+    a spatial (C, H, W) map stays refused in one line."""
+    from onnx import helper
+
+    c = np.random.default_rng(24).standard_normal((4, 6, 6)).astype(np.float32)
+    data = _onnx_model([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Add", ["h", "b"], ["a"], name="sp")],
+                       {"b": c})
+    with pytest.raises(ValueError, match=r"'sp' \(Add\).*bias.*\(C, 1, 1\).*follows ReLU") as e:
+        rp.from_onnx(data)
+    assert "\n" not in str(e.value)

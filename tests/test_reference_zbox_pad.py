@@ -351,3 +351,30 @@ def test_errors_float64_bounds_slack_in_float64_ulps(make):
     x64[0, 1, 0, 0] = low - 6 * float(np.spacing(low))
     with pytest.raises(ValueError, match=r"< low = 0\.1 .*6 float64 ulps"):
         rp.attribute(net, x64, "deep_taylor", low=low, high=1.0)
+
+
+@pytest.mark.parametrize("make", [_direct_net, lambda: _net("reflect", _params())], ids=["direct", "pad"])
+def test_errors_float64_x_with_float32_rounded_bounds_says_so(make):
+    """ImageNet's blue low bound (0 - 0.406) / 0.225 computed in float64 for x and rounded to float32
+    for the bound: the black pixel lies below the float32 bound by a fraction of a float32 ulp,
+    millions of float64 ulps. Refused (float64 x gets float64 slack), and the message says the
+    bound looks rounded to float32 and what to do; an x outside by more than float32's slack
+    gets no such hint."""
+    net = make()
+    low64 = (0 - 0.406) / 0.225
+    low32 = float(np.float32(low64))
+    assert low32 > low64  # the float32 bound is above the float64 pixel: x < low by rounding alone
+    x = RNG.uniform(-1.0, 1.0, size=(2, C, H, W))
+    x[0, 1, 1, 1] = low64
+    assert np.isfinite(rp.attribute(net, x, "deep_taylor", low=low64, high=1.0)).all()
+    hint = "the bounds look rounded to float32: pass them as float64 or cast x to float32"
+    with pytest.raises(ValueError, match=r"up to 4 float64 ulps of the bound\); x is inside them up to 4 float32 "
+                                         r"ulps: the bounds look rounded to float32: pass them as float64 or cast x "
+                                         r"to float32") as info:
+        rp.attribute(net, x, "deep_taylor", low=low32, high=1.0)
+    assert "\n" not in str(info.value)
+    assert np.isfinite(rp.attribute(net, x.astype(np.float32), "deep_taylor", low=low32, high=1.0)).all()
+    x[0, 1, 1, 1] = low32 - 8 * float(np.spacing(np.float32(abs(low32))))
+    with pytest.raises(ValueError, match="x is not inside the bounds") as info:
+        rp.attribute(net, x, "deep_taylor", low=low32, high=1.0)
+    assert hint not in str(info.value)

@@ -14,6 +14,8 @@ Layout conventions shared by all kernels:
 import numpy as xp
 
 from .conv import im2col, col2im_gather, conv_out_shape
+from .depthwise import depthwise_conv, depthwise_conv_grad
+from .activations import PARAM_ACT_CODES, param_act, param_act_grad
 from .shifted import AVAILABLE as SHIFTED, crop_wide, gemm_taps, pad_flat, taps, wide_geometry
 from .winograd import (winograd_filter, winograd_input, winograd_output, winograd_tiles, winograd4_filter,
                        winograd4_input, winograd4_output, winograd4_tiles)
@@ -46,6 +48,7 @@ OOM = ()  # out-of-memory exceptions the API answers by splitting the batch (hos
 __all__ = [
     "xp", "name", "OOM",
     "im2col", "col2im_gather", "conv_out_shape",
+    "depthwise_conv", "depthwise_conv_grad", "PARAM_ACT_CODES", "param_act", "param_act_grad",
     "SHIFTED", "pad_flat", "crop_wide", "gemm_taps", "taps", "wide_geometry",
     "WINOGRAD", "winograd_filter", "winograd_input", "winograd_output", "winograd_tiles",
     "winograd4_filter", "winograd4_input", "winograd4_output", "winograd4_tiles",

@@ -10,8 +10,9 @@ winners int64), writes its output arrays in place and returns what the CPU kerne
   ``(K, M)``, ``M = N * P`` (batch times output positions), so GEMM outputs are
   ``(rows, M)`` and the epilogue kernels below move them back to NCHW.
 
-The CUDA C lives in ``conv.cu``, ``elementwise.cu`` and ``pool.cu`` (listed by
-``sources.py``); each family compiles on first use per device (CuPy caches the binary on disk).
+The CUDA C lives in ``conv.cu``, ``depthwise.cu``, ``elementwise.cu``, ``activations.cu`` and
+``pool.cu`` (listed by ``sources.py``); each family compiles on first use per device (CuPy
+caches the binary on disk).
 Arithmetic follows the Numba kernels' float64 promotions (see ``elementwise.cu``), so results
 agree with the CPU to rounding. Inputs that are not C-contiguous device arrays of the output's
 dtype are converted (copied); outputs that are not are computed in a buffer and copied back.
@@ -25,6 +26,8 @@ import numpy as np
 from cupy._core import _routines_linalg as _linalg
 
 from .conv import im2col, col2im_gather, conv_out_shape
+from .depthwise import depthwise_conv, depthwise_conv_grad
+from .activations import PARAM_ACT_CODES, param_act, param_act_grad
 from .elementwise import (
     bias_act_from_gemm,
     bias_act_rows,
@@ -70,6 +73,8 @@ def set_tf32(on):
 __all__ = [
     "xp", "name", "OOM", "free_memory", "set_tf32",
     "im2col", "col2im_gather", "conv_out_shape",
+    "depthwise_conv", "depthwise_conv_grad", "PARAM_ACT_CODES", "param_act", "param_act_grad",
+    "SHIFTED", "WINOGRAD",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
     "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",

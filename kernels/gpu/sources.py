@@ -25,6 +25,8 @@ KERNELS = {
         "maxpool_forward", "maxpool_backward", "maxpool_rescale_route", "maxpool_rescale_divide",
         "maxpool_rescale_small", "avgpool_forward", "avgpool_backward",
     ),
+    "depthwise": ("depthwise_conv", "depthwise_conv_grad"),
+    "activations": ("param_act", "param_act_grad"),
 }
 
 FLOAT_TYPES = {"float32": "float", "float64": "double"}

@@ -20,10 +20,19 @@ class Budget:
     A grouped or dilated Conv2d is stored with a dense weight (zeros off the group blocks and
     between the taps, ``graph.Conv2d``); when that is over ``graph.EXPANSION_RATIO`` times its
     compact weight, the dense weight may take at most ``expansion`` bytes and one sample's
-    dense im2col columns (float32) at most ``expansion_cols``: the layer is refused beyond,
-    before anything is allocated. Measured on the CPU (lrp.epsilon, 2 samples): a depthwise
-    7x7 layer with a 441 MiB dense weight peaked at 4.2 GiB (the derived rule matrices are
-    copies of it), a 3x3 layer dilated by 32 with 1 GiB of columns per sample at 1.3 GiB."""
+    dense im2col columns (in the input's dtype; float32 at shape inference) at most
+    ``expansion_cols``: the layer is refused beyond, before anything is allocated. Measured on
+    the CPU (lrp.epsilon, 2 samples): a depthwise 7x7 layer with a 441 MiB dense weight peaked
+    at 4.2 GiB (the derived rule matrices are copies of it), a 3x3 layer dilated by 32 with
+    1 GiB of columns per sample at 1.3 GiB.
+
+    The 512 MiB default admits the widest depthwise layers of the common backbones in float32
+    (dense weights: EfficientNet-B5's 1824-channel 5x5 317 MiB, EfficientNetV2-M's 3072-channel
+    3x3 324 MiB, ConvNeXt-L's 1536-channel 7x7 441 MiB, EfficientNet-B7's 3840-channel 3x3 and
+    2304-channel 5x5 506 MiB each) and still refuses, e.g., torchvision's DeepLabV3 ASPP branch
+    (2048 -> 256 channels, 3x3 dilated by 12: 1.22 GiB), ConvNeXt-XL's 2048-channel 7x7
+    (784 MiB) and a float64 import of any layer above 256 MiB in float32 (twice the bytes).
+    """
 
     cache: int = 4 * 2**20
     min_rows: int = 32
@@ -33,7 +42,7 @@ class Budget:
     cols: int = 8 * 2**20
     work: int = 64 * 2**20
     patch: int = 16 * 2**20
-    expansion: int = 256 * 2**20
+    expansion: int = 512 * 2**20
     expansion_cols: int = 2**30
 
     def rows(self, per_row, device):

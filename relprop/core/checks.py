@@ -32,6 +32,8 @@ def _check_x(net, x, name="x", scores=True):
     if net.input_shape is not None and tuple(x.shape[1:]) != net.input_shape:
         raise ValueError(f"{name} must be shaped (N,) + {net.input_shape} for this model, got {x.shape}")
     shapes = net.infer_shapes(x.shape[1:])
+    if x.dtype.itemsize > 4:  # infer_shapes checked the dense im2col columns in float32; float64 ones take twice
+        net.check_columns(shapes, x.dtype, depthwise=False)
     if scores and len(shapes[net.score_node]) != 1:
         raise ValueError(f"the model's output must be (N, classes) scores, got per-sample shape {shapes[net.score_node]}")
     if not x.dtype.isnative:  # e.g. big-endian '>f8': same width, native byte order
@@ -176,7 +178,20 @@ def _check_bounds(low, high, x, where):
     if np.any(below) or np.any(above):
         raise ValueError(f"{where}: x is not inside the bounds [low, high]: {_outside(x, lo, hi, below, above)}; "
                          f"the z^B rule needs low <= x <= high (up to {BOUND_ULPS} {_ulp_name(x.dtype)} ulps of the "
-                         f"bound)")
+                         f"bound){_float32_hint(x, lo, hi)}")
+
+
+def _float32_hint(x, lo, hi):
+    """For float64 x outside its bounds by float64 ulps but inside them with float32's slack:
+    the bounds (or x) went through float32 on the way (e.g. ``(0 - mean) / std`` computed in
+    float32, or ``low = x.min()`` of a float32 copy), which the float64 slack no longer absorbs."""
+    if x.dtype != np.float64:
+        return ""
+    s_lo, s_hi = (bound_slack(v, np.float32).astype(np.float64) for v in (lo, hi))
+    if np.any(x < lo - s_lo) or np.any(x > hi + s_hi):
+        return ""
+    return (f"; x is inside them up to {BOUND_ULPS} float32 ulps: the bounds look rounded to float32: pass them as "
+            "float64 or cast x to float32")
 
 
 def _ulp_name(dtype):

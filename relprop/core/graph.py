@@ -174,7 +174,8 @@ class Dense(Layer):
 #: a grouped / dilated Conv2d whose dense weight is more than this many times its compact one is
 #: held to ``relprop.core.budget.BUDGET.expansion`` (the dense weight) and ``.expansion_cols``
 #: (one sample's dense im2col columns); up to this ratio (a plain convolution, ResNeXt's 32
-#: groups, a 3x3 kernel dilated by up to 12) the layer is never refused
+#: groups, 64 groups, a 3x3 kernel dilated by up to 11: 58.8x; dilated by 12 it is 69.4x) the
+#: layer is never refused
 EXPANSION_RATIO = 64
 
 
@@ -227,7 +228,7 @@ class Conv2d(Layer):
 
     The dense weight costs ``in / groups`` times the compact one per group block and the dilated
     kernel's area over its taps: beyond ``EXPANSION_RATIO`` (64x) the dense weight may take at
-    most ``relprop.core.budget.BUDGET.expansion`` (256 MiB) and one sample's dense im2col
+    most ``relprop.core.budget.BUDGET.expansion`` (512 MiB) and one sample's dense im2col
     columns at most ``BUDGET.expansion_cols`` (1 GiB); such a layer is refused before anything
     is allocated (at construction, resp. when the input shape is known), naming both sizes."""
 
@@ -337,30 +338,34 @@ class Conv2d(Layer):
         o, c = self.weight.shape[:2]
         return self.groups > 1 and self.groups == o == c
 
-    def check_columns(self, in_shape):
+    def check_columns(self, in_shape, dtype=np.float32):
         """Refuse an expanded layer (over ``EXPANSION_RATIO`` times its compact weight) whose dense
-        im2col columns for one sample of ``in_shape`` (C, H, W), in float32, exceed
-        ``relprop.core.budget.BUDGET.expansion_cols``: the internal batches (``linear.chunks``)
-        hold at least one sample, so nothing else bounds that buffer. The LRP rules read these
-        columns for every layer (the depthwise shortcut covers the plain forward and gradient
-        only), so the LRP methods check depthwise layers too."""
+        im2col columns for one sample of ``in_shape`` (C, H, W), in ``dtype`` (float32 at shape
+        inference, where the dtype is not known yet; the methods check again in x's dtype:
+        float64 columns take 8 bytes a value), exceed ``relprop.core.budget.BUDGET.expansion_cols``:
+        the internal batches (``linear.chunks``) hold at least one sample, so nothing else bounds
+        that buffer. Depthwise layers skip the columns in their plain forward and gradient (the
+        tap-by-tap shortcut), so :meth:`Graph.check_columns` checks them for the methods that
+        build the columns anyway (the LRP rules, RAP, PatternNet / PatternAttribution and
+        ``fit_patterns``)."""
         o, c, kh, kw = self.weight.shape
         dense, compact, _ = _expansion(self.weight.shape, self.groups, self.dilation)
         if dense <= EXPANSION_RATIO * compact:
             return
+        item = np.dtype(dtype).itemsize
         h, w = in_shape[1:]
         ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1
         wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1
-        cols = c * kh * kw * max(ho, 0) * max(wo, 0) * 4
+        cols = c * kh * kw * max(ho, 0) * max(wo, 0) * item
         limit = budget.BUDGET.expansion_cols
         if cols > limit:
             raise ValueError(
                 f"on a {h}x{w} input the dense {kh}x{kw} kernel of this groups={self.groups}, dilation={self.dilation} "
-                f"convolution needs {_size(cols)} of im2col columns per sample ({dense / compact:.0f}x what its "
-                f"{_size(cols * compact // dense)} of taps read), over relprop's limit of {_size(limit)} for an "
-                f"expanded convolution; use a smaller input, dilation or fewer channels per group, or raise the "
-                f"limit (relprop.core.budget.BUDGET = dataclasses.replace(relprop.core.budget.BUDGET, "
-                f"expansion_cols=<bytes>))")
+                f"convolution needs {_size(cols)} of im2col columns per sample ({np.dtype(dtype).name}, "
+                f"{dense / compact:.0f}x what its {_size(cols * compact // dense)} of taps read), over relprop's limit "
+                f"of {_size(limit)} for an expanded convolution; use a smaller input, dilation or fewer channels per "
+                f"group, or raise the limit (relprop.core.budget.BUDGET = dataclasses.replace("
+                f"relprop.core.budget.BUDGET, expansion_cols=<bytes>))")
 
 
 #: Pad's modes and numpy's names for them (torch: padding_mode / F.pad; ONNX Pad: constant,
@@ -1233,6 +1238,22 @@ class Graph:
             except ValueError as e:
                 raise ValueError(f"layer {node.name!r} ({node.layer!r}): {e}") from None
         return shapes
+
+    def check_columns(self, shapes, dtype, depthwise=True, where=None):
+        """:meth:`Conv2d.check_columns` in ``dtype`` for every Conv2d node, on its input shape in
+        ``shapes`` (from :meth:`infer_shapes`): the layers :meth:`infer_shapes` checked in float32
+        (again, for float64 columns) and, with ``depthwise=True``, the depthwise layers it leaves
+        out (a method that builds their dense columns: LRP, RAP, the pattern methods). The error
+        names the layer, prefixed by ``where`` (e.g. ``"method 'rap'"``) when given."""
+        for node in self.nodes:
+            layer = node.layer
+            if layer.kind != "Conv2d" or (layer.depthwise and not depthwise):
+                continue
+            try:
+                layer.check_columns(shapes[node.inputs[0]], dtype)
+            except ValueError as e:
+                head = f"{where}, layer" if where else "layer"
+                raise ValueError(f"{head} {node.name!r} ({layer!r}): {e}") from None
 
     def input_rank(self):
         """Per-sample rank the graph input must have, when the first reader fixes it."""

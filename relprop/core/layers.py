@@ -161,9 +161,10 @@ class Activation(Op):
 class ParamActivation(Activation):
     """The elementwise activations without a kernel code: LeakyReLU, Softplus, ELU, GELU (exact
     and tanh), SiLU, Hardswish, Hardsigmoid, ReLU6 and Mish (torch's formulas; ``evaluate`` and
-    ``derivative``). They run as array expressions of the backend's ``xp`` (numpy or cupy), so
-    CPU and GPU share this code and no kernel of their own is needed (they are not fused into a
-    linear layer's epilogue). The gradient is ``g * f'(z)`` with torch autograd's value at the
+    ``derivative``). Their forward and gradient run as the backends' ``param_act`` /
+    ``param_act_grad`` kernels (one pass, each value in float64 rounded once); DeepLIFT and
+    RevealCancel use the same formulas as array expressions of the backend's ``xp`` (``evaluate``,
+    ``derivative``). They are not fused into a linear layer's epilogue. The gradient is ``g * f'(z)`` with torch autograd's value at the
     kinks; LRP passes relevance through (Zennit's Pass); DeepLIFT takes the Rescale multiplier
     ``(f(z) - f(z0)) / (z - z0)`` (Shrikumar et al. 2017, Sec. 3.5.2; Ancona et al. 2018, Eq. 17),
     ``f'(z)`` where ``|z - z0| < DEEPLIFT_EPS`` (as Captum's ``nonlinear``)."""
@@ -175,8 +176,17 @@ class ParamActivation(Activation):
             return (node.inputs[0],), False
         return super().store(node, mode, rule)
 
+    def forward(self, fw, node, xs):
+        z = xs[0]
+        out = fw.k.xp.empty_like(z)
+        fw.k.param_act(z.ravel(), *param_act_args(fw.k, node.layer), out.ravel())
+        return out
+
     def grad(self, bw, node, g):
-        return [(node.inputs[0], g * derivative(bw.k.xp, node.layer, bw.tape.out[node.inputs[0]]))]
+        z = bw.tape.out[node.inputs[0]]
+        out = bw.k.xp.empty_like(g)
+        bw.k.param_act_grad(g.ravel(), z.ravel(), *param_act_args(bw.k, node.layer), out.ravel())
+        return [(node.inputs[0], out)]
 
     def deeplift(self, bw, node, g):
         if node.name in bw.reveal:
@@ -187,6 +197,17 @@ class ParamActivation(Activation):
         small = xp.abs(dz) < DEEPLIFT_EPS
         ratio = (a2[:n] - a2[n:]) / xp.where(small, 1, dz)
         return [(src, g * xp.where(small, derivative(xp, node.layer, z[:n]), ratio))]
+
+
+def param_act_args(k, layer):
+    """(code, p0, p1) of an activation layer for the backends' ``param_act`` kernels (the codes
+    of ``relprop.kernels.cpu.activations``)."""
+    kind = layer.kind
+    if kind == "GELU" and layer.approximate == "tanh":
+        kind = "GELU_tanh"
+    p0 = {"LeakyReLU": "negative_slope", "Softplus": "beta", "ELU": "alpha"}.get(kind)
+    return (k.PARAM_ACT_CODES[kind], float(getattr(layer, p0)) if p0 else 0.0,
+            float(layer.threshold) if kind == "Softplus" else 0.0)
 
 
 def evaluate(xp, layer, z):

@@ -9,8 +9,8 @@
 * DeepLIFT RevealCancel's positive/negative split through the layer.
 
 A depthwise Conv2d (``groups`` = input = output channels, stored as the dense diagonal weight)
-runs its plain forward and its gradient as ``kh*kw`` per-channel shifted multiply-adds over the
-taps (:func:`depthwise_forward`, :func:`depthwise_grad`) instead of the dense GEMM, which would
+runs its plain forward and its gradient with the backend's depthwise kernels, one multiply-add per
+tap and channel plane (:func:`depthwise_forward`, :func:`depthwise_grad`), instead of the dense GEMM, which would
 do ``C`` times the work; the LRP rule steps keep the dense block matrices.
 
 Scratch buffers for im2col columns and GEMM outputs are reused across chunks and calls.
@@ -216,7 +216,7 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     taps = None if want_plus else depthwise_taps(k, m, node)
     for i0, i1 in conv_chunks(k, n, c, Wm.shape[0], h, w, kh, kw, sh, sw, ph, pw, a.itemsize):
         if taps is not None:
-            zg = depthwise_forward(xp, xin[i0:i1], taps, node.layer, ho, wo)
+            zg = depthwise_forward(k, xin[i0:i1], taps, node.layer, ho, wo)
         else:
             zg = conv_gemm(k, m, xin[i0:i1], Wm, taps_key, kh, kw, sh, sw, ph, pw)
         zw = zg[:o] + zg[o:2 * o] if summed else zg[:o]  # W a = W+ a + W- a when the blocks add up to W
@@ -344,39 +344,24 @@ def depthwise_taps(k, m, node):
     return m.on(k, ("depthwise", node.name), lambda: np.ascontiguousarray(L.weight[ch, ch], dtype=m.dtype), node)
 
 
-def _tap_slices(layer, ho, wo, kh, kw):
-    """(i, j, rows, cols) of every tap of the dilated kernel over the padded input."""
-    (sh, sw), (dh, dw) = layer.stride, layer.dilation
-    return [(i, j, slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
-            for i in range(0, kh, dh) for j in range(0, kw, dw)]
-
-
-def depthwise_forward(xp, x, taps, layer, ho, wo):
-    """``W x`` of a depthwise conv as (C, N*Ho*Wo) (conv_gemm's layout): per tap one
-    per-channel multiply-add of a strided view of the zero-padded input."""
+def depthwise_forward(k, x, taps, layer, ho, wo):
+    """``W x`` of a depthwise conv as (C, N*Ho*Wo) (conv_gemm's layout): the backend's
+    ``depthwise_conv`` kernel (per channel plane, one multiply-add per tap of the dilated kernel)."""
     n, c = x.shape[:2]
-    ph, pw = layer.padding
-    # channel-major padded copy: each tap's view then has contiguous rows; one product buffer
-    xt = xp.ascontiguousarray(xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))).transpose(1, 0, 2, 3))
-    acc = xp.zeros((c, n, ho, wo), x.dtype)
-    tmp = xp.empty_like(acc)
-    for i, j, rs, cs in _tap_slices(layer, ho, wo, *taps.shape[1:]):
-        xp.multiply(taps[:, i, j][:, None, None, None], xt[:, :, rs, cs], out=tmp)
-        acc += tmp
-    return acc.reshape(c, n * ho * wo)
+    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    out = k.xp.empty((c, n * ho * wo), x.dtype)
+    k.depthwise_conv(x, taps, sh, sw, ph, pw, dh, dw, ho, wo, out)
+    return out
 
 
-def depthwise_grad(xp, g, taps, layer, h, w):
-    """``W^T g`` of a depthwise conv: the exact adjoint of :func:`depthwise_forward` (each tap
-    adds its weighted gradient back onto the padded input positions it read)."""
-    n, c, ho, wo = g.shape
-    ph, pw = layer.padding
-    gp = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), g.dtype)
-    tmp = xp.empty_like(g)
-    for i, j, rs, cs in _tap_slices(layer, ho, wo, *taps.shape[1:]):
-        xp.multiply(taps[:, i, j][None, :, None, None], g, out=tmp)
-        gp[:, :, rs, cs] += tmp
-    return xp.ascontiguousarray(gp[:, :, ph:ph + h, pw:pw + w])
+def depthwise_grad(k, g, taps, layer, h, w):
+    """``W^T g`` of a depthwise conv: the exact adjoint of :func:`depthwise_forward` (the
+    backend's ``depthwise_conv_grad``)."""
+    n, c = g.shape[:2]
+    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    gin = k.xp.empty((n, c, h, w), g.dtype)
+    k.depthwise_conv_grad(g, taps, sh, sw, ph, pw, dh, dw, gin)
+    return gin
 
 
 def grad(k, m, node, g, in_shape):
@@ -389,7 +374,7 @@ def grad(k, m, node, g, in_shape):
     h, w = in_shape[2:]
     taps = depthwise_taps(k, m, node)
     if taps is not None:
-        return depthwise_grad(k.xp, g, taps, node.layer, h, w)
+        return depthwise_grad(k, g, taps, node.layer, h, w)
     if stride1(node.layer):
         Bt = m.weight_t(k, node)
     else:

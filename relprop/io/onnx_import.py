@@ -16,9 +16,12 @@ C_out) matrix a 1x1 ``Conv2d``, ``Add`` / ``Mul`` of a (C,) constant a per-chann
 ``Add`` after a ``MatMul``: its bias), and elementwise activations stay as they are
 (:func:`_channels_last_regions`); anything else inside is refused in one line naming the node,
 a lone ``Transpose`` too. ``Mul`` of (N, C, H, W) data by a (C, 1, 1) or (1, C, 1, 1) constant
-(the layer scale) is a per-channel scale; every per-channel scale folds into the ``Conv`` before
-it when nothing else reads that convolution (:func:`fold_channel_affines`, which says what that
-means for LRP), else it is a depthwise 1x1 ``Conv2d``.
+(the layer scale) is a per-channel scale, and so is an ``Add`` of one that is not the bias of
+the layer before (a BatchNorm exported as ``Mul`` + ``Add``); every per-channel scale folds into
+the ``Conv`` before it when nothing else reads that convolution (:func:`fold_channel_affines`,
+which says what that means for LRP), else it is a depthwise 1x1 ``Conv2d``. Until the end of
+the import a scale is two vectors (:class:`ChannelAffine`): only one that cannot fold gets the
+dense C x C weight of a depthwise convolution, and a refusal of that names its node.
 
 Only the ``onnx`` package is needed at run time. Every import is verified: the relprop forward
 pass is compared with ``ReferenceEvaluator`` on a probe input. A final ``Softmax`` /
@@ -42,6 +45,7 @@ import warnings
 
 import numpy as np
 
+from ..core import budget
 from ..core import graph as G
 from . import ImportNotice, apply_final_softmax, check_final_softmax
 
@@ -319,15 +323,64 @@ def _size(n):
 
 
 # -- per-channel affine maps (also used by the torch importer) ----------------------------------
-def channel_affine_layer(gamma, beta, dtype):
+class ChannelAffine:
+    """A per-channel affine map ``y[:, c] = gamma[c] x[:, c] + beta[c]`` of (N, C, H, W) data while
+    an import runs: the (C,) vectors ``gamma`` and ``beta`` in float64 and the ``dtype`` its layer
+    will have. It stands for ConvNeXt's layer scale (Liu et al. 2022, Sec. 2.1, after Touvron et
+    al. 2021's LayerScale) and for a constant multiply / add over the channels (``Linear``'s bias
+    in a channels-last region, a BatchNorm exported as ``Mul`` + ``Add``). Never part of a
+    finished graph: :func:`fold_channel_affines` folds it into the convolution before it or
+    builds its depthwise 1x1 ``Conv2d`` (:func:`channel_affine_layer`), so the dense C x C
+    weight of that convolution exists only where the map cannot fold."""
+
+    kind = "ChannelAffine"  # read by the importers' checks of the layer before (never a Graph's)
+    linear = False
+
+    def __init__(self, gamma, beta, dtype):
+        self.gamma, self.beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def channels(self):
+        return self.gamma.shape[0]
+
+    def then(self, gamma, beta):
+        """This map followed by ``gamma * y + beta``: one map ``(gamma g, gamma b + beta)``."""
+        gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
+        return ChannelAffine(gamma * self.gamma, gamma * self.beta + beta, self.dtype)
+
+    def __repr__(self):
+        return f"ChannelAffine({self.channels})"
+
+
+def channel_affine_layer(gamma, beta, dtype, why=None):
     """``y[:, c] = gamma[c] x[:, c] + beta[c]`` on (N, C, H, W) as relprop layer: a depthwise 1x1
-    ``Conv2d`` (groups = C, weight ``gamma``, bias ``beta``), exact in value. It stands for
-    ConvNeXt's layer scale (Liu et al. 2022, Sec. 2.1, after Touvron et al. 2021's LayerScale) and
-    for a constant multiply / add over the channels-last axis until :func:`fold_channel_affines`
-    merges it into the convolution before it."""
+    ``Conv2d`` (groups = C, weight ``gamma``, bias ``beta``), exact in value. Its dense weight
+    is C x C (``Conv2d`` computes with the dense weight): over ``EXPANSION_RATIO`` channels and
+    ``relprop.core.budget.BUDGET.expansion`` bytes it is refused with a ValueError whose advice
+    fits a per-channel scale (:class:`AffineTooLarge`; ``why``: why it did not fold, for that message)."""
     gamma, beta = np.asarray(gamma, np.float64), np.asarray(beta, np.float64)
     c = gamma.shape[0]
+    item = G._itemsize(dtype)
+    limit = budget.BUDGET.expansion
+    if c > G.EXPANSION_RATIO and c * c * item > limit:
+        raise AffineTooLarge(
+            f"this per-channel scale / shift of {c} channels does not fold into a convolution"
+            f"{f' ({why})' if why else ''} and would be a "
+            f"depthwise 1x1 Conv2d with a dense ({c}, {c}, 1, 1) weight of {G._size(c * c * item)} ({c}x its "
+            f"{G._size(c * item)} of factors), over relprop's limit of {G._size(limit)} for an expanded convolution",
+            "put it right after a convolution (or Linear over the channels) that nothing else reads, where it "
+            "folds into that layer's weights, or raise the limit (relprop.core.budget.BUDGET = "
+            "dataclasses.replace(relprop.core.budget.BUDGET, expansion=<bytes>))")
     return G.Conv2d.from_compact(gamma.reshape(c, 1, 1, 1).astype(dtype), beta.astype(dtype), groups=c)
+
+
+class AffineTooLarge(ValueError):
+    """:func:`channel_affine_layer` refused a dense weight: ``what`` is wrong, ``todo`` what to do."""
+
+    def __init__(self, what, todo):
+        super().__init__(f"{what}; {todo}")
+        self.what, self.todo = what, todo
 
 
 def scaled_conv(layer, gamma, beta):
@@ -341,14 +394,15 @@ def scaled_conv(layer, gamma, beta):
     return G.Conv2d(w.astype(dt), b.astype(dt), layer.stride, layer.padding, layer.groups, layer.dilation)
 
 
-def fold_channel_affines(nodes, names):
-    """``nodes`` (topological, the last one the output) with every per-channel affine node named
-    in ``names`` (made by :func:`channel_affine_layer`; gamma and beta are read from the layer,
-    which a bias folded since may have changed) folded into the ``Conv2d`` it reads when that
-    convolution is read by nothing else (:func:`scaled_conv`);
-    an affine node that cannot fold (it reads something else, or a convolution read twice, or it
-    is the output) stays as its depthwise 1x1 ``Conv2d``. The nodes that read a folded node read
-    the convolution instead. A chain of affine maps folds step by step.
+def fold_channel_affines(nodes, error=None):
+    """``nodes`` (topological, the last one the output) with every :class:`ChannelAffine` layer
+    folded into the layer it reads when nothing else reads that layer and the map is not the
+    output: into a ``Conv2d`` (:func:`scaled_conv`), or into another pending map (composed,
+    :meth:`ChannelAffine.then`), so a chain of maps folds step by step. A map that cannot fold
+    becomes its depthwise 1x1 ``Conv2d`` (:func:`channel_affine_layer`); when that is refused,
+    ``error(node name, AffineTooLarge)`` gives the exception to raise (the importer's message
+    naming its source op), else the ValueError propagates. The nodes that read a folded node
+    read the layer it folded into instead.
 
     What the fold means for the explanations: the values, the gradient and DeepLIFT's
     multipliers are those of the model (the fold is exact linear algebra, up to rounding). For
@@ -370,31 +424,41 @@ def fold_channel_affines(nodes, names):
     for nd in nodes:
         for i in nd.inputs:
             readers[i] = readers.get(i, 0) + 1
-    rename, by_name, out = {}, {}, []
+    rename, by_name, out, why = {}, {}, [], {}
     for k, nd in enumerate(nodes):
         inputs = tuple(rename.get(i, i) for i in nd.inputs)
+        layer = nd.layer
         src = by_name.get(inputs[0]) if len(inputs) == 1 else None
-        affine = _affine_of(nd.layer) if nd.name in names else None
-        if affine is not None and k < len(nodes) - 1 and src is not None and src.layer.kind == "Conv2d" \
-                and readers.get(src.name, 0) == 1:
-            src.layer = scaled_conv(src.layer, *affine)
-            rename[nd.name] = src.name
-            readers[src.name] = readers.get(nd.name, 0)
-            continue
+        if isinstance(layer, ChannelAffine):
+            if k == len(nodes) - 1:
+                why[nd.name] = "it is the model's output"
+            elif src is None:
+                why[nd.name] = "it reads the model input"
+            elif readers.get(src.name, 0) != 1:
+                why[nd.name] = f"{src.name!r} before it has {readers.get(src.name, 0)} readers"
+            elif isinstance(src.layer, ChannelAffine):
+                src.layer = src.layer.then(layer.gamma, layer.beta)
+            elif src.layer.kind == "Conv2d":
+                src.layer = scaled_conv(src.layer, layer.gamma, layer.beta)
+            else:
+                why[nd.name] = f"it follows {src.name!r}, a {src.layer.kind}"
+            if nd.name not in why:
+                rename[nd.name] = src.name
+                readers[src.name] = readers.get(nd.name, 0)
+                continue
         new = nd if inputs == tuple(nd.inputs) else G.Node(nd.name, nd.layer, inputs)
         by_name[new.name] = new
         out.append(new)
+    for i, nd in enumerate(out):  # the maps left: depthwise 1x1 convolutions
+        if isinstance(nd.layer, ChannelAffine):
+            try:
+                layer = channel_affine_layer(nd.layer.gamma, nd.layer.beta, nd.layer.dtype, why.get(nd.name))
+            except AffineTooLarge as e:
+                if error is None:
+                    raise
+                raise error(nd.name, e) from None
+            out[i] = G.Node(nd.name, layer, nd.inputs)
     return out
-
-
-def _affine_of(layer):
-    """(gamma, beta) in float64 of a depthwise 1x1 Conv2d (:func:`channel_affine_layer`), else None."""
-    if layer.kind != "Conv2d":
-        return None
-    o, c, kh, kw = layer.weight.shape
-    if (kh, kw) != (1, 1) or o != c or layer.groups != c or layer.stride != (1, 1) or layer.padding != (0, 0):
-        return None
-    return np.diagonal(layer.weight[:, :, 0, 0]).astype(np.float64), layer.bias.astype(np.float64)
 
 
 # -- the importer ------------------------------------------------------------------------------
@@ -463,7 +527,7 @@ class _Importer:
                                                                  inits), inits)
         # id of an ONNX node inside a channels-last region -> (role, the region's first Transpose)
         self.region = _channels_last_regions(onnx, self.onnx_nodes, inits, self.output_name)
-        self.affines = set()  # relprop nodes made by channel_affine_layer, folded in build()
+        self.affine_nodes = {}  # relprop node of a pending ChannelAffine -> its ONNX node (folded in build())
         self.consumers = {}
         for n in self.onnx_nodes:
             for i in n.input:
@@ -534,7 +598,8 @@ class _Importer:
         if len(self.data[out].shape) != 1:
             raise ValueError(f"the model output {out!r} has per-sample shape {self.data[out].shape}; relprop "
                              "explains (N, classes) scores (end the model with a Flatten or a dense layer)")
-        return G.Graph(fold_channel_affines(self._prune(self.data[out].node), self.affines))
+        return G.Graph(fold_channel_affines(self._prune(self.data[out].node),
+                                            lambda name, e: self._error(self.affine_nodes[name], str(e))))
 
     def _needed(self):
         """ids of the ONNX nodes the graph output depends on (dead branches are skipped)."""
@@ -981,21 +1046,47 @@ class _Importer:
         if not np.any(c) and np.broadcast_shapes(c.shape, (1,) + x.shape) == (1,) + x.shape:
             return self._alias(node, src)
         prev = self.by_name.get(x.node)
-        if prev is None or prev.layer.kind not in ("Dense", "Conv2d"):
+        foldable = prev is not None and prev.layer.kind in ("Dense", "Conv2d", "ChannelAffine")
+        sole = foldable and self.origin.get(prev.name) == src and self.consumers.get(src, 0) == 1
+        if sole:
+            return self._fold_bias(node, src, self._channel_bias(node, c, x.shape))
+        if self._per_channel(x, c):  # a BatchNorm's shift exported as Add: a per-channel affine map
+            self._check_float(node, c, "the added constant")
+            return self._add_affine(node, src, np.ones(x.shape[0]), np.asarray(c, np.float64).reshape(-1))
+        if not foldable:
             raise self._error(node, "adding a constant is supported only as the bias of the preceding "
-                                    "Gemm/MatMul/Conv; here it follows "
+                                    "Gemm/MatMul/Conv or, on (N, C, H, W) data, as a per-channel constant of shape "
+                                    "(C, 1, 1) or (1, C, 1, 1); here it follows "
                                     f"{'the model input' if prev is None else prev.layer.kind}")
-        if self.origin.get(prev.name) != src or self.consumers.get(src, 0) != 1:
-            raise self._error(node, f"cannot fold the constant into {prev.name!r} as a bias: its output {src!r} "
-                                    "is also used elsewhere")
-        bias = self._channel_bias(node, c, x.shape)
+        raise self._error(node, f"cannot fold the constant into {prev.name!r} as a bias: its output {src!r} "
+                                "is also used elsewhere")
+
+    @staticmethod
+    def _per_channel(x, c):
+        """True when the constant ``c`` is one value per channel of (N, C, H, W) data ``x``, shaped
+        (C, 1, 1) or (1, C, 1, 1) (torch's export of a (C, 1, 1) parameter)."""
+        return len(x.shape) == 3 and tuple(np.shape(c)) in ((x.shape[0], 1, 1), (1, x.shape[0], 1, 1))
+
+    def _check_float(self, node, c, what):
+        if not np.issubdtype(np.asarray(c).dtype, np.floating):
+            raise self._error(node, f"{what} has dtype {np.asarray(c).dtype}; relprop maps a per-channel constant "
+                                    "only as floating-point numbers (cast the initializer to the model's float type)")
+
+    def _fold_bias(self, node, src, bias):
+        """The per-channel ``bias`` added to the layer that produced ``src`` (a Dense, Conv2d or
+        pending :class:`ChannelAffine`, read by this node alone: the caller checked); ``node``'s
+        output becomes an alias of ``src``."""
+        prev = self.by_name[self.data[src].node]
         layer = prev.layer
-        new_bias = self._weight(layer.bias.astype(np.float64) + bias)
-        if layer.kind == "Dense":
-            prev.layer = self._make(node, G.Dense, layer.weight, new_bias)
+        if layer.kind == "ChannelAffine":
+            prev.layer = layer.then(np.ones(layer.channels), bias)
         else:
-            prev.layer = self._make(node, G.Conv2d, layer.weight, new_bias, layer.stride, layer.padding,
-                                    layer.groups, layer.dilation)
+            new_bias = self._weight(layer.bias.astype(np.float64) + bias)
+            if layer.kind == "Dense":
+                prev.layer = self._make(node, G.Dense, layer.weight, new_bias)
+            else:
+                prev.layer = self._make(node, G.Conv2d, layer.weight, new_bias, layer.stride, layer.padding,
+                                        layer.groups, layer.dilation)
         self._alias(node, src)  # moves the origin on: a further constant Add folds as well
 
     def _channel_bias(self, node, c, shape):
@@ -1042,7 +1133,8 @@ class _Importer:
         if len(ins) == 2 and len(data) == 1:
             x = self.data[data[0]]
             c = self._const(node, ins[1] if ins[0] == data[0] else ins[0], "the factor")
-            if len(x.shape) == 3 and tuple(c.shape) in ((x.shape[0], 1, 1), (1, x.shape[0], 1, 1)):
+            if self._per_channel(x, c):
+                self._check_float(node, c, "the factor")
                 return self._add_affine(node, data[0], np.asarray(c, np.float64).reshape(-1), np.zeros(x.shape[0]))
         if any(i not in self.data for i in ins):
             raise self._error(node, "multiplying by a constant is not supported (fold the factor into the weights of "
@@ -1186,7 +1278,9 @@ class _Importer:
         (X,) = [i for i in node.input if i in self.data]
         c_name = node.input[1] if node.input[0] == X else node.input[0]
         x = self.data[X]
-        c = np.asarray(self._const(node, c_name, "the constant"), dtype=np.float64)
+        c = self._const(node, c_name, "the constant")
+        self._check_float(node, c, "the constant")
+        c = np.asarray(c, dtype=np.float64)
         C = x.shape[0]
         if not 1 <= c.ndim <= 4 or c.shape != (1,) * (c.ndim - 1) + (C,):
             raise self._region_error(node, f"its constant has shape {c.shape}; relprop maps a constant of shape ({C},) "
@@ -1198,11 +1292,19 @@ class _Importer:
             self._add_affine(node, X, np.ones(C), c)
 
     def _add_affine(self, node, X, gamma, beta):
-        """A per-channel affine map of (N, C, H, W) data ``X`` (:func:`channel_affine_layer`), folded
-        into the convolution before it at the end of the import where it can
-        (:func:`fold_channel_affines`, which documents what that means for LRP)."""
-        self._add_layer(node, channel_affine_layer(gamma, beta, self.dtype), [X], self.data[X].shape)
-        self.affines.add(self.data[node.output[0]].node)
+        """A per-channel affine map of (N, C, H, W) data ``X``: a pure shift added at once to the
+        bias of the layer before when nothing else reads it (the bias ``Add`` of a region's
+        ``MatMul``: the region guarantees that), else a pending :class:`ChannelAffine` (two
+        vectors), which the end of the import folds into the convolution before it where it can
+        or builds as a depthwise 1x1 Conv2d (:func:`fold_channel_affines`, which documents what
+        the fold means for LRP; a refusal then names this node)."""
+        x = self.data[X]
+        prev = self.by_name.get(x.node)
+        if not np.any(gamma != 1) and prev is not None and prev.layer.kind in ("Conv2d", "ChannelAffine") \
+                and self.origin.get(prev.name) == X and self.consumers.get(X, 0) == 1:
+            return self._fold_bias(node, X, beta)
+        self._add_layer(node, ChannelAffine(gamma, beta, self.dtype), [X], x.shape)
+        self.affine_nodes[self.data[node.output[0]].node] = node
 
     def _norm_vector(self, node, name, n, what):
         """A constant per-channel (or per-group) vector of ``n`` entries, as float64."""

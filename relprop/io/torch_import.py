@@ -53,9 +53,16 @@ region) folds into the ``Conv2d`` before it when nothing else reads that convolu
 (``W' = gamma W``, ``b' = gamma b + beta``), as a BatchNorm folds: the same values, gradient and
 DeepLIFT; for LRP the folded layer's rule sees ``gamma W`` (LRP-0 unchanged, epsilon's stabilizer
 rescaled by ``1 / |gamma|``; ``relprop.io.onnx_import.fold_channel_affines`` says more). A scale
-that cannot fold is a depthwise 1x1 ``Conv2d`` (groups = C), which gets the Conv2d rule. The
-composites map layer kinds, so the 1x1 ``Conv2d`` of a channels-last ``Linear`` gets their Conv2d
-rule (z+ in ``EpsilonPlusFlat``), where Zennit's composites give ``nn.Linear`` epsilon; pass
+that cannot fold is a depthwise 1x1 ``Conv2d`` (groups = C), which gets the Conv2d rule. So a
+channels-first ``x * param`` (param (C, 1, 1)) right on the model input, with no convolution
+before it, becomes a depthwise 1x1 ``Conv2d`` that reads x, and the composites treat it as the
+first layer: ``EpsilonGammaBox`` puts its ZBox rule (with the bounds of x) on that scale and
+gamma on the model's real first convolution, ``EpsilonPlusFlat`` its Flat rule likewise; fold
+such a scale into the input normalization or the first convolution of the source model to keep
+the first-layer rule there. The constant must be floating point (a bool or integer buffer is
+refused). The composites map layer kinds, so the 1x1 ``Conv2d`` of a channels-last ``Linear``
+gets their Conv2d rule (z+ in ``EpsilonPlusFlat``), where Zennit's composites give
+``nn.Linear`` epsilon; pass
 ``rules=`` a list (one rule per Dense/Conv2d node) to choose per layer.
 
 ``ceil_mode=True`` pools are accepted only where they give the same output size as
@@ -87,7 +94,7 @@ import numpy as np
 from ..core import graph as G
 from ..core.canonize import canonize as _canonize, importer_fold
 from . import ImportNotice, apply_final_softmax, check_final_softmax
-from .onnx_import import channel_affine_layer, fold_channel_affines
+from .onnx_import import ChannelAffine, fold_channel_affines
 
 SUPPORTED = (
     "nn.Linear, nn.Conv2d (any groups, dilation and padding_mode), nn.ConvTranspose2d, nn.BatchNorm1d/2d (with running "
@@ -339,7 +346,7 @@ class _Converter:
         self.env = {}
         self.functions, self.methods = _function_tables(torch)
         self.module_ops = _module_table(torch)
-        self.scales = set()  # IR node names of the per-channel scales (_emit_scale), folded in _finish
+        self.scales = {}  # IR node name of a per-channel scale (_emit_scale) -> its fx node, folded in _finish
 
     # -- driver --------------------------------------------------------------------------------
     def run(self):
@@ -365,10 +372,17 @@ class _Converter:
                 try:
                     self.env[n] = self._convert(n)
                 except _Unsupported as e:
-                    raise ValueError(_one_line(
-                        f"from_torch: {self._what(n)} at node {n.name!r}{self._where(n)}{self._source(n)}: {e}; "
-                        f"{e.todo or _TODO}")) from None
+                    raise self._node_error(n, e) from None
         return self._finish(out)
+
+    def _node_error(self, n, e):
+        """The one-line ValueError for fx node ``n`` and the ``_Unsupported`` ``e``."""
+        return ValueError(_one_line(f"from_torch: {self._what(n)} at node {n.name!r}{self._where(n)}{self._source(n)}: "
+                                    f"{e}; {e.todo or _TODO}"))
+
+    def _scale_error(self, name, e):
+        """``fold_channel_affines`` could not build the per-channel scale ``name``: name its op."""
+        return self._node_error(self.scales[name], _Unsupported(e.what, todo=e.todo))
 
     def _finish(self, out):
         if out.name == "input":
@@ -382,7 +396,7 @@ class _Converter:
                 continue
             keep.add(name)
             todo.extend(by_name[name].inputs)
-        nodes = fold_channel_affines([nd for nd in self.nodes if nd.name in keep], self.scales)
+        nodes = fold_channel_affines([nd for nd in self.nodes if nd.name in keep], self._scale_error)
         for nd in nodes[:-1]:
             head = self.heads.get(nd.name)
             if head is not None:
@@ -504,7 +518,8 @@ class _Converter:
 
     def _const(self, v, what):
         if isinstance(v, self.torch.Tensor):
-            return v.detach().cpu().numpy() if v.dtype != self.torch.float16 else v.detach().cpu().float().numpy()
+            half = v.dtype in (self.torch.float16, self.torch.bfloat16)  # numpy has no bfloat16
+            return v.detach().cpu().float().numpy() if half else v.detach().cpu().numpy()
         if v is None:
             return None
         raise _Unsupported(f"its {what} must be a parameter or buffer of the module, got {_describe_value(v)}")
@@ -946,7 +961,7 @@ class _Converter:
             c = x.shape[1]
             if tuple(const.shape) not in ((c, 1, 1), (1, c, 1, 1)):
                 return None
-            return self._emit_scale(n, x, self._const(const, "scale").reshape(c), None)
+            return self._emit_scale(n, x, self._float_const(const, "factor", verb).reshape(c), None)
         view, const = (a, o) if isinstance(a, _ChannelsLast) else (o, a)
         x = view.t
         c = x.shape[1]
@@ -956,20 +971,30 @@ class _Converter:
                                f"only a constant of shape ({c},) over the last axis here (between the permutes: "
                                f"{_REGION_OPS})", todo="move this op out of the permuted region, or make the constant "
                                                        f"a parameter of shape ({c},)")
-        v = self._const(const, "constant").reshape(c)
+        v = self._float_const(const, "constant", verb).reshape(c)
         if verb == "adding":
             return _ChannelsLast(self._emit_scale(n, x, None, v))
         return _ChannelsLast(self._emit_scale(n, x, v, None))
 
+    def _float_const(self, const, what, verb):
+        """A per-channel constant as a numpy float array; a bool, integer or complex tensor (a mask
+        buffer, say) is refused: its product or sum would be computed in another dtype."""
+        if not const.is_floating_point():
+            raise _Unsupported(f"{verb} a per-channel {what} of shape {tuple(const.shape)} and dtype {const.dtype}: "
+                               "relprop maps a per-channel constant only with a floating-point dtype",
+                               todo="make it a floating-point parameter or buffer (e.g. register it with .float())")
+        return self._const(const, what)
+
     def _emit_scale(self, n, x, gamma, beta):
-        """The per-channel affine map ``y[c] = gamma[c] x[c] + beta[c]`` of (N, C, H, W): a
-        depthwise 1x1 Conv2d (groups = C, exact), recorded in ``self.scales`` for ``_finish``."""
+        """The per-channel affine map ``y[c] = gamma[c] x[c] + beta[c]`` of (N, C, H, W): a pending
+        ``ChannelAffine`` (two vectors; ``_finish`` folds it into the convolution before it or
+        builds its depthwise 1x1 Conv2d, and names ``n`` when that is refused)."""
         c = x.shape[1]
         dt = (gamma if gamma is not None else beta).dtype
         gamma = np.ones(c) if gamma is None else np.asarray(gamma, np.float64)
         beta = np.zeros(c) if beta is None else np.asarray(beta, np.float64)
-        t = self._emit(self._base_name(n), channel_affine_layer(gamma, beta, dt), [x], x.shape)
-        self.scales.add(t.name)
+        t = self._emit(self._base_name(n), ChannelAffine(gamma, beta, dt), [x], x.shape)
+        self.scales[t.name] = n
         return t
 
     def _kind_of(self, t):

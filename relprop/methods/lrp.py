@@ -119,11 +119,8 @@ def _validator(name, build):
             _check_fits(rule.epsilon, x.dtype, f"the epsilon of the rule on layer {node.name!r}")
             if isinstance(rule, R.ZBox):
                 rules[i] = _zbox_rule(graph, node, rule, x, shapes)
-            if node.layer.kind == "Conv2d" and node.layer.depthwise:  # every LRP rule reads its dense columns
-                try:
-                    node.layer.check_columns(shapes[node.inputs[0]])
-                except ValueError as e:
-                    raise ValueError(f"method {name!r}, layer {node.name!r} ({node.layer!r}): {e}") from None
+        if x is not None:  # every LRP rule reads the dense columns, of depthwise layers too, in x's dtype
+            graph.check_columns(shapes, x.dtype, depthwise=True, where=f"method {name!r}")
         out = {"rules": rules}
         if x is not None and x.shape[0] > 1 and any(isinstance(r, _SampleBounds) for r in rules):
             out["zbox_rows"] = np.arange(x.shape[0]).reshape((x.shape[0],) + (1,) * (x.ndim - 1))

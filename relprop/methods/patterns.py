@@ -384,6 +384,8 @@ def fit_patterns(net, data, batch_size=256):
         xb, sh = _check_x(net, batch, name=label, scores=False)
         if first is None:
             first, shapes = xb.shape[1:], sh
+            # _Stats.add builds every Conv2d's dense im2col patches, in float64, one sample at least
+            net.check_columns(shapes, np.float64, depthwise=True, where="fit_patterns")
         elif xb.shape[1:] != first:
             raise ValueError(f"fit_patterns: {label} has per-sample shape {xb.shape[1:]}, earlier batches {first}")
         with backend.LOCK:
@@ -440,6 +442,9 @@ def _validator(method):
                             f"rp.load_patterns, got {type(p).__name__}")
         check_supported(graph, method)
         p.check_model(graph, method)
+        if x is not None:  # the shadow graph's plain Conv2d of a depthwise layer builds its dense columns
+            graph.check_columns(graph.infer_shapes(tuple(x.shape[1:])), x.dtype, depthwise=True,
+                                where=f"method {method!r}")
         shadow_graph(graph, p, method)  # built here, once, before any kernel runs
         return {"patterns": p}
 

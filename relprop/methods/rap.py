@@ -384,8 +384,12 @@ def _bound(v, name, x):
 
 
 def _validate(graph, x, params):
-    """Checks before any kernel runs: the model (``plan``) and the bounds."""
+    """Checks before any kernel runs: the model (``plan``), the dense im2col columns every
+    Conv2d step builds (``_contract``; depthwise layers too, whose plain forward skips them)
+    in x's dtype, and the bounds."""
     _, first = plan(graph)
+    if x is not None:
+        graph.check_columns(graph.infer_shapes(tuple(x.shape[1:])), x.dtype, depthwise=True, where="method 'rap'")
     low, high = params["low"], params["high"]
     if low is None and high is None:
         return {"low": None, "high": None}
