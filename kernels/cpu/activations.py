@@ -14,11 +14,12 @@ neither overflow nor cancel for any finite ``z``: exponentials only of non-posit
 (ELU'(0) = alpha, ReLU6'(0) = ReLU6'(6) = 0, Hardsigmoid'(+-3) = 0, Hardswish'(-3) = 0,
 Hardswish'(3) = 1, LeakyReLU'(0) = slope, Softplus at the threshold: linear above it only).
 
-ELU, GELU (tanh) and SiLU, whose only transcendental function is ``exp``, run in blocks through
-:func:`_exp_nonpos`, an ``exp`` written so that the compiler vectorizes it (Cody-Waite reduction
-by ln 2, a degree-13 Taylor polynomial on [-ln2/2, ln2/2], the power of two built in the float's
-exponent bits; 1-2 ulps, subnormal results included); the others call
-the C library's scalar functions (erfc, log1p, tanh), which no compiler vectorizes here.
+ELU, GELU (exact and tanh) and SiLU run in blocks through :func:`_exp_nonpos`, an ``exp`` written
+so that the compiler vectorizes it (Cody-Waite reduction by ln 2, a degree-13 Taylor polynomial on
+[-ln2/2, ln2/2], the power of two built in the float's exponent bits; 1-2 ulps, subnormal results
+included), and for the exact GELU :func:`_erfc_block`, ``erfc`` by the method and rational
+approximations of fdlibm's ``s_erf.c`` (Sun Microsystems 1993) with every branch computed and
+the right one selected; Softplus and Mish call the C library's scalar ``log1p`` and ``tanh``.
 """
 import math
 
@@ -112,7 +113,7 @@ _LN2_LO = 1.90821492927058770002e-10
 _128_LN2 = 128 * 0.6931471805599453  # 128 ln 2 (exact product of the double ln 2)
 _2_M128 = 2.0 ** -128
 _BLOCK = 512  # elements per block of the vectorized path (its buffers stay in L1)
-_VECTOR_CODES = (2, 4, 5)  # ELU, GELU (tanh), SiLU
+_VECTOR_CODES = (2, 3, 4, 5)  # ELU, GELU (exact, tanh), SiLU
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -147,6 +148,112 @@ def _exp_nonpos(u, bits, out, minus_one):
         if u[i] < -708.0:
             e = -1.0 if minus_one else (out[i] + 1.0) * scale[i] * _2_M128
         out[i] = e
+
+
+# erfc's rational approximations (the fdlibm / Sun Microsystems 1993 s_erf.c method and coefficients:
+# |x| < 0.84375, 0.84375 <= |x| < 1.25, 1.25 <= |x| < 1/0.35, 1/0.35 <= |x| < 28; errors below 2^-57)
+_ERX = 8.45062911510467529297e-01
+_PP = (1.28379167095512558561e-01, -3.25042107247001499370e-01, -2.84817495755985104766e-02,
+       -5.77027029648944159157e-03, -2.37630166566501626084e-05)
+_QQ = (3.97917223959155352819e-01, 6.50222499887672944485e-02, 5.08130628187576562776e-03,
+       1.32494738004321644526e-04, -3.96022827877536812320e-06)
+_PA = (-2.36211856075265944077e-03, 4.14856118683748331666e-01, -3.72207876035701323847e-01,
+       3.18346619901161753674e-01, -1.10894694282396677476e-01, 3.54783043256182359371e-02,
+       -2.16637559486879084300e-03)
+_QA = (1.06420880400844228286e-01, 5.40397917702171048937e-01, 7.18286544141962662868e-02,
+       1.26171219808761642112e-01, 1.36370839120290507362e-02, 1.19844998467991074170e-02)
+_RA = (-9.86494403484714822705e-03, -6.93858572707181764372e-01, -1.05586262253232909814e+01,
+       -6.23753324503260060396e+01, -1.62396669462573470355e+02, -1.84605092906711035994e+02,
+       -8.12874355063065934246e+01, -9.81432934416914548592e+00)
+_SA = (1.96512716674392571292e+01, 1.37657754143519042600e+02, 4.34565877475229228821e+02,
+       6.45387271733267880336e+02, 4.29008140027567833386e+02, 1.08635005541779435134e+02,
+       6.57024977031928170135e+00, -6.04244152148580987438e-02)
+_RB = (-9.86494292470009928597e-03, -7.99283237680523006574e-01, -1.77579549177547519889e+01,
+       -1.60636384855821916062e+02, -6.37566443368389627722e+02, -1.02509513161107724954e+03,
+       -4.83519191608651397019e+02)
+_SB = (3.03380607434824582924e+01, 3.25792512996573918826e+02, 1.53672958608443695994e+03,
+       3.19985821950859553908e+03, 2.55305040643316442583e+03, 4.74528541206955367215e+02,
+       -2.24409524465858183362e+01)
+
+
+@nb.njit(cache=True, inline="always")
+def _pq(t):  # erf(x) - x)/x on |x| < 0.84375, t = x^2
+    p = _PP[0] + t * (_PP[1] + t * (_PP[2] + t * (_PP[3] + t * _PP[4])))
+    return p / (1.0 + t * (_QQ[0] + t * (_QQ[1] + t * (_QQ[2] + t * (_QQ[3] + t * _QQ[4])))))
+
+
+@nb.njit(cache=True, inline="always")
+def _pqa(t):  # erf(1 + t) - erx on 0.84375 <= |x| < 1.25, t = |x| - 1
+    p = _PA[0] + t * (_PA[1] + t * (_PA[2] + t * (_PA[3] + t * (_PA[4] + t * (_PA[5] + t * _PA[6])))))
+    return p / (1.0 + t * (_QA[0] + t * (_QA[1] + t * (_QA[2] + t * (_QA[3] + t * (_QA[4] + t * _QA[5]))))))
+
+
+@nb.njit(cache=True, inline="always")
+def _rsa(t):  # log(x erfc(x)) + x^2 - 0.5625 on 1.25 <= |x| < 1/0.35, t = 1/x^2
+    r = _RA[0] + t * (_RA[1] + t * (_RA[2] + t * (_RA[3] + t * (_RA[4] + t * (_RA[5] + t * (_RA[6] + t * _RA[7]))))))
+    q = _SA[0] + t * (_SA[1] + t * (_SA[2] + t * (_SA[3] + t * (_SA[4] + t * (_SA[5] + t * (_SA[6] + t * _SA[7]))))))
+    return r / (1.0 + t * q)
+
+
+@nb.njit(cache=True, inline="always")
+def _rsb(t):  # the same on 1/0.35 <= |x| < 28
+    r = _RB[0] + t * (_RB[1] + t * (_RB[2] + t * (_RB[3] + t * (_RB[4] + t * (_RB[5] + t * _RB[6])))))
+    q = _SB[0] + t * (_SB[1] + t * (_SB[2] + t * (_SB[3] + t * (_SB[4] + t * (_SB[5] + t * _SB[6])))))
+    return r / (1.0 + t * q)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _erfc_block(x, bits, trunc, u1, u2, e1, e2, out):
+    """``out = erfc(x)`` for a block, every branch of the fdlibm method computed and the right one
+    selected (so that the loops vectorize); the two exponentials through :func:`_exp_nonpos`."""
+    m = x.size
+    for i in range(m):
+        trunc[i] = abs(x[i])
+    tb = trunc.view(np.int64)
+    for i in range(m):  # |x| with its low 32 bits cleared: exp(-|x|^2) as exp(-t^2) exp((t - |x|)(t + |x|))
+        tb[i] = tb[i] & np.int64(-4294967296)
+    for i in range(m):
+        ax = abs(x[i])
+        t = trunc[i]
+        s = 1.0 / max(ax * ax, 1.5625)  # 1 / x^2 (clamped where this branch is not used)
+        u1[i] = -t * t - 0.5625
+        u2[i] = (t - ax) * (t + ax) + (_rsa(s) if ax < 2.857142857142857 else _rsb(s))
+    _exp_nonpos(u1, bits, e1, False)
+    _exp_nonpos(u2, bits, e2, False)
+    for i in range(m):
+        xi = x[i]
+        ax = abs(xi)
+        z = xi * xi
+        y = _pq(z)
+        small = 1.0 - (xi + xi * y) if xi < 0.25 else 0.5 - ((xi - 0.5) + xi * y)
+        sd = ax - 1.0
+        pq = _pqa(sd)
+        mid = (1.0 - _ERX) - pq if xi >= 0.0 else 1.0 + (_ERX + pq)
+        r = e1[i] * e2[i] / max(ax, 1.25)
+        tail = r if xi >= 0.0 else 2.0 - r
+        v = small if ax < 0.84375 else (mid if ax < 1.25 else tail)
+        out[i] = v if xi == xi else xi
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def _gelu_block(z, g, grad, x, bits, trunc, u1, u2, e1, e2, ec, out):
+    """Exact GELU ``z Phi(z) = z/2 erfc(-z/sqrt 2)`` (or ``g`` times its derivative
+    ``Phi(z) + z phi(z)``) of one block, vectorized."""
+    m = z.size
+    for i in range(m):
+        x[i] = -np.float64(z[i]) * _SQRT1_2
+    _erfc_block(x, bits, trunc, u1, u2, e1, e2, ec)
+    if not grad:
+        for i in range(m):
+            out[i] = 0.5 * np.float64(z[i]) * ec[i]
+        return
+    for i in range(m):
+        zc = min(max(np.float64(z[i]), -1e3), 1e3)
+        u1[i] = -0.5 * zc * zc
+    _exp_nonpos(u1, bits, e1, False)
+    for i in range(m):
+        zi = np.float64(z[i])
+        out[i] = g[i] * (0.5 * ec[i] + zi * _INV_SQRT_2PI * e1[i])
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -196,10 +303,16 @@ def _vector_path(z, g, code, p0, grad, out):
     u = np.empty(_BLOCK)
     e = np.empty(_BLOCK)
     bits = np.empty(_BLOCK, np.int64)
+    if code == 3:
+        w = np.empty((8, _BLOCK))
     for b0 in range(0, z.size, _BLOCK):
         b1 = min(z.size, b0 + _BLOCK)
         m = b1 - b0
-        _vector_block(z[b0:b1], g[b0:b1], code, p0, grad, u[:m], e[:m], bits[:m], out[b0:b1])
+        if code == 3:
+            _gelu_block(z[b0:b1], g[b0:b1], grad, u[:m], bits[:m], w[0, :m], w[1, :m], w[2, :m], w[3, :m],
+                        w[4, :m], w[5, :m], out[b0:b1])
+        else:
+            _vector_block(z[b0:b1], g[b0:b1], code, p0, grad, u[:m], e[:m], bits[:m], out[b0:b1])
 
 
 @threaded
@@ -210,7 +323,7 @@ def param_act(z, code, p0, p1, out, part, parts):
         raise ValueError("param_act: z and out must have one size, code in 0..9")
     lo, hi = z.size * part // parts, z.size * (part + 1) // parts
     z, out = z[lo:hi], out[lo:hi]
-    if code == 2 or code == 4 or code == 5:
+    if code == 2 or code == 3 or code == 4 or code == 5:
         _vector_path(z, z, code, p0, False, out)
         return
     for i in range(z.size):
@@ -225,7 +338,7 @@ def param_act_grad(g, z, code, p0, p1, out, part, parts):
         raise ValueError("param_act_grad: g, z and out must have one size, code in 0..9")
     lo, hi = g.size * part // parts, g.size * (part + 1) // parts
     g, z, out = g[lo:hi], z[lo:hi], out[lo:hi]
-    if code == 2 or code == 4 or code == 5:
+    if code == 2 or code == 3 or code == 4 or code == 5:
         _vector_path(z, g, code, p0, True, out)
         return
     for i in range(g.size):
