@@ -214,9 +214,14 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     pz = xp.empty((n, extra, ho, wo), dtype) if want_plus else None
     zero = xp.zeros(extra, dtype) if want_plus else None
     taps = None if want_plus else depthwise_taps(k, m, node)
-    for i0, i1 in conv_chunks(k, n, c, Wm.shape[0], h, w, kh, kw, sh, sw, ph, pw, a.itemsize):
+    blocks = None if want_plus or taps is not None else group_blocks(k, m, node)
+    g = node.layer.groups
+    for i0, i1 in conv_chunks(k, n, c // g if blocks is not None else c, Wm.shape[0] // (g if blocks is not None else 1),
+                              h, w, kh, kw, sh, sw, ph, pw, a.itemsize):
         if taps is not None:
             zg = depthwise_forward(k, xin[i0:i1], taps, node.layer, ho, wo)
+        elif blocks is not None:
+            zg = grouped_conv(k, m, node, xin[i0:i1], blocks[0], kh, kw, sh, sw, ph, pw, ("Wg", node.name))
         else:
             zg = conv_gemm(k, m, xin[i0:i1], Wm, taps_key, kh, kw, sh, sw, ph, pw)
         zw = zg[:o] + zg[o:2 * o] if summed else zg[:o]  # W a = W+ a + W- a when the blocks add up to W
@@ -344,6 +349,44 @@ def depthwise_taps(k, m, node):
     return m.on(k, ("depthwise", node.name), lambda: np.ascontiguousarray(L.weight[ch, ch], dtype=m.dtype), node)
 
 
+def group_blocks(k, m, node):
+    """(G, O/G, C/G*kh*kw) compact per-group weights of a grouped (not depthwise) Conv2d, and the
+    (G, C/G, O/G*kh*kw) flipped-transposed ones of its stride-1 backward; None for other layers.
+    Each group then runs as its own convolution (the FLOPs of the compact weight, where the dense
+    block-diagonal GEMM does G times as many)."""
+    L = node.layer
+    if L.kind != "Conv2d" or L.groups == 1 or depthwise_taps(k, m, node) is not None:
+        return None
+    g = L.groups
+
+    def build():
+        from .plan import _HOST, flipped_transpose  # (plan imports nothing of this module; lazily all the same)
+
+        W = m.params(_HOST, node)[0]
+        o, c, kh, kw = W.shape
+        og, cg = o // g, c // g
+        fw = np.stack([W[i * og:(i + 1) * og, i * cg:(i + 1) * cg].reshape(og, -1) for i in range(g)])
+        bw = np.stack([flipped_transpose(fw[i], og, cg, kh, kw) for i in range(g)])
+        return np.ascontiguousarray(fw), np.ascontiguousarray(bw)
+
+    return m.on(k, ("groups", node.name), build, node)
+
+
+def grouped_conv(k, m, node, x, blocks, kh, kw, sh, sw, ph, pw, key, winograd="f2"):
+    """``W x`` of a grouped Conv2d as (O, N*Ho*Wo) (conv_gemm's layout), one :func:`conv_gemm` per
+    group on its channel slice of ``x`` with ``blocks`` (G, O/G, K) (its derived transforms kept
+    under ``key + (group,)``)."""
+    g, og = blocks.shape[0], blocks.shape[1]
+    cg = x.shape[1] // g
+    n = x.shape[0]
+    ho, wo = k.conv_out_shape(x.shape[2], x.shape[3], kh, kw, sh, sw, ph, pw)
+    out = scratch("grouped", (g * og, n * ho * wo), x.dtype, k.xp)
+    for i in range(g):
+        out[i * og:(i + 1) * og] = conv_gemm(k, m, x[:, i * cg:(i + 1) * cg], blocks[i], key + (i,), kh, kw, sh, sw,
+                                             ph, pw, winograd=winograd)
+    return out
+
+
 def depthwise_forward(k, x, taps, layer, ho, wo):
     """``W x`` of a depthwise conv as (C, N*Ho*Wo) (conv_gemm's layout): the backend's
     ``depthwise_conv`` kernel (per channel plane, one multiply-add per tap of the dilated kernel)."""
@@ -375,6 +418,16 @@ def grad(k, m, node, g, in_shape):
     taps = depthwise_taps(k, m, node)
     if taps is not None:
         return depthwise_grad(k, g, taps, node.layer, h, w)
+    blocks = group_blocks(k, m, node) if stride1(node.layer) else None
+    if blocks is not None:  # per group: the stride-1 transposed convolution as a forward one
+        (ph, pw), groups = node.layer.padding, node.layer.groups
+        og, cg = o // groups, c // groups
+        gin = k.xp.empty((n, c, h, w), g.dtype)
+        for i0, i1 in conv_chunks(k, n, og, cg, ho, wo, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, g.itemsize, "f4"):
+            z = grouped_conv(k, m, node, g[i0:i1], blocks[1], kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw, ("wtg", node.name),
+                             winograd="f4")
+            k.combine_from_gemm(z, gin[i0:i1].reshape(i1 - i0, c, h * w), 0, gin[i0:i1].reshape(i1 - i0, c, h * w))
+        return gin
     if stride1(node.layer):
         Bt = m.weight_t(k, node)
     else:
