@@ -163,3 +163,29 @@ def test_errors_depthwise():
         cpu.depthwise_conv_grad(np.zeros((2, 3, 8, 8)), taps, 1, 1, 1, 1, 1, 1, np.empty((2, 4, 8, 8)))
     with pytest.raises(ValueError, match="depthwise"):
         cpu.depthwise_conv(x, taps, 0, 1, 1, 1, 1, 1, 8, 8, np.empty((3, 128)))  # stride 0
+
+
+def numpy_col2im(cols, kh, kw, sh, sw, ph, pw, shape):
+    """The transpose of im2col by strided numpy adds onto the padded grid (float64)."""
+    n, c, h, w = shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    out = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    cc = cols.astype(np.float64).reshape(c, kh, kw, n, ho, wo)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += cc[:, i, j].transpose(1, 0, 2, 3)
+    return out[:, :, ph:ph + h, pw:pw + w]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-14), (np.float32, 1e-6)])
+@pytest.mark.parametrize("n,c,h,w,k,s,p", [(2, 3, 9, 11, 3, 1, 1), (2, 3, 16, 16, 7, 2, 3), (1, 2, 10, 7, 5, 3, 2),
+                                           (2, 2, 6, 6, 3, 2, 0), (1, 3, 5, 5, 5, 1, 4), (2, 1, 8, 8, 1, 2, 0)])
+def test_reference_col2im_matches_numpy(dtype, tol, n, c, h, w, k, s, p):
+    """col2im (the gradient's fold of a strided or few-channel convolution: the RGB stem's
+    backward) against a numpy fold, float64 sums in both."""
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    cols = np.random.default_rng(k * 10 + s).normal(size=(c * k * k, n * ho * wo)).astype(dtype)
+    out = np.full((n, c, h, w), np.nan, dtype)
+    cpu.col2im_gather(cols, k, k, s, s, p, p, out, out, 0)
+    ref = numpy_col2im(cols, k, k, s, s, p, p, (n, c, h, w))
+    assert np.max(np.abs(out - ref)) <= tol * np.max(np.abs(ref))

@@ -6,6 +6,7 @@ The max-pool backward kernels route to the winners ``idx`` that :func:`maxpool_f
 for an input of ``out``'s shape (they lie in ``[0, H*W)``, guaranteed by its checks).
 """
 import numba as nb
+import numpy as np
 
 from .threads import threaded
 
@@ -63,27 +64,36 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, out, idx, part, parts):
                     o[wo] = bv
                     ix[wo] = bi
         return
+    # any other window: per output row, tap by tap over the whole row (the same row-major tap
+    # order and test as the per-element loop, so the same winners), the in-bounds range of each
+    # tap computed once instead of testing every tap of every window
+    bv = np.empty(wo_, x.dtype)
+    bi = np.empty(wo_, np.int64)
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
         for ho in range(ho_):
-            for wo in range(wo_):
-                best = -1
-                bv = x[n, c, 0, 0]
-                for i in range(kh):
-                    h = ho * sh - ph + i
-                    if h < 0 or h >= h_:
-                        continue
-                    for j in range(kw):
-                        w = wo * sw - pw + j
-                        if w < 0 or w >= w_:
-                            continue
-                        v = x[n, c, h, w]
-                        if best < 0 or v > bv or v != v:
-                            bv = v
-                            best = h * w_ + w
-                out[n, c, ho, wo] = bv
-                idx[n, c, ho, wo] = best
+            bi[:] = -1
+            for i in range(kh):
+                h = ho * sh - ph + i
+                if h < 0 or h >= h_:
+                    continue
+                xr = x[n, c, h]
+                for j in range(kw):
+                    q0 = 0 if j >= pw else (pw - j + sw - 1) // sw
+                    q1 = min(wo_, (w_ - 1 + pw - j) // sw + 1)
+                    for q in range(q0, q1):
+                        w = q * sw - pw + j
+                        v = xr[w]
+                        b = bv[q]
+                        win = (bi[q] < 0) | (v > b) | (v != v)  # no short-circuit: selects, not branches
+                        bv[q] = v if win else b
+                        bi[q] = h * w_ + w if win else bi[q]
+            o = out[n, c, ho]
+            ix = idx[n, c, ho]
+            for q in range(wo_):
+                o[q] = bv[q]
+                ix[q] = bi[q]
 
 
 @threaded
