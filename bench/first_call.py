@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MARK = "## Time to first attribution"
 
-DEFAULT_CASES = ["W2:lrp.epsilon", "W1:gradient", "W1:lrp.epsilon", "W1:EpsilonPlusFlat"]
+DEFAULT_CASES = ["W2:lrp.epsilon", "W1:gradient", "W1:lrp.epsilon", "W1:EpsilonPlusFlat", "C10:gradient",
+                 "C10:EpsilonPlusFlat"]
 
 CHILD = r"""
 import json, sys, time
@@ -40,10 +41,12 @@ import models as M
 workload, method, batch = {workload!r}, {method!r}, {batch!r}
 if workload == "W1":
     params = M.w1_params(); x = M.w1_input(batch)
+elif workload == "C10":
+    params = M.c10_params(); x = M.c10_input(batch)
 else:
     params = M.w2_params(); x = M.w2_input(batch)
 t1 = time.perf_counter()
-net = M.w1_relprop(params) if workload == "W1" else M.w2_relprop(params)
+net = {{"W1": M.w1_relprop, "C10": M.c10_relprop}}.get(workload, M.w2_relprop)(params)
 kw = {{}}
 name = method
 if method in ("EpsilonPlusFlat", "EpsilonAlpha2Beta1"):
@@ -113,7 +116,7 @@ def main(argv=None):
     rows = []
     for case in cases:
         workload, method = case.split(":", 1)
-        batch = args.batch_w1 if workload == "W1" else args.batch_w2
+        batch = args.batch_w2 if workload == "W2" else args.batch_w1
         with tempfile.TemporaryDirectory(prefix="relprop-numba-cache-") as cache:
             cold = run_child(workload, method, batch, cache, args.timeout)
             n_cached = count_cache_files(cache)
