@@ -50,10 +50,8 @@ What each reference is:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import copy
-import io
 import warnings
 
 import numpy as np
@@ -64,7 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import relprop as rp
-from tolerance import assert_close_per_sample  # noqa: E402
+import torch_ref
+from torch_ref import assert_close, export, import_torch, torch_out  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 N, C, HW, CLASSES = 2, 16, 32, 5
@@ -184,35 +183,8 @@ def baseline(dtype=np.float64):
     return 0.3 * inputs(dtype, seed=7)
 
 
-def assert_close(actual, expected, rtol, what=""):
-    assert_close_per_sample(actual, expected, rtol, what, floor=1e-300)
-
-
-def import_torch(m, x):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return rp.from_torch(m, x)
-
-
-def torch_out(m, x):
-    with torch.no_grad():
-        return m(torch.from_numpy(x)).numpy()
-
-
 def torch_grad(m, x, target=TARGET):
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
-    m(xt)[torch.arange(len(x)), torch.as_tensor(target)].sum().backward()
-    return xt.grad.numpy()
-
-
-def export(m, x, opset):
-    f = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.from_numpy(x),), f, dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    return f.getvalue()
+    return torch_ref.torch_grad(m, x, target)
 
 
 def kinds(net):

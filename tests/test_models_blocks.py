@@ -66,9 +66,7 @@ What each reference is:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import warnings
 from unittest import mock
 
@@ -83,7 +81,8 @@ import captum.attr._core.deep_lift as deep_lift_mod
 from captum.attr import DeepLift, IntegratedGradients
 
 import relprop as rp
-from tolerance import assert_close_per_sample  # noqa: E402
+import torch_ref
+from torch_ref import assert_close, export, import_torch, torch_out  # noqa: E402
 
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
 N, C, HW, CLASSES = 2, 8, 8, 5
@@ -261,66 +260,8 @@ def baseline(dtype=np.float64):
 
 
 
-def assert_close(actual, expected, rtol, what=""):
-    assert_close_per_sample(actual, expected, rtol, what, floor=1e-300)
-
-
-def import_torch(m, x):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return rp.from_torch(m, x)
-
-
-def torch_out(m, x):
-    with torch.no_grad():
-        return m(torch.from_numpy(x)).numpy()
-
-
 def torch_grad(m, x, target=TARGET):
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
-    m(xt)[torch.arange(len(x)), torch.as_tensor(target)].sum().backward()
-    return xt.grad.numpy()
-
-
-# -- structure -------------------------------------------------------------------------------------------
-def test_imports_structure():
-    """What each block becomes: BatchNorm folded, the depthwise / grouped convs kept as such, the
-    SE product a Mul, the norms, resampling and concat their own nodes."""
-    want = {"mbv2": {"Add"}, "mbv3": {"Add", "Mul", "Hardswish", "Hardsigmoid"},
-            "effnet": {"Add", "Mul", "SiLU", "Sigmoid"}, "regnet": {"Add"},
-            "convnext": {"Add", "GroupNorm", "GELU"}, "unet_nearest": {"Upsample", "Concat", "AvgPool2d"},
-            "unet_bilinear": {"Upsample", "Concat"}}
-    x = inputs()
-    for name in NAMES:
-        net = import_torch(build(name), x)
-        kinds = [n.layer.kind for n in net.nodes]
-        assert want[name] <= set(kinds), (name, kinds)
-        assert "BatchNorm2d" not in kinds, (name, kinds)
-        groups = sorted(n.layer.groups for n in net.nodes if n.layer.kind == "Conv2d")
-        assert groups[-1] == {"mbv2": 24, "mbv3": 24, "effnet": 24, "regnet": 4, "convnext": 8}.get(name, 1), \
-            (name, groups)
-
-
-# -- forward and gradient vs torch ---------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("name", NAMES)
-def test_reference_torch_forward_and_gradient(name, dtype):
-    m = build(name, torch.float32 if dtype == np.float32 else torch.float64)
-    x = inputs(dtype)
-    net = import_torch(m, x)
-    assert_close(rp.forward(net, x), torch_out(m, x), TOL[dtype], f"{name} forward")
-    assert_close(rp.attribute(net, x, "gradient", target=TARGET), torch_grad(m, x), TOL[dtype], f"{name} gradient")
-
-
-# -- ONNX ----------------------------------------------------------------------------------------------------
-def export(m, x, opset):
-    f = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.from_numpy(x),), f, dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    return f.getvalue()
+    return torch_ref.torch_grad(m, x, target)
 
 
 ONNX_CASES = [(name, opset) for name in NAMES for opset in (17, 20)]

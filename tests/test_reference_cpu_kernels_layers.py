@@ -114,6 +114,33 @@ def test_peers_param_act_matches_torch_float32(name):
     np.testing.assert_allclose(og, zt.grad.numpy(), rtol=1e-6, atol=2e-6)
 
 
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_reference_param_act_infinities_and_nan(name):
+    """+-inf give the limits torch's float64 formulas give (NaN only where torch's is NaN too), NaN
+    stays NaN; float32 as float64."""
+    f, p0, p1 = TORCH[name]
+    for dtype in (np.float64, np.float32):
+        z = np.array([np.inf, -np.inf, np.nan], dtype)
+        out = np.empty_like(z)
+        cpu.param_act(z, cpu.PARAM_ACT_CODES[name], p0, p1, out)
+        want = f(torch.from_numpy(z.astype(np.float64))).numpy()
+        np.testing.assert_array_equal(out, want.astype(dtype), err_msg=name)
+
+
+def test_reference_exp_near_the_subnormal_range():
+    """The vectorized exp between -745 and -700 (normal and subnormal results) within 2 ulps of the
+    40-digit value (1 subnormal step below the normal range)."""
+    from relprop.kernels.cpu import activations as A
+
+    u = np.linspace(-745.0, -700.0, 2001)
+    e = np.empty_like(u)
+    A._exp_nonpos(u, np.empty(u.size, np.int64), e, False)
+    mpmath.mp.dps = 40
+    ref = np.array([float(mpmath.exp(mpmath.mpf(float(v)))) for v in u])
+    tol = np.maximum(2 * np.spacing(ref), 5e-324)
+    assert np.all(np.abs(e - ref) <= tol), float(u[np.argmax(np.abs(e - ref) / tol)])
+
+
 def test_errors_param_act():
     z = np.zeros(4)
     with pytest.raises(ValueError, match="param_act"):

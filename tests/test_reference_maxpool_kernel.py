@@ -34,3 +34,14 @@ def test_reference_maxpool_matches_torch(dtype, shape, k, s, p):
     want, want_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, return_indices=True)
     np.testing.assert_array_equal(out, want.numpy())  # NaN == NaN here
     np.testing.assert_array_equal(idx, want_idx.numpy())
+
+
+def test_reference_maxpool_several_nans_in_a_window():
+    """Of several NaNs in one window the last (row-major) wins, as in torch; a NaN beats +inf."""
+    x = np.array([[[[np.nan, 1.0, 2.0, np.inf], [3.0, np.nan, np.nan, 0.0], [-np.inf, -np.inf, 5.0, 5.0],
+                    [-np.inf, -np.inf, 5.0, 4.0]]]], np.float32)
+    for k, s, p in ((2, 2, 0), (3, 1, 1), (2, 1, 0)):
+        out, idx = run(x, k, s, p)
+        want, want_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), k, s, p, return_indices=True)
+        np.testing.assert_array_equal(out, want.numpy())
+        np.testing.assert_array_equal(idx, want_idx.numpy())

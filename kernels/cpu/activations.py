@@ -110,7 +110,6 @@ def _df(z, code, p0, p1):
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts (Cody-Waite): n * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
-_128_LN2 = 128 * 0.6931471805599453  # 128 ln 2 (exact product of the double ln 2)
 _2_M128 = 2.0 ** -128
 _BLOCK = 512  # elements per block of the vectorized path (its buffers stay in L1)
 _VECTOR_CODES = (2, 3, 4, 5)  # ELU, GELU (exact, tanh), SiLU
@@ -121,8 +120,7 @@ def _exp_nonpos(u, bits, out, minus_one):
     """``out = exp(u)`` (``exp(u) - 1`` with ``minus_one``, accurate near 0) for ``u <= 0``, in
     loops without calls, which LLVM vectorizes. ``bits`` (int64, u's size) is scratch."""
     for i in range(u.size):
-        # below -708 exp(u) is subnormal: exp(u + 128 ln2) 2^-128 (the product rounds to it)
-        x = max(u[i] + (_128_LN2 if u[i] < -708.0 else 0.0), -708.0)
+        x = max(u[i], -746.0)  # exp(-746) is below the smallest subnormal: 0 either way
         n = math.floor(x * _LOG2E + 0.5)
         r = (x - n * _LN2_HI) - n * _LN2_LO  # |r| <= ln2/2 (+ rounding)
         q = 1.0 / 6227020800.0  # expm1(r) = r + r^2/2! + ... + r^13/13!
@@ -138,16 +136,18 @@ def _exp_nonpos(u, bits, out, minus_one):
         q = q * r + 1.0 / 6.0
         q = q * r + 0.5
         q = q * r * r + r
-        bits[i] = (np.int64(n) + 1023) << 52  # 2^n, n in [-1022, 0]
+        # 2^n in the exponent bits; below the normal range (n < -1022) as 2^(n + 128) 2^-128
+        bits[i] = (np.int64(n) + (1023 + 128 if n < -1022.0 else 1023)) << 52
         out[i] = q
     scale = bits.view(np.float64)
     for i in range(u.size):
+        sub = math.floor(max(u[i], -746.0) * _LOG2E + 0.5) < -1022.0  # the same n as above
         e = (out[i] + 1.0) * scale[i]
         if minus_one:  # exp(u) - 1: the polynomial itself where n = 0 (no cancellation)
             e = out[i] if scale[i] == 1.0 else e - 1.0
-        if u[i] < -708.0:
-            e = -1.0 if minus_one else (out[i] + 1.0) * scale[i] * _2_M128
-        out[i] = e
+        if sub:
+            e = -1.0 if minus_one else e * _2_M128
+        out[i] = e if u[i] == u[i] else u[i]  # NaN stays NaN (max() above dropped it)
 
 
 # erfc's rational approximations (the fdlibm / Sun Microsystems 1993 s_erf.c method and coefficients:
@@ -231,6 +231,8 @@ def _erfc_block(x, bits, trunc, u1, u2, e1, e2, out):
         mid = (1.0 - _ERX) - pq if xi >= 0.0 else 1.0 + (_ERX + pq)
         r = e1[i] * e2[i] / max(ax, 1.25)
         tail = r if xi >= 0.0 else 2.0 - r
+        if ax >= 28.0:  # fdlibm's last branch: 0 or 2 (also for +-inf, where the tail is inf - inf)
+            tail = 0.0 if xi > 0.0 else 2.0
         v = small if ax < 0.84375 else (mid if ax < 1.25 else tail)
         out[i] = v if xi == xi else xi
 
@@ -263,7 +265,8 @@ def _vector_block(z, g, code, p0, grad, u, e, bits, out):
     m = z.size
     if code == 2:  # ELU: alpha expm1(min(z, 0)); f' = alpha exp(min(z, 0))
         for i in range(m):
-            u[i] = min(np.float64(z[i]), 0.0)
+            zi = np.float64(z[i])
+            u[i] = 0.0 if zi > 0.0 else zi  # min(z, 0), NaN kept
         _exp_nonpos(u, bits, e, not grad)
         for i in range(m):
             zi = np.float64(z[i])

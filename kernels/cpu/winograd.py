@@ -25,18 +25,42 @@ from .threads import threaded
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def winograd_filter(wmat, c):
-    """``U`` (16, R, C): ``G g G^T`` of each 3x3 filter of a weight (R, C*9) (im2col order),
+def _transformed_filters(gm, wmat, c):
+    """``gm g gm^T`` of each 3x3 filter of a weight (R, C*9) (im2col order) as (T*T, R, C),
     computed in float64 and rounded once to the weight's dtype."""
-    r = wmat.shape[0]
+    r, t = wmat.shape[0], gm.shape[0]
     g = np.asarray(wmat, np.float64).reshape(r, c, 3, 3)
-    u = np.einsum("ai,rcij,bj->abrc", G, g, G, optimize=True)
-    return np.ascontiguousarray(u.reshape(16, r, c).astype(wmat.dtype))
+    u = np.einsum("ai,rcij,bj->abrc", gm, g, gm, optimize=True)
+    return np.ascontiguousarray(u.reshape(t * t, r, c).astype(wmat.dtype))
+
+
+def winograd_filter(wmat, c):
+    """``U`` (16, R, C): ``G g G^T`` of each 3x3 filter for F(2x2, 3x3)."""
+    return _transformed_filters(G, wmat, c)
 
 
 def winograd_tiles(ho, wo):
     """Tiles (th, tw) covering an Ho x Wo output with 2x2 tiles."""
     return (ho + 1) // 2, (wo + 1) // 2
+
+
+@nb.njit(cache=True, inline="always")
+def _phase_rows(x, n, c, y0, pw, p, shift):
+    """The tile row's input rows ``y0, y0 + 1, ...`` of plane ``x[n, c]`` (zero outside the image)
+    into ``p`` (rows, 2^shift, S) split by column phase: ``p[i, m, s] = row_i[2^shift s + m - pw]``."""
+    h_, w_ = x.shape[2], x.shape[3]
+    mask = (1 << shift) - 1
+    last = min(w_, p.shape[1] * p.shape[2] - pw)
+    for i in range(p.shape[0]):
+        yy = y0 + i
+        pi = p[i]
+        pi[:, :] = 0.0
+        if yy < 0 or yy >= h_:
+            continue
+        xr = x[n, c, yy]
+        for col in range(last):
+            k = col + pw
+            pi[k & mask, k >> shift] = xr[col]
 
 
 @threaded
@@ -54,20 +78,10 @@ def winograd_input(x, ph, pw, th, tw, v, part, parts):
     s_ = tw + 1
     p = np.zeros((4, 2, s_), x.dtype)  # the tile row's 4 input rows, by column parity
     q = np.empty((4, 2, s_), x.dtype)  # B^T applied down the columns
-    last = min(w_, 2 * s_ - pw)
     for c in range(c_ * part // parts, c_ * (part + 1) // parts):
         for n in range(n_):
             for ty in range(th):
-                for i in range(4):
-                    yy = 2 * ty - ph + i
-                    pi = p[i]
-                    pi[:, :] = 0.0
-                    if yy < 0 or yy >= h_:
-                        continue
-                    xr = x[n, c, yy]
-                    for col in range(last):
-                        k = col + pw
-                        pi[k & 1, k >> 1] = xr[col]
+                _phase_rows(x, n, c, 2 * ty - ph, pw, p, 1)
                 p0 = p[0]; p1 = p[1]; p2 = p[2]; p3 = p[3]
                 for m in range(2):
                     for s in range(s_):
@@ -137,12 +151,8 @@ G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
 
 
 def winograd4_filter(wmat, c):
-    """``U`` (36, R, C): ``G g G^T`` of each 3x3 filter of a weight (R, C*9) (im2col order) for
-    F(4x4, 3x3), computed in float64 and rounded once to the weight's dtype."""
-    r = wmat.shape[0]
-    g = np.asarray(wmat, np.float64).reshape(r, c, 3, 3)
-    u = np.einsum("ai,rcij,bj->abrc", G4, g, G4, optimize=True)
-    return np.ascontiguousarray(u.reshape(36, r, c).astype(wmat.dtype))
+    """``U`` (36, R, C): ``G g G^T`` of each 3x3 filter for F(4x4, 3x3)."""
+    return _transformed_filters(G4, wmat, c)
 
 
 def winograd4_tiles(ho, wo):
@@ -165,20 +175,10 @@ def winograd4_input(x, ph, pw, th, tw, v, part, parts):
     s_ = tw + 1
     p = np.zeros((6, 4, s_), x.dtype)  # the tile row's 6 input rows, by column phase
     q = np.empty((6, 4, s_), x.dtype)  # B^T applied down the columns
-    last = min(w_, 4 * s_ - pw)
     for c in range(c_ * part // parts, c_ * (part + 1) // parts):
         for n in range(n_):
             for ty in range(th):
-                for i in range(6):
-                    yy = 4 * ty - ph + i
-                    pi = p[i]
-                    pi[:, :] = 0.0
-                    if yy < 0 or yy >= h_:
-                        continue
-                    xr = x[n, c, yy]
-                    for col in range(last):
-                        k = col + pw
-                        pi[k & 3, k >> 2] = xr[col]
+                _phase_rows(x, n, c, 4 * ty - ph, pw, p, 2)
                 p0 = p[0]; p1 = p[1]; p2 = p[2]; p3 = p[3]; p4 = p[4]; p5 = p[5]
                 for m in range(4):
                     for s in range(s_):

@@ -138,7 +138,7 @@ class Activation(Op):
             if relu == "deconvnet":  # the backward pass ignores the forward mask (Zeiler & Fergus 2014)
                 return [(src, xp.maximum(g, 0))]
             return [(src, xp.where(tape.out[src] > 0, xp.maximum(g, 0), 0).astype(g.dtype))]  # guided
-        gin = xp.empty_like(g)
+        gin = xp.empty(g.shape, g.dtype)  # C order: its ravel() is a view the kernel writes
         zz = tape.out[src] if kind == "ReLU" else g
         aa = tape.out[node.name] if kind != "ReLU" else g
         k.act_backward(g.ravel(), zz.ravel(), aa.ravel(), ACT_CODES[kind], gin.ravel())
@@ -178,13 +178,13 @@ class ParamActivation(Activation):
 
     def forward(self, fw, node, xs):
         z = xs[0]
-        out = fw.k.xp.empty_like(z)
+        out = fw.k.xp.empty(z.shape, z.dtype)  # C order: its ravel() is a view the kernel writes
         fw.k.param_act(z.ravel(), *param_act_args(fw.k, node.layer), out.ravel())
         return out
 
     def grad(self, bw, node, g):
         z = bw.tape.out[node.inputs[0]]
-        out = bw.k.xp.empty_like(g)
+        out = bw.k.xp.empty(g.shape, g.dtype)
         bw.k.param_act_grad(g.ravel(), z.ravel(), *param_act_args(bw.k, node.layer), out.ravel())
         return [(node.inputs[0], out)]
 

@@ -167,14 +167,15 @@ def chunks(n, per_sample_bytes, cap=None):
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-def conv_chunks(k, n, c, r, h, w, kh, kw, sh, sw, ph, pw, itemsize, winograd="f2", keyed=True):
+def conv_chunks(k, n, c, r, h, w, kh, kw, sh, sw, ph, pw, itemsize, winograd="f2", keyed=True, same_dtype=True):
     """:func:`chunks` for a :func:`conv_gemm` of ``c`` -> ``r`` channels on ``h x w`` maps, sized by
     the buffers of the lowering it will take: im2col columns within ``budget.BUDGET.cols`` (they
     are written and read once more by the GEMM: cache-sized chunks), Winograd's transformed input
     and output tiles within ``budget.BUDGET.work`` (their GEMMs run at BLAS speed only with
     thousands of tiles: one sample of a 64x64 map in F(4x4) has 256), likewise the shifted GEMMs'
     padded input and wide output."""
-    route = winograd_route(k, c, h, w, kh, kw, sh, sw, ph, pw, f4=winograd == "f4") if winograd and keyed else None
+    route = winograd_route(k, c, h, w, kh, kw, sh, sw, ph, pw, f4=winograd == "f4") \
+        if winograd and keyed and same_dtype else None  # as conv_gemm decides
     if route is not None:
         ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
         t, kk = ((ho + 3) // 4) * ((wo + 3) // 4), 36 if route == "winograd4" else 16
@@ -217,7 +218,7 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     blocks = None if want_plus or taps is not None else group_blocks(k, m, node)
     g = node.layer.groups
     for i0, i1 in conv_chunks(k, n, c // g if blocks is not None else c, Wm.shape[0] // (g if blocks is not None else 1),
-                              h, w, kh, kw, sh, sw, ph, pw, a.itemsize):
+                              h, w, kh, kw, sh, sw, ph, pw, a.itemsize, same_dtype=Wm.dtype == xin.dtype):
         if taps is not None:
             zg = depthwise_forward(k, xin[i0:i1], taps, node.layer, ho, wo)
         elif blocks is not None:
@@ -436,7 +437,7 @@ def grad(k, m, node, g, in_shape):
     key = ("wt", node.name) if stride1(node.layer) else None
     if stride1(node.layer) and o <= 4 * c:  # transposed_conv's conv_gemm route: a stride-1 conv o -> c
         parts = conv_chunks(k, n, o, c, ho, wo, kh, kw, 1, 1, kh - 1 - node.layer.padding[0],
-                            kw - 1 - node.layer.padding[1], g.itemsize, "f4")
+                            kw - 1 - node.layer.padding[1], g.itemsize, "f4", same_dtype=Bt.dtype == g.dtype)
     else:
         parts = chunks(n, o * kh * kw * h * w * g.itemsize)
     for i0, i1 in parts:
