@@ -112,7 +112,6 @@ _LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts (Cody-Waite): n * _LN2
 _LN2_LO = 1.90821492927058770002e-10
 _2_M128 = 2.0 ** -128
 _BLOCK = 512  # elements per block of the vectorized path (its buffers stay in L1)
-_VECTOR_CODES = (2, 3, 4, 5)  # ELU, GELU (exact, tanh), SiLU
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")

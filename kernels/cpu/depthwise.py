@@ -30,6 +30,26 @@ def _check(x_shape, taps, sh, sw, ph, pw, dh, dw, ho, wo, name):
         raise ValueError("depthwise: (Ho, Wo) must be the window sweep of the padded input")
 
 
+@nb.njit(cache=True, inline="always")
+def _to_grid(plane, grid, r0, c0, sr, sc, wp):
+    """``grid[(r0 + y*sr)*wp + c0 + q*sc] = plane[y, q]`` (a plane onto the flat grid)."""
+    for y in range(plane.shape[0]):
+        dst = grid[(r0 + y * sr) * wp + c0:(r0 + y * sr) * wp + c0 + (plane.shape[1] - 1) * sc + 1:sc]
+        src = plane[y]
+        for q in range(plane.shape[1]):
+            dst[q] = src[q]
+
+
+@nb.njit(cache=True, inline="always")
+def _from_grid(grid, plane, r0, c0, sr, sc, wp):
+    """``plane[y, q] = grid[(r0 + y*sr)*wp + c0 + q*sc]`` (the inverse of :func:`_to_grid`)."""
+    for y in range(plane.shape[0]):
+        src = grid[(r0 + y * sr) * wp + c0:(r0 + y * sr) * wp + c0 + (plane.shape[1] - 1) * sc + 1:sc]
+        dst = plane[y]
+        for q in range(plane.shape[1]):
+            dst[q] = src[q]
+
+
 @threaded
 @nb.njit(cache=True, nogil=True, error_model="numpy")
 def depthwise_conv(x, taps, sh, sw, ph, pw, dh, dw, ho, wo, out, part, parts):
@@ -49,11 +69,7 @@ def depthwise_conv(x, taps, sh, sw, ph, pw, dh, dw, ho, wo, out, part, parts):
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
-        for y in range(h_):
-            row = pad[(y + ph) * wp + pw:(y + ph) * wp + pw + w_]
-            xr = x[n, c, y]
-            for q in range(w_):
-                row[q] = xr[q]
+        _to_grid(x[n, c], pad, ph, pw, 1, 1, wp)
         wide[:] = 0.0
         for i in range(0, kh, dh):
             for j in range(0, kw, dw):
@@ -61,12 +77,7 @@ def depthwise_conv(x, taps, sh, sw, ph, pw, dh, dw, ho, wo, out, part, parts):
                 src = pad[i * wp + j:i * wp + j + m_]
                 for m in range(m_):
                     wide[m] += wv * src[m]
-        o = out[c, n * p_:(n + 1) * p_]
-        for y in range(ho):
-            wr = wide[y * sh * wp:y * sh * wp + (wo - 1) * sw + 1:sw]
-            orow = o[y * wo:(y + 1) * wo]
-            for q in range(wo):
-                orow[q] = wr[q]
+        _from_grid(wide, out[c, n * p_:(n + 1) * p_].reshape((ho, wo)), 0, 0, sh, sw, wp)
 
 
 @threaded
@@ -84,14 +95,11 @@ def depthwise_conv_grad(g, taps, sh, sw, ph, pw, dh, dw, gin, part, parts):
     gpad = np.empty(hp * wp + kw, gin.dtype)
     m_ = ((ho - 1) * sh + 1) * wp
     wide = np.zeros(m_, g.dtype)
+    zeros = np.zeros((ho, wo), g.dtype)
     for t in range(n_ * c_ * part // parts, n_ * c_ * (part + 1) // parts):
         n = t // c_
         c = t % c_
-        for y in range(ho):  # g on the wide grid: zeros between strided positions and in the extra columns
-            wr = wide[y * sh * wp:y * sh * wp + (wo - 1) * sw + 1:sw]
-            gr = g[n, c, y]
-            for q in range(wo):
-                wr[q] = gr[q]
+        _to_grid(g[n, c], wide, 0, 0, sh, sw, wp)  # zeros between strided positions and in the extra columns
         gpad[:] = 0.0
         for i in range(0, kh, dh):
             for j in range(0, kw, dw):
@@ -99,13 +107,6 @@ def depthwise_conv_grad(g, taps, sh, sw, ph, pw, dh, dw, gin, part, parts):
                 dst = gpad[i * wp + j:i * wp + j + m_]
                 for m in range(m_):
                     dst[m] += wv * wide[m]
-        for y in range(h_):
-            row = gpad[(y + ph) * wp + pw:(y + ph) * wp + pw + w_]
-            gr = gin[n, c, y]
-            for q in range(w_):
-                gr[q] = row[q]
+        _from_grid(gpad, gin[n, c], ph, pw, 1, 1, wp)
         if sh > 1 or sw > 1:  # clear the strided positions for the next plane (the rest stays zero)
-            for y in range(ho):
-                wr = wide[y * sh * wp:y * sh * wp + (wo - 1) * sw + 1:sw]
-                for q in range(wo):
-                    wr[q] = 0.0
+            _to_grid(zeros, wide, 0, 0, sh, sw, wp)
