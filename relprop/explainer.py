@@ -25,7 +25,7 @@ from .core import engine
 from .core import rules as R
 from .core.checks import (_check_model, _check_seed, _check_target, _check_targets, _check_x,
                           _reads_input_directly)
-from .core import budget
+from .core import budget, dense_chain
 from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
 from .methods import METHODS
@@ -305,8 +305,8 @@ class Explainer:
         m = self._compiled.get(x.dtype)
         if m is None or m.version != self.net.version:
             m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
-        per = row_bytes(shapes, x.itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
-        step = self.batch_size or budget.BUDGET.rows(per, B.is_device(k))
+        step, per = self._engine_rows(m, p, k, shapes, x.itemsize)
+        step = self.batch_size or step
         expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
 
@@ -334,6 +334,17 @@ class Explainer:
                 score = k.xp.concatenate([sc for _, sc in sorted(scores, key=lambda t: t[0].start)]) \
                     if len(scores) > 1 else scores[0][1]
             return self._explanation(m, x, shapes, out, T, single, p, seed, back, step, score)
+
+    def _engine_rows(self, m, p, k, shapes, itemsize):
+        """(rows of one internal batch, bytes per row it holds) for compiled model ``m`` on
+        kernels ``k``: the memory policy's rows for all node outputs, or, for an MLP's traversal
+        run in tiles by the Dense-chain kernel, for its inputs, scores and results."""
+        per = row_bytes(shapes, itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
+        if self.base is None and self.runs.mode is not None:
+            chain = dense_chain.row_bytes(m, self.runs, p, k, shapes, itemsize)
+            if chain is not None:
+                return budget.BUDGET.rows(chain, False, chain=True), chain
+        return budget.BUDGET.rows(per, B.is_device(k)), per
 
     def _run(self, ctx, x, T, p):
         if self.base is not None:

@@ -683,7 +683,7 @@ def test_gpu_errors_depthwise_dtype(gpu):
 # SHIFTED / WINOGRAD flag is true (relprop.core.linear), and the GPU's are false
 CPU_ONLY = {"pad_flat", "crop_wide", "gemm_taps", "taps", "wide_geometry", "winograd_filter", "winograd_input",
             "winograd_output", "winograd_tiles", "winograd4_filter", "winograd4_input", "winograd4_output",
-            "winograd4_tiles"}
+            "winograd4_tiles", "DENSE_CHAIN", "dense_chain"}
 GPU_ONLY = {"free_memory", "set_tf32"}  # device memory and TF32 (relprop.core.backend calls them when present)
 
 

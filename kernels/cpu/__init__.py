@@ -34,6 +34,7 @@ from .elementwise import (
     stack_input_mods,
     all_nonnegative,
 )
+from .dense_chain import AVAILABLE as DENSE_CHAIN, dense_chain
 from .pool import (
     maxpool_forward,
     maxpool_backward,
@@ -54,6 +55,7 @@ __all__ = [
     "winograd4_filter", "winograd4_input", "winograd4_output", "winograd4_tiles",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
     "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
+    "DENSE_CHAIN", "dense_chain",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",
     "avgpool_forward", "avgpool_backward",
 ]

@@ -16,6 +16,8 @@ class Budget:
     layer, one im2col buffer takes at most ``cols`` (the conv forward and backward cut their
     batch into chunks below it), the Winograd and shifted-GEMM lowerings' buffers at most ``work``
     (their GEMMs want many columns: ``relprop.core.linear.conv_chunks``), and ``fit_patterns`` cuts its float64 patches at ``patch``.
+    An MLP run by the Dense-chain kernel (``relprop.core.dense_chain``) keeps its activations in
+    per-thread tiles; its internal batch holds only inputs, scores and results, at most ``chain``.
 
     A grouped or dilated Conv2d is stored with a dense weight (zeros off the group blocks and
     between the taps, ``graph.Conv2d``); when that is over ``graph.EXPANSION_RATIO`` times its
@@ -42,11 +44,14 @@ class Budget:
     cols: int = 8 * 2**20
     work: int = 64 * 2**20
     patch: int = 16 * 2**20
+    chain: int = 4 * 2**20
     expansion: int = 512 * 2**20
     expansion_cols: int = 2**30
 
-    def rows(self, per_row, device):
+    def rows(self, per_row, device, chain=False):
         per_row = max(1, int(per_row))
+        if chain:
+            return max(1, self.chain // per_row)
         if device:
             return max(1, self.gpu // per_row)
         return max(1, min(max(self.cache // per_row, self.min_rows), self.cpu // per_row))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core import backend, engine
+from ..core import backend, dense_chain, engine
 from ..core.modes import DEEPLIFT, LRP
 from ..core.plan import needs
 
@@ -173,6 +173,9 @@ def traverse(ctx, x, targets, method, params):
     keep.add("input")
     if isinstance(relu, tuple):  # rectgrad thresholds the ReLU outputs' importances
         keep.update(nd.name for nd in graph.nodes if nd.layer.kind == "ReLU")
+    fused = dense_chain.run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled(method, params))
+    if fused is not None:  # an MLP: the whole traversal in one kernel, tile by tile
+        return _post(method.post, fused, x, None)
     plus = {}
     if mode == LRP:  # Conv2d nodes whose rule reads a second product of the input (Compiled.wants_plus)
         plus = {nm: r for nm, r in by_node.items() if m.wants_plus(graph.by_name[nm], r)}

@@ -28,11 +28,9 @@ import uuid
 
 import numpy as np
 
-from ..core import budget
-from ..core.execute import row_bytes
-from ..core.modes import DEEPLIFT
+from ..core import backend, budget
 from ..core.checks import _check_targets
-from ..core.plan import fingerprint
+from ..core.plan import compiled, fingerprint
 from . import stores
 from .sources import IterableSource, SourceError, as_source
 
@@ -329,8 +327,9 @@ def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
         return int(min(batch_size, src.n))
     mem = parse_memory(max_memory)
     size = int(np.prod(shape))
-    per = row_bytes(shapes, dtype.itemsize) * (2 if ex.runs.mode == DEEPLIFT else 1)
-    engine_rows = ex.batch_size or budget.BUDGET.rows(per, False)
+    engine_rows, per = ex._engine_rows(compiled(ex.net, dtype), ex._validated(None), backend.kernels_for(np.empty(0, dtype)), shapes,
+                                       dtype.itemsize)
+    engine_rows = ex.batch_size or engine_rows
     expands = ex.runs.mode is None or ex.base is not None  # path points, perturbed or noisy copies
     engine = 4 * engine_rows * per + (budget.BUDGET.expand if expands else 0)  # activations, backward, copies
     src_item = np.dtype(src.dtype).itemsize if src.dtype is not None else dtype.itemsize
