@@ -305,7 +305,7 @@ class Explainer:
         m = self._compiled.get(x.dtype)
         if m is None or m.version != self.net.version:
             m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
-        step, per = self._engine_rows(m, p, k, shapes, x.itemsize)
+        step, per = self._engine_rows(m, p, k, shapes, x.itemsize, 1 if T is None else T.shape[1])
         step = self.batch_size or step
         expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
@@ -335,13 +335,13 @@ class Explainer:
                     if len(scores) > 1 else scores[0][1]
             return self._explanation(m, x, shapes, out, T, single, p, seed, back, step, score)
 
-    def _engine_rows(self, m, p, k, shapes, itemsize):
+    def _engine_rows(self, m, p, k, shapes, itemsize, targets=1):
         """(rows of one internal batch, bytes per row it holds) for compiled model ``m`` on
         kernels ``k``: the memory policy's rows for all node outputs, or, for an MLP's traversal
-        run in tiles by the Dense-chain kernel, for its inputs, scores and results."""
+        run in tiles by the Dense-chain kernel, for its inputs, scores and ``targets`` results."""
         per = row_bytes(shapes, itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
         if self.base is None and self.runs.mode is not None:
-            chain = dense_chain.row_bytes(m, self.runs, p, k, shapes, itemsize)
+            chain = dense_chain.row_bytes(m, self.runs, p, k, shapes, itemsize, targets)
             if chain is not None:
                 return budget.BUDGET.rows(chain, False, chain=True), chain
         return budget.BUDGET.rows(per, B.is_device(k)), per

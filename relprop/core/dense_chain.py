@@ -106,28 +106,39 @@ def _tile(dense, rule_states):
 
 def _static(m, method, by_node, relu, reveal, k):
     """(Dense nodes, activation codes) when the chain kernel can run ``method`` on model ``m``
-    with kernels ``k`` (everything but the input's sign and width), else None."""
+    with kernels ``k`` whatever the input's sign (the rule states with x- terms on the first
+    layer, the larger ones, must fit a tile), else None. The one decision ``row_bytes`` (the
+    internal batch size) and ``run`` share; ``run`` checks the input's width and dtype."""
     if not ENABLED or method.mode not in (GRAD, LRP) or reveal or method.backward_model is not None:
         return None
     if method.mode == GRAD and relu != "gradient":
         return None
-    if not getattr(k, "DENSE_CHAIN", False) or backend.is_device(k):
+    if not getattr(k, "DENSE_CHAIN", False) or backend.is_device(k) or reuse.current() is not None:
         return None
     chain = m.host(("dense_chain", "chain"), lambda: chain_of(m.graph))
     if chain is None:
         return None
     dense, acts = chain
+    states = None
     if method.mode == LRP:
+        states = []
         for i, nd in enumerate(dense):
-            needed = {t.mode for grp in by_node[nd.name].groups() for t in grp.terms}
-            if R.LOW in needed or R.HIGH in needed or (R.XNEG in needed and i > 0 and acts[i - 1] not in _NONNEG_ACTS):
+            needed = _modes(by_node[nd.name])
+            known = i > 0 and acts[i - 1] in _NONNEG_ACTS
+            if R.LOW in needed or R.HIGH in needed or (R.XNEG in needed and i > 0 and not known):
                 return None
-    return chain
+            states.append(m.rule(k, nd, by_node[nd.name], known and R.XNEG in needed)[0])
+    return chain if _tile(dense, states) is not None else None
 
 
-def row_bytes(m, method, params, k, shapes, itemsize):
+def _modes(rule):
+    return {t.mode for grp in rule.groups() for t in grp.terms}
+
+
+def row_bytes(m, method, params, k, shapes, itemsize, targets=1):
     """Bytes one sample takes outside the kernel's tiles when ``method`` runs through the chain
-    kernel (its input, scores and result: the internal batches can be large), else None."""
+    kernel (its input, scores, and ``targets`` results and their post-processed copies: the
+    internal batches can be large), else None."""
     from ..methods.base import rules_by_node
 
     by_node = rules_by_node(m.graph, method, params) if method.mode == LRP else None
@@ -137,7 +148,7 @@ def row_bytes(m, method, params, k, shapes, itemsize):
     if chain is None:
         return None
     f = int(np.prod(shapes["input"]))
-    return (2 * f + chain[0][-1].layer.weight.shape[0]) * itemsize
+    return ((1 + 2 * max(1, int(targets))) * f + chain[0][-1].layer.weight.shape[0]) * itemsize
 
 
 def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
@@ -145,7 +156,7 @@ def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
     None when the chain kernel does not apply (the caller runs the engine)."""
     k = backend.kernels_for(x)
     m = ctx.m
-    if x.dtype != m.dtype or x.ndim < 2 or reuse.current() is not None:
+    if x.dtype != m.dtype or x.ndim < 2:
         return None
     chain = _static(m, method, by_node, relu, reveal, k)
     if chain is None:
@@ -162,7 +173,7 @@ def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
         states, flags = [], []
         for i, nd in enumerate(dense):
             rule = by_node[nd.name]
-            needed = {t.mode for grp in rule.groups() for t in grp.terms}
+            needed = _modes(rule)
             known = i > 0 and acts[i - 1] in _NONNEG_ACTS  # the input is an activation >= 0
             nonneg = False  # as relprop.core.linear.lrp decides: only rules with x- terms look
             if R.XNEG in needed:
