@@ -8,14 +8,15 @@ returns None, and the layer-by-layer engine runs, for everything else. What is c
 1. ``test_reference_*`` / ``test_peers_*``: on identical weights the fused path equals torch
    autograd (gradient, gradient x input, saliency, integrated gradients, also Captum's IG) and
    Zennit 0.5.1 (LRP rules, composites, special first layers) -- float64 to 1e-10 x max|R| per
-   sample, float32 to 1e-5 x max|R| (against the float64 peer) -- on inputs with negative entries
+   sample, float32 to 1e-5 x the batch's max|R| (against the float64 peer) -- on inputs with negative entries
    and on inputs >= 0 (the kernel drops the x- terms of a first layer whose input is >= 0), for
    every way of giving targets; ``explain`` reports the scores of the model.
 2. ``test_reference_fused_*``: the kernel was actually called (a spy on it and on ``run``), and it
    agrees with the engine (``dense_chain.ENABLED = False``) to 1e-12 x max|R| in float64 for batches
-   that are not a multiple of the tile (1, 7, 121, 1000 rows) and for several ``batch_size=``.
+   that are not a multiple of the tile (1, 7, 121, 1000 rows) and for several ``batch_size=``; the
+   internal batches follow ``Budget.chain`` counting every target's result.
 3. ``test_reference_fallback_*``: the cases the kernel must leave to the engine do not call it,
-   and still give the engine's result.
+   size their internal batches for the engine, and still give the engine's result.
 4. ``test_reference_kernel_parts_*``: the kernel's tiles are independent: running its parts
    1, 2 or 5 ways gives the same bits.
 5. ``test_errors_*``: out-of-range targets are refused with a clear ValueError (the API, and the
@@ -56,7 +57,7 @@ TOL32 = 1e-5  # float32 fused path vs the float64 peer
 LIN = torch.nn.Linear
 
 # positional arguments of the public kernel (see kernels/cpu/dense_chain.py)
-A_X, A_META, A_LRP, A_RMETA, A_TARGETS, A_ARGMAX, A_TILE, A_SCORES, A_OUT = 0, 3, 5, 8, 10, 11, 13, 14, 15
+A_X, A_RMETA, A_TARGETS, A_ARGMAX, A_TILE, A_SCORES, A_OUT = 0, 8, 10, 11, 13, 14, 15
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,8 +113,8 @@ def _targets(net, n, seed=0):
 def spy(monkeypatch):
     """Records every call of the Dense-chain kernel (its arguments) and whether each
     ``dense_chain.run`` returned a result (True) or left the call to the engine (False)."""
-    rec = types.SimpleNamespace(calls=[], runs=[])
-    kernel, run = CPU.dense_chain, DC.run
+    rec = types.SimpleNamespace(calls=[], runs=[], row_bytes=[])
+    kernel, run, row_bytes = CPU.dense_chain, DC.run, DC.row_bytes
 
     def kernel_spy(*args):
         rec.calls.append(args)
@@ -124,13 +125,21 @@ def spy(monkeypatch):
         rec.runs.append(r is not None)
         return r
 
-    # the engine looks both up at call time: ``k.dense_chain`` on the kernel module, ``dense_chain.run``
+    def row_bytes_spy(*args, **kwargs):
+        r = row_bytes(*args, **kwargs)
+        rec.row_bytes.append(r)
+        return r
+
+    # relprop looks them up at call time: ``k.dense_chain`` on the kernel module, ``dense_chain.run``
+    # (the traversal) and ``dense_chain.row_bytes`` (the Explainer's internal batch size)
     monkeypatch.setattr(CPU, "dense_chain", kernel_spy)
     monkeypatch.setattr(DC, "run", run_spy)
+    monkeypatch.setattr(DC, "row_bytes", row_bytes_spy)
 
     def reset():
         rec.calls.clear()
         rec.runs.clear()
+        rec.row_bytes.clear()
 
     rec.reset = reset
     return rec
@@ -144,6 +153,8 @@ def _assert_fused(spy):
 def _assert_not_fused(spy):
     assert not spy.calls, f"the Dense-chain kernel was called {len(spy.calls)} times"
     assert not any(spy.runs), f"dense_chain.run returned a result: {spy.runs}"
+    # and the internal batches were sized for the engine, not for the kernel's tiles (one decision)
+    assert all(r is None for r in spy.row_bytes), f"batches sized for the Dense-chain kernel: {spy.row_bytes}"
 
 
 def _engine(monkeypatch, spy, fn):
@@ -379,7 +390,7 @@ def test_peers_every_way_of_giving_targets(spy, method, how):
                                         ("lrp", {"rules": rp.composites.EpsilonPlusFlat()})],
                          ids=["gradient", "lrp.epsilon", "EpsilonPlusFlat"])
 @pytest.mark.parametrize("how", ["argmax", "targets"])
-def test_reference_explain_reports_the_model_scores(spy, method, kw, how, dtype):
+def test_reference_explain_reports_the_model_scores(monkeypatch, spy, method, kw, how, dtype):
     """``explain`` keeps the scores of the kernel's forward pass: they are ``rp.scores`` (and
     torch's logits) at the explained classes, and its argmax is torch's."""
     net = NETS["relu"]
@@ -399,6 +410,10 @@ def test_reference_explain_reports_the_model_scores(spy, method, kw, how, dtype)
         expected = s_all[np.arange(len(x))[:, None], e.targets]
     assert e.scores.shape == expected.shape
     assert_blas_close(e.scores, expected)
+    # the attribution is the one of the classes reported (the kernel's own argmax included)
+    engine = _engine(monkeypatch, spy, lambda: rp.attribute(_rp_net("relu"), x, method, **kw, **(
+        {"target": e.targets} if how == "argmax" else {"targets": e.targets})))
+    assert_blas_close(e.attribution, engine)
 
 
 @pytest.mark.parametrize("model", ["flatten_dropout_softmax", "reshape_identity", "no_activation", "from_torch"])
@@ -528,11 +543,38 @@ def test_reference_fused_equals_engine_for_any_batch_size(monkeypatch, spy, batc
         assert_blas_close(whole, engine)
 
 
+def test_reference_fused_internal_batches_fit_the_chain_budget(monkeypatch, spy):
+    """With the kernel, an internal batch holds only the inputs, scores and results (the tiles keep
+    the rest): its rows follow ``Budget.chain``, counting every target's result row, and the
+    batches' results and scores are stitched together as one call's."""
+    from relprop.core import budget
+
+    chain_bytes = 64 * 2**10
+    monkeypatch.setattr(budget, "BUDGET", budget.Budget(chain=chain_bytes))  # (the policy tests may swap)
+    net = NETS["relu"]
+    x = _inputs(net, n=1000, seed=4)
+    for call, k in (({}, 1), ({"targets": "all"}, 3)):
+        spy.reset()
+        e = rp.Explainer(_rp_net("relu"), "gradient_x_input").explain(x, **call)
+        _assert_fused(spy)
+        per_row = [r for r in spy.row_bytes if r is not None]
+        assert per_row, "the internal batch size was not taken for the Dense-chain kernel"
+        assert per_row[0] >= ((1 + k) * x.shape[1] + net.n_classes) * x.itemsize  # input, K results, scores
+        rows = [c[A_X].shape[0] for c in spy.calls]
+        assert sum(rows) == len(x) and len(rows) > 1, rows
+        assert max(rows) * per_row[0] <= chain_bytes, (rows, per_row)
+        engine = _engine(monkeypatch, spy, lambda: rp.attribute(_rp_net("relu"), x, "gradient_x_input", **call))
+        assert_blas_close(e.attribution, engine)
+        s = rp.scores(_rp_net("relu"), x)
+        rows_idx = np.arange(len(x))[:, None] if k > 1 else np.arange(len(x))
+        assert_blas_close(e.scores, s[rows_idx, e.targets])
+
+
 def test_reference_tile_limit_of_a_wide_layer(monkeypatch, spy):
-    """The widest layer the tiles take (240 x 240: 8 rows keep every GEMM on the calling thread) is
-    fused, with 8-row tiles; one unit wider (256 x 256) the engine runs (``_tile`` is None)."""
+    """The widest square layer the tiles take (255 x 255: 8 rows keep every GEMM's m*n*k within
+    ``SERIAL_GEMM_MNK``) is fused, with 8-row tiles; one unit wider (256 x 256) the engine runs."""
     rng = np.random.default_rng(21)
-    for width, fused in ((240, True), (256, False)):
+    for width, fused in ((255, True), (256, False)):
         spy.reset()
         W1, W2, W3 = (rng.standard_normal(s) / np.sqrt(s[1]) for s in ((width, 10), (width, width), (3, width)))
         net_rp = rp.Sequential(rp.Dense(W1, np.zeros(width)), rp.ReLU(), rp.Dense(W2, 0.1 * np.ones(width)),
@@ -548,8 +590,8 @@ def test_reference_tile_limit_of_a_wide_layer(monkeypatch, spy):
                                  torch.nn.ReLU(), torch.nn.Linear(width, 3)).double()
         with torch.no_grad():
             for lin, nd in zip(tm[::2], net_rp.linear_nodes()):
-                lin.weight.copy_(torch.from_numpy(nd.layer.weight))
-                lin.bias.copy_(torch.from_numpy(nd.layer.bias))
+                lin.weight.copy_(torch.from_numpy(np.array(nd.layer.weight)))
+                lin.bias.copy_(torch.from_numpy(np.array(nd.layer.bias)))
         _check(R, torch_grad(tm, x, np.full(len(x), 1)), np.float64)
 
 
@@ -585,6 +627,13 @@ def _activation_after_dropout_model():
                          rp.Dense(W3, b3)), _inputs(NETS["relu"], n=4)
 
 
+def _activation_on_the_score_model():
+    """Dense -> ReLU -> Dense -> Sigmoid: the score is the sigmoid's output, beyond the last Dense."""
+    (W1, b1), (W2, b2), (W3, b3) = [p for p in NETS["relu"].params if p is not None]
+    return rp.Sequential(rp.Dense(W1, b1), rp.ReLU(), rp.Dense(W2, b2), rp.ReLU(), rp.Dense(W3, b3),
+                         rp.Sigmoid()), _inputs(NETS["relu"], n=4)
+
+
 def _mlp_model(name, sign="signed"):
     return lambda: (_rp_net(name), _inputs(NETS[name], n=6, sign=sign))
 
@@ -604,6 +653,7 @@ FALLBACKS = {
                                                              rp.Dense(np.ones((3, 9)) * 0.1, np.zeros(3))),
                                                _inputs(NETS["relu"], n=4)), "lrp.alpha_beta", {}),
     "activation_not_right_after_dense": (_activation_after_dropout_model, "gradient", {}),
+    "activation_on_the_score": (_activation_on_the_score_model, "gradient", {}),
     "conv2d": (_conv_model, "gradient", {}),
     "conv2d_lrp": (_conv_model, "lrp.epsilon", {}),
     "skip_connection": (_skip_model, "gradient", {}),
@@ -733,20 +783,23 @@ def test_errors_target_out_of_range(spy, method):
 @pytest.mark.parametrize("mode", ["gradient", "lrp.alpha_beta"])
 def test_errors_kernel_refuses_a_bad_target(spy, mode, bad):
     """Called directly with a class the score layer does not have, the kernel raises ValueError
-    (no out-of-bounds write), through the public function and its compiled parts alike."""
-    x = _inputs(NETS["relu"], n=130)
-    rp.attribute(_rp_net("relu"), x, mode, target=np.arange(130) % 3)
+    (no out-of-bounds write), through the public function -- whose last tiles run on relprop's
+    worker thread where there are two CPUs (the result has over 32768 elements) -- and through
+    its compiled parts alike."""
+    n = 2400
+    x = _inputs(NETS["relu"], n=n)
+    rp.attribute(_rp_net("relu"), x, mode, target=np.arange(n) % 3)
     _assert_fused(spy)
     args = list(spy.calls[0])
     tg = args[A_TARGETS].copy()
-    tg[125, 0] = bad  # in the second tile
+    tg[n - 5, 0] = bad  # in the last tile
     args[A_TARGETS] = tg
     with pytest.raises(ValueError, match="a target is not a class of the score layer"):
         KMOD.dense_chain(*args)
     with pytest.raises(ValueError, match="a target is not a class of the score layer"):
         KMOD.dense_chain.kernel(*args, 0, 1)
     bad_out = list(args)
-    bad_out[A_OUT] = np.empty((130, 2, 14), args[A_OUT].dtype)  # K does not fit the targets
+    bad_out[A_OUT] = np.empty((n, 2, 14), args[A_OUT].dtype)  # K does not fit the targets
     with pytest.raises(ValueError, match="do not fit the chain"):
         KMOD.dense_chain(*bad_out)
 
