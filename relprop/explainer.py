@@ -319,7 +319,7 @@ class Explainer:
             tb = None if T is None else T[sl]
             r = self._run(ctx, x[sl], tb, _slice(p, per_sample, x, sl))
             if keep_scores:
-                scores.append((sl, ctx.score))
+                scores.append((sl, ctx.score, ctx.picked))
             return r
 
         # overflow shows up as a non-finite result, which raises below, naming where: no numpy warnings
@@ -329,11 +329,14 @@ class Explainer:
                 self._nonfinite(m, x, shapes, out)
             if not explain:
                 return back(out[:, 0] if single else out)
-            score = None
-            if keep_scores and sum(sl.stop - sl.start for sl, _ in scores) == n:  # (no retried batch)
-                score = k.xp.concatenate([sc for _, sc in sorted(scores, key=lambda t: t[0].start)]) \
-                    if len(scores) > 1 else scores[0][1]
-            return self._explanation(m, x, shapes, out, T, single, p, seed, back, step, score)
+            score = picked = None
+            if keep_scores and sum(sl.stop - sl.start for sl, _, _ in scores) == n:  # (no retried batch)
+                parts = sorted(scores, key=lambda t: t[0].start)
+                score = k.xp.concatenate([sc for _, sc, _ in parts]) if len(parts) > 1 else parts[0][1]
+                if T is None and all(pk is not None for _, _, pk in parts):  # the argmax the traversal took
+                    picked = k.xp.concatenate([pk for _, _, pk in parts]) if len(parts) > 1 else parts[0][2]
+            return self._explanation(m, x, shapes, out, T if picked is None else picked, single, p, seed, back,
+                                     step, score)
 
     def _engine_rows(self, m, p, k, shapes, itemsize, targets=1):
         """(rows of one internal batch, bytes per row it holds) for compiled model ``m`` on
@@ -434,8 +437,11 @@ class Explainer:
                 ref = xp.ones_like(s)
             elif sums_to == "delta":
                 ref = s - self._baseline_scores(ctx, x, p, mm)[rows, T]
-            total = out.reshape(out.shape[:2] + (-1,)).sum(axis=2, dtype=np.float64)
-            error = B.to_host(total - ref)
+            k = B.kernels_for(x)
+            flat = xp.ascontiguousarray(out.reshape(out.shape[0] * out.shape[1], -1))
+            total = xp.empty(flat.shape[0], np.float64)
+            k.row_sums(flat, total)  # float64 accumulation, one pass
+            error = B.to_host(total.reshape(out.shape[:2]) - ref)
         if self.base is None:
             params = dict(self.params)
             if "seed" in params and seed is not None:

@@ -33,6 +33,7 @@ from .elementwise import (
     stacked_mul_sum,
     stack_input_mods,
     all_nonnegative,
+    row_sums,
 )
 from .dense_chain import AVAILABLE as DENSE_CHAIN, dense_chain
 from .pool import (
@@ -54,7 +55,7 @@ __all__ = [
     "WINOGRAD", "winograd_filter", "winograd_input", "winograd_output", "winograd_tiles",
     "winograd4_filter", "winograd4_input", "winograd4_output", "winograd4_tiles",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
-    "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
+    "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative", "row_sums",
     "DENSE_CHAIN", "dense_chain",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",
     "avgpool_forward", "avgpool_backward",

@@ -304,3 +304,18 @@ def all_nonnegative(x):
         if x[i] < 0:
             return False
     return True
+
+
+@threaded
+@nb.njit(cache=True, nogil=True, error_model="numpy")
+def row_sums(a, out, part, parts):
+    """``out[n] = sum_f a[n, f]`` accumulated in float64 (``out`` float64): the totals of an
+    attribution that its conservation / completeness error compares with the scores."""
+    n_ = a.shape[0]
+    if out.shape[0] != n_:
+        raise ValueError("row_sums: out must have one entry per row of a")
+    for n in range(n_ * part // parts, n_ * (part + 1) // parts):
+        acc = 0.0
+        for f in range(a.shape[1]):
+            acc += a[n, f]
+        out[n] = acc

@@ -40,6 +40,7 @@ from .elementwise import (
     stacked_mul_sum,
     stack_input_mods,
     all_nonnegative,
+    row_sums,
 )
 from .pool import (
     maxpool_forward,
@@ -76,7 +77,7 @@ __all__ = [
     "depthwise_conv", "depthwise_conv_grad", "PARAM_ACT_CODES", "param_act", "param_act_grad",
     "SHIFTED", "WINOGRAD",
     "bias_act_from_gemm", "bias_act_rows", "act_backward", "act_rescale_backward",
-    "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative",
+    "lrp_ratio", "lrp_ratio_rows", "combine_from_gemm", "grad_to_rows", "stacked_mul_sum", "stack_input_mods", "all_nonnegative", "row_sums",
     "maxpool_forward", "maxpool_backward", "maxpool_rescale_backward",
     "avgpool_forward", "avgpool_backward",
 ]

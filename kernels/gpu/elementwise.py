@@ -271,3 +271,10 @@ def all_nonnegative(x):
     big = needs_int64(xb.size)
     launch("elementwise", "any_negative", dt, big, xb.size, (xb, *index_scalars(big, xb.size), flag))
     return int(flag.get()[0]) == 0
+
+
+def row_sums(a, out):
+    """``out[n] = sum_f a[n, f]`` accumulated in float64 (``out`` float64), as the CPU kernel."""
+    if out.shape[0] != a.shape[0]:
+        raise ValueError("row_sums: out must have one entry per row of a")
+    cupy.sum(a, axis=1, dtype=np.float64, out=out)

@@ -19,7 +19,7 @@ import numpy as np
 from . import backend, reuse
 from . import rules as R
 from .graph import ACT_CODES
-from .modes import GRAD, LRP
+from .modes import GRAD, LRP, ZMode
 
 ENABLED = True  # tests switch it off to compare with the layer-by-layer path
 MIN_TILE = 8  # rows; narrower tiles spend more in per-call overhead than they save
@@ -57,13 +57,13 @@ def _pack(m, k, dense, acts, rule_states, flags):
     """The kernel's packed arrays (see ``relprop.kernels.cpu.dense_chain``)."""
     dt = m.dtype
     Ws, bs = zip(*(m.params(k, nd) for nd in dense))
-    offs = np.cumsum([0] + [W.size for W in Ws])
+    offs = np.cumsum([0] + [2 * W.size for W in Ws])  # W, then W^T
     boffs = np.cumsum([0] + [b.size for b in bs])
     meta = np.array([(W.shape[1], W.shape[0], offs[i], boffs[i]) for i, W in enumerate(Ws)], np.int64)
-    packed = [np.concatenate([W.ravel() for W in Ws]).astype(dt), np.concatenate(bs).astype(dt), meta,
+    packed = [np.concatenate([np.concatenate([W.ravel(), W.T.ravel()]) for W in Ws]).astype(dt), np.concatenate(bs).astype(dt), meta,
               np.array(acts, np.int64)]
     if rule_states is None:
-        return packed + [np.zeros(1, dt), np.zeros(1, np.int64), np.zeros((len(dense), 15), np.int64),
+        return packed + [np.zeros(1, dt), np.zeros(1, np.int64), np.zeros((len(dense), 17), np.int64),
                          np.zeros(len(dense))]
     fparts, iparts, rmeta, fo, io = [], [], [], 0, 0
 
@@ -81,8 +81,10 @@ def _pack(m, k, dense, acts, rule_states, flags):
 
     for st, known in zip(rule_states, flags):
         g, mm = st.coefs.shape[0], st.modes.shape[0]
-        row = [g, mm, st.zmode, put(st.B), st.Wp.shape[0], st.Wp.shape[1], put(st.Wp), put(st.coefs), put(st.cz),
-               put(st.cp), put(st.b), put(st.bias_g), put_int(st.modes), put_int(st.masks), int(known)]
+        flat = mm == 1 and int(st.modes[0]) == int(R.ONES) and st.zmode == int(ZMode.DIRECT) and bool(np.all(st.B == 1))
+        row = [g, mm, st.zmode, put(st.B), st.Wp.shape[1], st.Wp.shape[0], put(st.Wp.T), put(st.coefs), put(st.cz),
+               put(st.cp), put(st.b), put(st.bias_g), put_int(st.modes), put_int(st.masks), int(known), int(flat),
+               put(st.Wp.sum(axis=1) if flat else np.zeros(1))]  # B 1: exact (a count) in any dtype
         rmeta.append(row)
     return packed + [np.concatenate(fparts), np.concatenate(iparts), np.array(rmeta, np.int64),
                      np.array([st.eps for st in rule_states], np.float64)]
@@ -194,4 +196,6 @@ def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
     k.dense_chain(x2, wbuf, bbuf, meta, acts_a, method.mode == LRP, rbuf, ibuf, rmeta, reps, tg, argmax,
                   start_scaled, tile, scores, out.reshape(n, tg.shape[1], -1))
     ctx.score = scores
+    if argmax:
+        ctx.picked = tg
     return out

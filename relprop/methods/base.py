@@ -94,6 +94,7 @@ class Context:
     rows: int = 256
     expand_rows: int = 256
     score: object = None  # set by :func:`traverse`: the score rows (N, classes) of its forward pass
+    picked: object = None  # set by :func:`traverse` when it chose the targets: each row's argmax (N, 1)
 
     @property
     def graph(self):
@@ -187,7 +188,7 @@ def traverse(ctx, x, targets, method, params):
     score = score[:n]
     ctx.score = score
     if targets is None:
-        targets = score.argmax(axis=1)[:, None]
+        targets = ctx.picked = score.argmax(axis=1)[:, None]
     targets = xp.asarray(targets)
     kk = targets.shape[1]
     bm = method.backward_model(m, params) if method.backward_model is not None else m
