@@ -101,7 +101,9 @@ def dense_chain(x, wbuf, bbuf, meta, acts, lrp, rbuf, ibuf, rmeta, reps, targets
             _bias_act(z, bbuf[bo:bo + o_], acts[l], avs[l][:m], True, 0, 1)
             a = avs[l][:m]
         sc = zs[L - 1][:m]
-        scores[i0:i1] = sc
+        for i in range(m):  # (explicit loops: Numba's slice assignment is a generic n-d copy, 10x slower)
+            for j in range(c_):
+                scores[i0 + i, j] = sc[i, j]
         if argmax:
             for i in range(m):
                 best = 0
@@ -114,7 +116,9 @@ def dense_chain(x, wbuf, bbuf, meta, acts, lrp, rbuf, ibuf, rmeta, reps, targets
         # backward, once per target
         for q in range(kk):
             r = top[:m]
-            r[:] = 0.0
+            for i in range(m):
+                for j in range(c_):
+                    r[i, j] = 0.0
             for i in range(m):
                 j = targets[i0 + i, q]
                 if j < 0 or j >= c_:
@@ -133,7 +137,9 @@ def dense_chain(x, wbuf, bbuf, meta, acts, lrp, rbuf, ibuf, rmeta, reps, targets
                 else:
                     _lrp_step(a, zs[l][:m], r, rbuf, ibuf, rmeta[l], reps[l], k_, o_, xsb, cb, sb, zgb, m, gin)
                 r = gin
-            out[i0:i1, q, :] = r
+            for i in range(m):
+                for j in range(f_):
+                    out[i0 + i, q, j] = r[i, j]
 
 
 @nb.njit(cache=True, nogil=True, error_model="numpy")
@@ -163,7 +169,8 @@ def _lrp_step(a, z, r, rbuf, ibuf, rm, eps, k_, o_, xsb, cb, sb, zgb, m, rin):
         zg = _mat(zgb, 0, m, go)
         zc = rbuf[rm[16]:rm[16] + go]
         for i in range(m):
-            zg[i, :] = zc
+            for j in range(go):
+                zg[i, j] = zc[j]
         s = _mat(sb, 0, m, go)
         _ratio(zg, zmode, cz, cp, bvec, bias_g, z, r, coefs, masks, eps, s, 0, 1)
         for i in range(m):  # B^T s: every input gets the row's sum
