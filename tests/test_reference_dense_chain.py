@@ -132,6 +132,7 @@ def spy(monkeypatch):
 
     # relprop looks them up at call time: ``k.dense_chain`` on the kernel module, ``dense_chain.run``
     # (the traversal) and ``dense_chain.row_bytes`` (the Explainer's internal batch size)
+    monkeypatch.setattr(DC, "MIN_ROWS", 1)  # the kernel on every batch size, a handful of rows included
     monkeypatch.setattr(CPU, "dense_chain", kernel_spy)
     monkeypatch.setattr(DC, "run", run_spy)
     monkeypatch.setattr(DC, "row_bytes", row_bytes_spy)
@@ -825,3 +826,21 @@ def test_errors_read_only_inputs_work(tmp_path, spy, kind, method, kw):
     assert_blas_close(R, expected)
     e = rp.Explainer(_rp_net("relu"), method, **kw).explain(xr)
     assert_blas_close(e.attribution, rp.attribute(_rp_net("relu"), x, method, **kw))
+
+
+def test_reference_small_batches_take_the_engine(monkeypatch):
+    """Below ``MIN_ROWS`` rows the engine runs (no first compile of the kernel for a few rows), from
+    ``MIN_ROWS`` on the kernel; both give the engine's result."""
+    calls = []
+    kernel = CPU.dense_chain
+    monkeypatch.setattr(CPU, "dense_chain", lambda *a: (calls.append(a[0].shape[0]), kernel(*a))[1])
+    net = _rp_net("relu")
+    for n, fused in ((7, False), (DC.MIN_ROWS - 1, False), (DC.MIN_ROWS, True)):
+        x = _inputs(NETS["relu"], n=n)
+        calls.clear()
+        got = rp.attribute(net, x, "lrp.epsilon")
+        assert bool(calls) == fused, (n, calls)
+        with monkeypatch.context() as mp:
+            mp.setattr(DC, "ENABLED", False)
+            ref = rp.attribute(net, x, "lrp.epsilon")
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())

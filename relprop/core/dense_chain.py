@@ -23,6 +23,8 @@ from .modes import GRAD, LRP, ZMode
 
 ENABLED = True  # tests switch it off to compare with the layer-by-layer path
 MIN_TILE = 8  # rows; narrower tiles spend more in per-call overhead than they save
+MIN_ROWS = 256  # smaller batches take the engine: as fast there, and no first compile of the kernel
+# (about 6 s once per machine) for a handful of rows -- a demo's 4 passengers
 MAX_TILE = 256
 _PRE = ("Flatten", "Reshape", "Identity", "Dropout")
 _PASS = ("Identity", "Dropout")
@@ -165,6 +167,8 @@ def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
         return None
     dense, acts = chain
     n = x.shape[0]
+    if n < MIN_ROWS:
+        return None
     x2 = np.ascontiguousarray(x.reshape(n, -1))
     if not x2.flags.writeable:  # one compiled signature (Numba types read-only arrays apart)
         x2 = x2.copy()
