@@ -27,7 +27,7 @@ import torch
 # Peers are required: these imports are unconditional so a missing peer fails collection.
 from captum.attr import DeepLift, IntegratedGradients, Saliency
 from zennit import rules as zr
-from zennit.attribution import Gradient
+from torch_ref import zennit_relevance
 from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, LayerMapComposite, SpecialFirstLayerMapComposite
 from zennit.types import Activation, AvgPool, Convolution
 
@@ -56,11 +56,7 @@ def zennit(net, x, target_kind, composite, tdt, start):
     xt = to_torch(x, tdt, requires_grad=True)
     one_hot = _one_hot(net, model, xt.detach(), target_kind)
     attr_output = one_hot if start == "one_hot" else (lambda out: out.detach() * one_hot)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Gradient(model=model, composite=composite) as attributor:
-            _, relevance = attributor(xt, attr_output)
-    return relevance.detach().numpy()
+    return zennit_relevance(model, xt, composite, attr_output)
 
 
 # (relprop method, its parameters(net, npd), the Zennit composite(net, tdt))

@@ -36,7 +36,6 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients
 from zennit import rules as zr
-from zennit.attribution import Gradient
 from zennit.composites import EpsilonPlusFlat as ZEpsilonPlusFlat
 from zennit.composites import LayerMapComposite, SpecialFirstLayerMapComposite
 from zennit.types import Activation
@@ -46,7 +45,7 @@ import relprop.core.dense_chain as DC
 import relprop.kernels.cpu as CPU
 from peer_models import PeerNet, to_torch
 from tolerance import assert_blas_close, assert_close_per_sample
-from torch_ref import torch_grad, torch_out
+from torch_ref import torch_grad, torch_out, zennit_relevance
 
 # the kernel's module (``relprop.kernels.cpu.dense_chain`` as an attribute is the kernel function,
 # which the package re-exports under the module's name)
@@ -217,11 +216,7 @@ def _zennit(net, x, target, composite, tdtype=torch.float64, start="score"):
         classes = model(xt).shape[1]
     one_hot = torch.nn.functional.one_hot(tg, classes).to(tdtype)
     attr_output = one_hot if start == "one_hot" else (lambda out: out.detach() * one_hot)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Gradient(model=model, composite=composite) as attributor:
-            _, relevance = attributor(xt, attr_output)
-    return relevance.detach().numpy()
+    return zennit_relevance(model, xt, composite, attr_output)
 
 
 def _every_linear(rule):

@@ -48,3 +48,15 @@ def export(m, x, opset):
         torch.onnx.export(m, (torch.from_numpy(x),), f, dynamo=False, opset_version=opset,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
     return f.getvalue()
+
+
+def zennit_relevance(model, xt, composite, attr_output):
+    """Zennit's input relevance of ``model`` at ``xt`` under ``composite``, starting from
+    ``attr_output`` (a one-hot tensor, or a function of the output), warnings silenced."""
+    from zennit.attribution import Gradient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Gradient(model=model, composite=composite) as attributor:
+            _, relevance = attributor(xt, attr_output)
+    return relevance.detach().numpy()
