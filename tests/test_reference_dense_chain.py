@@ -839,3 +839,25 @@ def test_reference_small_batches_take_the_engine(monkeypatch):
             mp.setattr(DC, "ENABLED", False)
             ref = rp.attribute(net, x, "lrp.epsilon")
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("dtype,targets", [(np.float64, None), (np.float32, [0, 1, 2])])
+def test_reference_wide_inputs_keep_batches_the_kernel_takes(monkeypatch, dtype, targets):
+    """A 784-input MLP (an MNIST MLP's first layer fits the tiles) in float64, or with three targets:
+    the internal batches sized for the kernel's inputs and results are still at least ``MIN_ROWS``
+    rows, so the kernel runs them (only a remainder below ``MIN_ROWS`` takes the engine), and the
+    result is the engine's."""
+    calls = []
+    kernel = CPU.dense_chain
+    monkeypatch.setattr(CPU, "dense_chain", lambda *a: (calls.append(a[0].shape[0]), kernel(*a))[1])
+    peer = _mlp("wide", [784, 32, 32, 10], ("relu", "relu"), seed=5)
+    net = peer.relprop(np.float64)
+    n = 3 * DC.MIN_ROWS + 40
+    x = np.ascontiguousarray(peer.inputs(seed=3, n=n, dtype=np.float64).astype(dtype))
+    got = rp.attribute(net, x, "lrp.epsilon", targets=targets)
+    assert calls and min(calls) >= DC.MIN_ROWS and sum(calls) >= n - DC.MIN_ROWS, calls
+    with monkeypatch.context() as mp:
+        mp.setattr(DC, "ENABLED", False)
+        ref = rp.attribute(net, x, "lrp.epsilon", targets=targets)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got, ref, rtol=0, atol=tol * np.abs(ref).max())

@@ -328,7 +328,8 @@ def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
     mem = parse_memory(max_memory)
     size = int(np.prod(shape))
     kernels = backend.kernels_for(np.empty(0, dtype))
-    engine_rows, per = ex._engine_rows(compiled(ex.net, dtype), ex._validated(None), kernels, shapes, dtype.itemsize, k)
+    engine_rows, per = ex._engine_rows(compiled(ex.net, dtype), ex._validated(None), kernels, shapes, dtype.itemsize, k,
+                                       src.n)
     engine_rows = ex.batch_size or engine_rows
     expands = ex.runs.mode is None or ex.base is not None  # path points, perturbed or noisy copies
     engine = 4 * engine_rows * per + (budget.BUDGET.expand if expands else 0)  # activations, backward, copies
