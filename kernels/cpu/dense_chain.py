@@ -25,7 +25,8 @@ Packed layout (``relprop.core.dense_chain`` builds it once per plan):
   ``b`` and ``bias_g``; ``ibuf`` (ints) its input-modifier codes and group masks; ``rmeta[l]`` =
   (G, Mm, zmode, B off, Wp^T rows, Wp^T cols, Wp^T off, coefs off, cz off, cp off, b off, bias_g off,
   modes off, masks off, 1 when the layer's input is >= 0, 1 for the Flat rule (modifiers and ``B``
-  all ones), the offset of ``B 1``); ``reps[l]``: epsilon.
+  all ones, no masks: its ratios do not depend on the input), the offset of its per-unit weights
+  ``sum_g coef_g / stab(B 1 + bias_g)``); ``reps[l]``: epsilon.
 """
 import numba as nb
 import numpy as np
@@ -165,18 +166,12 @@ def _lrp_step(a, z, r, rbuf, ibuf, rm, eps, k_, o_, xsb, cb, sb, zgb, m, rin):
     bias_g = rbuf[rm[11]:rm[11] + go]
     modes = ibuf[rm[12]:rm[12] + mm]
     masks = ibuf[rm[13]:rm[13] + g_]
-    if rm[15] == 1:  # Flat: modifiers and weight map all ones, den = B 1 + bias_g for every row
-        zg = _mat(zgb, 0, m, go)
-        zc = rbuf[rm[16]:rm[16] + go]
+    if rm[15] == 1:  # Flat: modifiers and weight map all ones, no masks -> R_in[i, :] = sum_o r[i, o] w[o]
+        w = rbuf[rm[16]:rm[16] + o_]  # w = sum_g coef_g / stab(B 1 + bias_g): the same for every row
         for i in range(m):
-            for j in range(go):
-                zg[i, j] = zc[j]
-        s = _mat(sb, 0, m, go)
-        _ratio(zg, zmode, cz, cp, bvec, bias_g, z, r, coefs, masks, eps, s, 0, 1)
-        for i in range(m):  # B^T s: every input gets the row's sum
             acc = 0.0
-            for j in range(go):
-                acc += s[i, j]
+            for j in range(o_):
+                acc += r[i, j] * w[j]
             for q in range(k_):
                 rin[i, q] = acc
         return

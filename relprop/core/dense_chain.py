@@ -83,13 +83,28 @@ def _pack(m, k, dense, acts, rule_states, flags):
 
     for st, known in zip(rule_states, flags):
         g, mm = st.coefs.shape[0], st.modes.shape[0]
-        flat = mm == 1 and int(st.modes[0]) == int(R.ONES) and st.zmode == int(ZMode.DIRECT) and bool(np.all(st.B == 1))
+        flat = mm == 1 and int(st.modes[0]) == int(R.ONES) and st.zmode == int(ZMode.DIRECT) \
+            and bool(np.all(st.B == 1)) and not np.any(st.masks)
         row = [g, mm, st.zmode, put(st.B), st.Wp.shape[1], st.Wp.shape[0], put(st.Wp.T), put(st.coefs), put(st.cz),
                put(st.cp), put(st.b), put(st.bias_g), put_int(st.modes), put_int(st.masks), int(known), int(flat),
-               put(st.Wp.sum(axis=1) if flat else np.zeros(1))]  # B 1: exact (a count) in any dtype
+               put(_flat_weights(st) if flat else np.zeros(1))]
         rmeta.append(row)
     return packed + [np.concatenate(fparts), np.concatenate(iparts), np.array(rmeta, np.int64),
                      np.array([st.eps for st in rule_states], np.float64)]
+
+
+def _flat_weights(st):
+    """Per output unit, ``sum_g coef_g / stab(z_g)`` of a Flat-type rule state, whose
+    denominators ``z_g = B 1 + bias_g`` (a count plus the rule's bias) do not depend on the input:
+    its step is ``R_in[i, :] = sum_o R[i, o] w[o]``. ``stab`` as the kernels' (``z + eps sign(z)``,
+    sign(0) = +1; LRP-0 takes 0 where ``z = 0``), in float64."""
+    g, o = st.coefs.shape[0], st.b.shape[0]
+    den = st.B.astype(np.float64).sum(axis=1) + st.bias_g.astype(np.float64)
+    if st.eps == 0.0:
+        inv = np.divide(1.0, den, out=np.zeros_like(den), where=den != 0)
+    else:
+        inv = 1.0 / np.where(den >= 0, den + st.eps, den - st.eps)
+    return (st.coefs.astype(np.float64)[:, None] * inv.reshape(g, o)).sum(axis=0)
 
 
 def _tile(dense, rule_states):
