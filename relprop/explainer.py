@@ -305,7 +305,7 @@ class Explainer:
         m = self._compiled.get(x.dtype)
         if m is None or m.version != self.net.version:
             m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
-        step, per = self._engine_rows(m, p, k, shapes, x.itemsize, 1 if T is None else T.shape[1], n)
+        step, per, _ = self._engine_rows(m, p, k, shapes, x.itemsize, 1 if T is None else T.shape[1], n)
         step = self.batch_size or step
         expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
@@ -339,16 +339,24 @@ class Explainer:
                                      step, score)
 
     def _engine_rows(self, m, p, k, shapes, itemsize, targets, n):
-        """(rows of one internal batch, bytes per row it holds) for compiled model ``m`` on
-        kernels ``k`` and a call of ``n`` rows: the memory policy's rows for all node outputs, or,
-        for an MLP's traversal run in tiles by the Dense-chain kernel, for its inputs, scores and
-        ``targets`` results -- at least the kernel's ``MIN_ROWS``, so every batch takes it."""
+        """(rows of one internal batch, bytes per row it holds, whether the Dense-chain kernel
+        runs it) for compiled model ``m`` on kernels ``k`` and a call of ``n`` rows: the memory
+        policy's rows for all node outputs, or, for an MLP's traversal run in tiles by the
+        Dense-chain kernel, for its inputs, scores and ``targets`` results -- at least the kernel's
+        ``MIN_ROWS``, so every batch takes it."""
         per = row_bytes(shapes, itemsize) * (2 if self.runs.mode == DEEPLIFT else 1)
         if self.base is None and self.runs.mode is not None and n >= dense_chain.MIN_ROWS:
             chain = dense_chain.row_bytes(m, self.runs, p, k, shapes, itemsize, targets)
             if chain is not None:
-                return max(dense_chain.MIN_ROWS, budget.BUDGET.rows(chain, False, chain=True)), chain
-        return budget.BUDGET.rows(per, B.is_device(k)), per
+                return max(dense_chain.MIN_ROWS, budget.BUDGET.rows(chain, False, chain=True)), chain, True
+        return budget.BUDGET.rows(per, B.is_device(k)), per, False
+
+    def with_batch_size(self, batch_size):
+        """This Explainer with another internal batch size (the derived weights shared)."""
+        new = copy.copy(self)
+        new._compiled = self._compiled
+        new.batch_size = check_batch_size(batch_size)
+        return new
 
     def _run(self, ctx, x, T, p):
         if self.base is not None:

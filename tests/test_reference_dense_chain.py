@@ -861,3 +861,28 @@ def test_reference_wide_inputs_keep_batches_the_kernel_takes(monkeypatch, dtype,
         ref = rp.attribute(net, x, "lrp.epsilon", targets=targets)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(got, ref, rtol=0, atol=tol * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,max_memory", [(70_000, "2GB"), (20_000, "24MB")])
+def test_reference_runner_chunks_are_one_kernel_batch(monkeypatch, n, max_memory):
+    """A dataset job on an MLP: each chunk runs as one internal batch of the Dense-chain kernel
+    (its per-row working set counted in the chunk size, so a smaller ``max_memory`` gives smaller
+    chunks), and the stored attributions, targets and scores equal one ``explain`` call."""
+    from relprop.runner import job
+
+    calls = []
+    kernel = CPU.dense_chain
+    monkeypatch.setattr(CPU, "dense_chain", lambda *a: (calls.append(a[0].shape[0]), kernel(*a))[1])
+    net = _rp_net("relu")
+    x = _inputs(NETS["relu"], n=n, seed=9)
+    ex = rp.Explainer(net, "lrp", rules=rp.composites.EpsilonPlusFlat())
+    res = ex.map(x, max_memory=max_memory, progress=False)
+    rows = res.meta["chunk_rows"]
+    chunks = [min(rows, n - i) for i in range(0, n, rows)]
+    assert rows <= job.MAX_CHUNK_ROWS and len(chunks) > 1
+    assert sorted(calls) == sorted(c for c in chunks if c >= DC.MIN_ROWS), (calls, chunks)
+    e = ex.explain(x)
+    np.testing.assert_allclose(np.asarray(res.attributions), e.attribution, rtol=0,
+                               atol=1e-12 * np.abs(e.attribution).max())
+    np.testing.assert_array_equal(np.asarray(res.targets), e.targets)
+    np.testing.assert_allclose(np.asarray(res.scores), e.scores, rtol=1e-12, atol=0)

@@ -28,7 +28,7 @@ import uuid
 
 import numpy as np
 
-from ..core import backend, budget
+from ..core import backend, budget, dense_chain
 from ..core.checks import _check_targets
 from ..core.plan import compiled, fingerprint
 from . import stores
@@ -266,7 +266,7 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
             "scores": [list(kshape), "<f8"]}
     if sums_to is not None:
         cols["error"] = [list(kshape), "<f8"]
-    rows = _chunk_rows(ex, shapes, shape, src, dtype, T.k, batch_size, max_memory)
+    rows, one_batch = _chunk_rows(ex, shapes, shape, src, dtype, T.k, batch_size, max_memory)
     identity = {"method": ex.method.name, "params": _jsonable(ex.job_params()),
                 "backend": ex.backend, "allow_tf32": ex.allow_tf32,
                 "model": fingerprint(net), "dtype": dtype.str, "targets": T.describe(),
@@ -280,7 +280,8 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
             "job": job, "identity": identity, "n": src.n, "chunk_rows": rows, "columns": cols,
             "sums_to": sums_to, "relprop": __version__, "source": src.describe(), "model_shape": list(shape),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return src, Chunk(ex, T, shape, dtype, classes, sums_to is not None, src.n), meta
+    return src, Chunk(ex.with_batch_size(rows) if one_batch else ex, T, shape, dtype, classes, sums_to is not None,
+                      src.n), meta
 
 
 def _sample_digest(src):
@@ -318,36 +319,42 @@ def _recorded_seed(ex, out):
 
 
 def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
-    """Rows per chunk: ``batch_size`` when given, else what fits ``max_memory`` with the
-    engine's own working set set aside, at most MAX_CHUNK_ROWS rows and MAX_CHUNK_BYTES of
-    output, and a whole number of the engine's internal batches."""
+    """(rows per chunk, whether a chunk runs as one internal batch): ``batch_size`` when given,
+    else what fits ``max_memory`` with the engine's own working set set aside, at most
+    MAX_CHUNK_ROWS rows and MAX_CHUNK_BYTES of output, and a whole number of the engine's internal
+    batches. An MLP's traversal in the Dense-chain kernel holds per row only its input, scores and
+    results: its working set is counted per row, and each chunk is one internal batch (no
+    stitching of batch results)."""
     if batch_size not in (None, "auto"):
         if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be 'auto' or an int >= 1 (samples per chunk), got {batch_size!r}")
-        return int(min(batch_size, src.n))
+        return int(min(batch_size, src.n)), False
     mem = parse_memory(max_memory)
     size = int(np.prod(shape))
     kernels = backend.kernels_for(np.empty(0, dtype))
-    engine_rows, per = ex._engine_rows(compiled(ex.net, dtype), ex._validated(None), kernels, shapes, dtype.itemsize, k,
-                                       src.n)
+    engine_rows, per, chain = ex._engine_rows(compiled(ex.net, dtype), ex._validated(None), kernels, shapes,
+                                              dtype.itemsize, k, src.n)
+    chain = chain and ex.batch_size is None
     engine_rows = ex.batch_size or engine_rows
     expands = ex.runs.mode is None or ex.base is not None  # path points, perturbed or noisy copies
-    engine = 4 * engine_rows * per + (budget.BUDGET.expand if expands else 0)  # activations, backward, copies
+    engine = (0 if chain else 4 * engine_rows * per) + (budget.BUDGET.expand if expands else 0)  # activations, copies
     src_item = np.dtype(src.dtype).itemsize if src.dtype is not None else dtype.itemsize
     in_row = size * (src_item + dtype.itemsize)  # as read, and as cast
     convert = size * 8  # the reader's float64 conversion buffer of integer pixels (one chunk)
     out_row = k * (size * dtype.itemsize + 24)
     # QUEUE chunks read ahead + the one computing; its output, QUEUE waiting + the one writing
-    pipeline = (QUEUE + 1) * in_row + (QUEUE + 2) * out_row + convert
+    pipeline = (QUEUE + 1) * in_row + (QUEUE + 2) * out_row + convert + (4 * per if chain else 0)
     room = mem - engine
     if room < pipeline:
         need = (engine + pipeline) / 2**20
         raise JobError(f"max_memory={max_memory!r} is too small for this model and method: one sample needs about "
                        f"{need:.0f} MiB with the engine's working set (give at least {int(need * 1.5) + 1}MB)")
     rows = min(room // pipeline, MAX_CHUNK_ROWS, max(1, MAX_CHUNK_BYTES // out_row), src.n)
+    if chain:
+        return int(max(1, rows)), rows >= dense_chain.MIN_ROWS
     if rows > engine_rows:
         rows = rows // engine_rows * engine_rows
-    return int(max(1, rows))
+    return int(max(1, rows)), False
 
 
 def run_job(ex, source, out=None, *, target=None, targets=None, batch_size="auto", max_memory="2GB",
