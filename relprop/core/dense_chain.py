@@ -62,8 +62,8 @@ def _pack(m, k, dense, acts, rule_states, flags):
     offs = np.cumsum([0] + [2 * W.size for W in Ws])  # W, then W^T
     boffs = np.cumsum([0] + [b.size for b in bs])
     meta = np.array([(W.shape[1], W.shape[0], offs[i], boffs[i]) for i, W in enumerate(Ws)], np.int64)
-    packed = [np.concatenate([np.concatenate([W.ravel(), W.T.ravel()]) for W in Ws]).astype(dt), np.concatenate(bs).astype(dt), meta,
-              np.array(acts, np.int64)]
+    wbuf = np.concatenate([np.concatenate([W.ravel(), W.T.ravel()]) for W in Ws]).astype(dt)
+    packed = [wbuf, np.concatenate(bs).astype(dt), meta, np.array(acts, np.int64)]
     if rule_states is None:
         return packed + [np.zeros(1, dt), np.zeros(1, np.int64), np.zeros((len(dense), 17), np.int64),
                          np.zeros(len(dense))]
