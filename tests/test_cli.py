@@ -288,11 +288,11 @@ def test_interrupt_then_resume(files, capsys, monkeypatch):
     compute = runner_job.Chunk.compute
     calls = []
 
-    def ctrl_c(self, x, y, sl):
+    def ctrl_c(self, x, y, sl, **kw):
         calls.append(sl)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return compute(self, x, y, sl)
+        return compute(self, x, y, sl, **kw)
 
     with monkeypatch.context() as mp:
         mp.setattr(runner_job.Chunk, "compute", ctrl_c)

@@ -55,10 +55,10 @@ CHILD = textwrap.dedent("""
         stores.NpyStore.create = classmethod(create)
     elif mode == "computing":  # chunk 3 is being computed
         orig = job.Chunk.compute
-        def compute(self, x, y, sl):
+        def compute(self, x, y, sl, **kw):
             if sl.start == 3 * %(rows)d:
                 stop_here("computing")
-            return orig(self, x, y, sl)
+            return orig(self, x, y, sl, **kw)
         job.Chunk.compute = compute
     elif mode in ("writing", "writing-zarr"):  # half of chunk 4's attributions are on disk
         cls = stores.ZarrStore if mode == "writing-zarr" else stores.NpyStore

@@ -203,22 +203,28 @@ class Chunk:
         self.ex, self.targets, self.shape, self.dtype = ex, targets, shape, np.dtype(dtype)
         self.classes, self.error, self.n = classes, error, n
 
-    def prepare(self, x, where):
-        """A source batch as the model's input: cast to the job's dtype, reshaped."""
+    def prepare(self, x, where, own=False):
+        """A source batch as the model's input: cast to the job's dtype, reshaped; with ``own``,
+        in memory of its own (not a read-only view of a memory map: the reader thread pays the
+        copy and the page faults while the kernels compute the chunk before)."""
         x = np.asarray(x)
         if np.issubdtype(x.dtype, np.integer):
             x = x.astype(self.dtype)
         else:
             x = x.astype(self.dtype, copy=False)
+        if own and not (x.flags.writeable and x.flags.c_contiguous):
+            x = np.array(x, order="C")
         x = x.reshape((x.shape[0],) + self.shape)
         if not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
             raise JobError(f"{where}: sample {int(bad[0])} of the chunk contains NaN or Inf (at {tuple(bad[1:])})")
         return x
 
-    def compute(self, x, y, sl):
-        """The columns of rows ``sl``: attributions, targets, scores (and error)."""
-        x = self.prepare(x, f"rows {sl.start}..{sl.stop - 1}")
+    def compute(self, x, y, sl, prepared=False):
+        """The columns of rows ``sl``: attributions, targets, scores (and error); ``prepared``:
+        ``x`` came through :meth:`prepare` already."""
+        if not prepared:
+            x = self.prepare(x, f"rows {sl.start}..{sl.stop - 1}")
         ex = self.ex.for_rows(sl.start, sl.stop, self.n, x.ndim)
         e = ex.explain(x, row_offset=sl.start, **self.targets.call_args(sl, y, self.classes))
         cols = {"attributions": e.attribution, "targets": e.targets, "scores": e.scores.astype(np.float64)}
@@ -414,8 +420,13 @@ def _run_local(chunk, src, store, done, progress):
 
     def reader():
         try:
-            for item in _read_chunks(src, store, set(done), todo):
-                if not put(inq, item):
+            for i, x, y in _read_chunks(src, store, set(done), todo):
+                sl = store.chunk_slice(i)
+                try:
+                    x, ready = chunk.prepare(x, f"rows {sl.start}..{sl.stop - 1}", own=True), True
+                except JobError:
+                    ready = False  # raised again by compute, in chunk order
+                if not put(inq, (i, x, y, ready)):
                     return
             put(inq, None)
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
@@ -465,10 +476,10 @@ def _run_local(chunk, src, store, done, progress):
                 continue
             if item is None:
                 break
-            i, x, y = item
+            i, x, y, ready = item
             sl = store.chunk_slice(i)
             t0 = time.perf_counter()
-            cols = chunk.compute(x, y, sl)
+            cols = chunk.compute(x, y, sl, prepared=ready)
             del x
             release(sl.start, sl.stop)
             info = {"seconds": round(time.perf_counter() - t0, 4), "run": run, "pid": os.getpid()}
