@@ -199,9 +199,10 @@ class Chunk:
     """Everything a process needs to compute chunks of a job (pickled to Dask workers): the
     Explainer (its seed fixed), the target rule, the model's per-sample shape and the dtype."""
 
-    def __init__(self, ex, targets, shape, dtype, classes, error, n):
+    def __init__(self, ex, targets, shape, dtype, classes, error, n, own=False):
         self.ex, self.targets, self.shape, self.dtype = ex, targets, shape, np.dtype(dtype)
         self.classes, self.error, self.n = classes, error, n
+        self.own = own  # the kernel wants a writable input: the reader thread prepares and copies a read-only view
 
     def prepare(self, x, where, own=False):
         """A source batch as the model's input: cast to the job's dtype, reshaped; with ``own``,
@@ -287,7 +288,7 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
             "sums_to": sums_to, "relprop": __version__, "source": src.describe(), "model_shape": list(shape),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return src, Chunk(ex.with_batch_size(rows) if one_batch else ex, T, shape, dtype, classes, sums_to is not None,
-                      src.n), meta
+                      src.n, own=one_batch), meta
 
 
 def _sample_digest(src):
@@ -407,6 +408,7 @@ def _run_local(chunk, src, store, done, progress):
         return
     stop = threading.Event()
     inq, outq = queue.Queue(QUEUE), queue.Queue(QUEUE)
+    release = getattr(src, "release", lambda start, stop: None)
     failure = []
 
     def put(q, item):
@@ -421,11 +423,15 @@ def _run_local(chunk, src, store, done, progress):
     def reader():
         try:
             for i, x, y in _read_chunks(src, store, set(done), todo):
-                sl = store.chunk_slice(i)
-                try:
-                    x, ready = chunk.prepare(x, f"rows {sl.start}..{sl.stop - 1}", own=True), True
-                except JobError:
-                    ready = False  # raised again by compute, in chunk order
+                sl, ready = store.chunk_slice(i), False
+                if chunk.own:  # the copy and its page faults here, while the kernels compute the chunk before
+                    try:
+                        read, x, ready = x, chunk.prepare(x, f"rows {sl.start}..{sl.stop - 1}", own=True), True
+                        if not np.shares_memory(read, x):
+                            release(sl.start, sl.stop)  # copied: the memory map's pages can go now
+                        del read
+                    except JobError:
+                        pass  # raised again by compute, in chunk order
                 if not put(inq, (i, x, y, ready)):
                     return
             put(inq, None)
@@ -462,7 +468,6 @@ def _run_local(chunk, src, store, done, progress):
             while not ended and outq.get() is not None:  # drain so the compute side never blocks
                 pass
 
-    release = getattr(src, "release", lambda start, stop: None)
     rd = threading.Thread(target=reader, name="relprop-reader", daemon=True)
     wr = threading.Thread(target=writer, name="relprop-writer", daemon=True)
     rd.start()
