@@ -325,7 +325,9 @@ class Explainer:
         # overflow shows up as a non-finite result, which raises below, naming where: no numpy warnings
         with B.tf32(k, self.allow_tf32), B.LOCK, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             out = run_batches(m, x, step, (self.runs.name, "multi" if not single else "one"), batch)
-            if not bool(k.xp.isfinite(out).all()):
+            total = _row_totals(k, out) if explain and self.sums_to is not None else None
+            # finite totals (float64 sums) mean finite entries; otherwise (or without totals) look at each
+            if not (total is not None and bool(k.xp.isfinite(total).all())) and not bool(k.xp.isfinite(out).all()):
                 self._nonfinite(m, x, shapes, out)
             if not explain:
                 return back(out[:, 0] if single else out)
@@ -336,7 +338,7 @@ class Explainer:
                 if T is None and all(pk is not None for _, _, pk in parts):  # the argmax the traversal took
                     picked = k.xp.concatenate([pk for _, _, pk in parts]) if len(parts) > 1 else parts[0][2]
             return self._explanation(m, x, shapes, out, T if picked is None else picked, single, p, seed, back,
-                                     step, score)
+                                     step, score, total)
 
     def _engine_rows(self, m, p, k, shapes, itemsize, targets, n):
         """(rows of one internal batch, bytes per row it holds, whether the Dense-chain kernel
@@ -427,7 +429,7 @@ class Explainer:
         return run_batches(m, x, step, ("scores",),
                            lambda sl, st: engine.forward(m, x[sl], (self.net.score_node,), (), shapes)[0])
 
-    def _explanation(self, m, x, shapes, out, T, single, p, seed, back, step, score=None):
+    def _explanation(self, m, x, shapes, out, T, single, p, seed, back, step, score=None, total=None):
         xp = B.kernels_for(x).xp
         ctx = Context(m, shapes, rows=step)
         if score is None:
@@ -436,7 +438,7 @@ class Explainer:
             T = score.argmax(axis=1)[:, None]
         T = xp.asarray(T)
         rows = xp.arange(x.shape[0])[:, None]
-        s = score[rows, T]
+        s = score.reshape(-1).take(rows * score.shape[1] + T)  # score[rows, T], one flat gather
         mm = self.method if self.base is None else None
         sums_to = self.sums_to
         error = None
@@ -446,11 +448,9 @@ class Explainer:
                 ref = xp.ones_like(s)
             elif sums_to == "delta":
                 ref = s - self._baseline_scores(ctx, x, p, mm)[rows, T]
-            k = B.kernels_for(x)
-            flat = xp.ascontiguousarray(out.reshape(out.shape[0] * out.shape[1], -1))
-            total = xp.empty(flat.shape[0], np.float64)
-            k.row_sums(flat, total)  # float64 accumulation, one pass
-            error = B.to_host(total.reshape(out.shape[:2]) - ref)
+            if total is None:
+                total = _row_totals(B.kernels_for(x), out)
+            error = B.to_host(total - ref)
         if self.base is None:
             params = dict(self.params)
             if "seed" in params and seed is not None:
@@ -471,6 +471,15 @@ class Explainer:
             return xp.broadcast_to(sc.astype(np.float64).mean(axis=0), (x.shape[0], sc.shape[1]))
         x0 = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(b, dtype=x.dtype), x.shape))
         return self._scores(ctx.m, x0, ctx.shapes, ctx.rows)
+
+
+def _row_totals(k, out):
+    """``sum R`` per sample and target of results ``out`` (N, K, ...), accumulated in float64 in
+    one pass (the backend's ``row_sums``): (N, K)."""
+    flat = k.xp.ascontiguousarray(out.reshape(out.shape[0] * out.shape[1], -1))
+    total = k.xp.empty(flat.shape[0], np.float64)
+    k.row_sums(flat, total)
+    return total.reshape(out.shape[:2])
 
 
 def _slice(p, names, x, sl):
