@@ -886,3 +886,58 @@ def test_reference_runner_chunks_are_one_kernel_batch(monkeypatch, n, max_memory
                                atol=1e-12 * np.abs(e.attribution).max())
     np.testing.assert_array_equal(np.asarray(res.targets), e.targets)
     np.testing.assert_allclose(np.asarray(res.scores), e.scores, rtol=1e-12, atol=0)
+
+
+def test_reference_runner_resume_takes_the_stores_chunks_as_kernel_batches(tmp_path, monkeypatch):
+    """An MLP job stopped after two chunks and resumed with another ``max_memory`` continues with the
+    store's chunk size, each chunk still one kernel batch, and ends equal to one ``explain`` call."""
+    from relprop.runner import job
+
+    calls = []
+    kernel = CPU.dense_chain
+    monkeypatch.setattr(CPU, "dense_chain", lambda *a: (calls.append(a[0].shape[0]), kernel(*a))[1])
+    net = _rp_net("relu")
+    x = _inputs(NETS["relu"], n=20_000, seed=11)
+    ex = rp.Explainer(net, "lrp", rules=rp.composites.EpsilonPlusFlat())
+    compute = job.Chunk.compute
+    seen = []
+
+    def stop_after_two(self, *a, **kw):
+        seen.append(1)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return compute(self, *a, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(job.Chunk, "compute", stop_after_two)
+        with pytest.raises(KeyboardInterrupt):
+            ex.map(x, out=tmp_path / "s", max_memory="8MB", progress=False)
+    rows = rp.open_attributions(tmp_path / "s").meta["chunk_rows"]
+    assert DC.MIN_ROWS <= rows < 20_000
+    calls.clear()
+    res = ex.map(x, out=tmp_path / "s", max_memory="2MB", progress=False)  # would plan smaller chunks
+    assert res.complete and res.meta["chunk_rows"] == rows
+    assert calls and max(calls) == rows and all(c == rows for c in calls[:-1]), calls
+    e = ex.explain(x)
+    np.testing.assert_allclose(np.asarray(res.attributions), e.attribution, rtol=0,
+                               atol=1e-12 * np.abs(e.attribution).max())
+
+
+def test_errors_runner_nan_in_a_chunk_keeps_the_chunks_before(tmp_path):
+    """A NaN in chunk 3 of an MLP job (its chunks prepared by the reader thread): the job stops with
+    a message naming chunk 3's rows, and chunks 0..2 are finished in the store."""
+    from relprop.runner.job import JobError
+
+    net = _rp_net("relu")
+    x = _inputs(NETS["relu"], n=20_000, seed=12)
+    ex = rp.Explainer(net, "lrp.epsilon")
+    plan = ex.map(x[:20_000], out=tmp_path / "probe", max_memory="8MB", progress=False)
+    rows = plan.meta["chunk_rows"]
+    assert DC.MIN_ROWS <= rows and 20_000 // rows >= 5
+    bad = x.copy()
+    bad[3 * rows + 7, 2] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(JobError, match=f"rows {3 * rows}\\.\\.{4 * rows - 1}"):
+        ex.map(str(tmp_path / "bad.npy"), out=tmp_path / "o", max_memory="8MB", progress=False)
+    part = rp.open_attributions(tmp_path / "o")
+    assert part.finished_rows()[:3 * rows].all() and not part.finished_rows()[3 * rows:].any()

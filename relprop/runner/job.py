@@ -199,10 +199,19 @@ class Chunk:
     """Everything a process needs to compute chunks of a job (pickled to Dask workers): the
     Explainer (its seed fixed), the target rule, the model's per-sample shape and the dtype."""
 
-    def __init__(self, ex, targets, shape, dtype, classes, error, n, own=False):
+    def __init__(self, ex, targets, shape, dtype, classes, error, n, one_batch_rows=None):
         self.ex, self.targets, self.shape, self.dtype = ex, targets, shape, np.dtype(dtype)
         self.classes, self.error, self.n = classes, error, n
-        self.own = own  # the kernel wants a writable input: the reader thread prepares and copies a read-only view
+        self.plain, self.own = ex, False
+        if one_batch_rows is not None:
+            self.set_rows(one_batch_rows)
+
+    def set_rows(self, rows):
+        """Run each chunk of ``rows`` rows as one internal batch of the Dense-chain kernel (a job
+        ``_chunk_rows`` found one for, with the chunk size it planned or the one a resumed store has)."""
+        self.ex = self.plain.with_batch_size(rows)
+        # the kernel wants a writable input: the reader thread prepares and copies a read-only view
+        self.own = rows >= dense_chain.MIN_ROWS
 
     def prepare(self, x, where, own=False):
         """A source batch as the model's input: cast to the job's dtype, reshaped; with ``own``,
@@ -287,8 +296,7 @@ def plan_job(ex, source, out, target=None, targets=None, batch_size="auto", max_
             "job": job, "identity": identity, "n": src.n, "chunk_rows": rows, "columns": cols,
             "sums_to": sums_to, "relprop": __version__, "source": src.describe(), "model_shape": list(shape),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    return src, Chunk(ex.with_batch_size(rows) if one_batch else ex, T, shape, dtype, classes, sums_to is not None,
-                      src.n, own=one_batch), meta
+    return src, Chunk(ex, T, shape, dtype, classes, sums_to is not None, src.n, rows if one_batch else None), meta
 
 
 def _sample_digest(src):
@@ -341,7 +349,7 @@ def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
     kernels = backend.kernels_for(np.empty(0, dtype))
     engine_rows, per, chain = ex._engine_rows(compiled(ex.net, dtype), ex._validated(None), kernels, shapes,
                                               dtype.itemsize, k, src.n)
-    chain = chain and ex.batch_size is None
+    chain = chain and ex.batch_size is None and ex.backend != "gpu"  # (the kernel is the CPU's)
     engine_rows = ex.batch_size or engine_rows
     expands = ex.runs.mode is None or ex.base is not None  # path points, perturbed or noisy copies
     engine = (0 if chain else 4 * engine_rows * per) + (budget.BUDGET.expand if expands else 0)  # activations, copies
@@ -383,6 +391,8 @@ def run_job(ex, source, out=None, *, target=None, targets=None, batch_size="auto
         store, done = stores.MemoryStore(meta), set()
     else:
         store, done = stores.prepare(out, meta, overwrite, auto_rows=batch_size in (None, "auto"))
+        if chunk.plain is not chunk.ex and store.rows != meta["chunk_rows"]:  # resumed with the store's chunks
+            chunk.set_rows(store.rows)
     try:
         if scheduler is not None:
             from .. import dask as rdask
@@ -430,8 +440,8 @@ def _run_local(chunk, src, store, done, progress):
                         if not np.shares_memory(read, x):
                             release(sl.start, sl.stop)  # copied: the memory map's pages can go now
                         del read
-                    except JobError:
-                        pass  # raised again by compute, in chunk order
+                    except Exception:  # noqa: BLE001 - raised again by compute, in chunk order
+                        ready = False
                 if not put(inq, (i, x, y, ready)):
                     return
             put(inq, None)
@@ -482,6 +492,7 @@ def _run_local(chunk, src, store, done, progress):
             if item is None:
                 break
             i, x, y, ready = item
+            item = None  # the chunk's input is freed once computed (del x below)
             sl = store.chunk_slice(i)
             t0 = time.perf_counter()
             cols = chunk.compute(x, y, sl, prepared=ready)
