@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import dataclasses
 import copy
-import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -348,15 +347,10 @@ def zennit_model(m, fold_scale=True, linear_type=ChannelsLastLinear):
 
 
 def zennit_lrp(m, x, composite):
-    from zennit.attribution import Gradient
-
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     tgt = torch.as_tensor(TARGET)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Gradient(model=m, composite=composite) as attributor:
-            _, rel = attributor(xt, lambda out: F.one_hot(tgt, out.shape[1]).to(out.dtype) * out.detach())
-    return rel.detach().numpy()
+    return torch_ref.zennit_relevance(m, xt, composite,
+                                      lambda out: F.one_hot(tgt, out.shape[1]).to(out.dtype) * out.detach())
 
 
 def zennit_epsilon_plus_flat(linear_rule="zplus"):

@@ -211,15 +211,11 @@ def _score_plus(params, x, target):
 def _zennit(model, x, tgt, composite):
     import torch
     import torch.nn.functional as F
-    from zennit.attribution import Gradient
+    from torch_ref import zennit_relevance
 
     xt = torch.from_numpy(x).requires_grad_(True)
     t = torch.as_tensor(tgt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Gradient(model=model, composite=composite) as attributor:
-            _, rel = attributor(xt, lambda out: F.one_hot(t, out.shape[1]).to(out.dtype) * out.detach())
-    return rel.detach().numpy()
+    return zennit_relevance(model, xt, composite, lambda out: F.one_hot(t, out.shape[1]).to(out.dtype) * out.detach())
 
 
 def _import(model, x):
