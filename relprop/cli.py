@@ -678,7 +678,7 @@ def _example_input(torch, source, shape, dtype):
     elif shape is not None and None not in shape[1:]:
         raise ValueError(f"the exported model reads samples shaped {tuple(shape[1:])}, the dataset's are "
                          f"{tuple(x.shape[1:])}")
-    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float64)).to(dtype)
+    return torch.from_numpy(np.array(x, dtype=np.float64)).to(dtype)  # a copy: the source may be read-only
 
 
 # -- the store ---------------------------------------------------------------------------------

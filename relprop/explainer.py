@@ -26,7 +26,7 @@ from .core import rules as R
 from .core.checks import (_check_model, _check_seed, _check_target, _check_targets, _check_x,
                           _reads_input_directly)
 from .core import budget, dense_chain
-from .core.execute import check_batch_size, row_bytes, run_batches, to_backend
+from .core.execute import check_batch_size, page_aligned, row_bytes, run_batches, to_backend
 from .core.plan import DEEPLIFT, compiled
 from .methods import METHODS
 from .methods import smoothgrad as SG
@@ -286,7 +286,9 @@ class Explainer:
         """Like :meth:`attribute`, returning an :class:`Explanation`."""
         return self._call(x, target, targets, row_offset, explain=True)
 
-    def _call(self, x, target, targets, row_offset, explain):
+    def _call(self, x, target, targets, row_offset, explain, checked=False):
+        """``attribute`` / ``explain``; ``checked``: every entry of ``x`` is known to be finite
+        (a dataset job's reader thread looked), so it is not looked at again."""
         if targets is not None and target is not None:
             raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
         if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, numbers.Integral):
@@ -296,7 +298,7 @@ class Explainer:
         x, back = to_backend(x, self.backend)
         k = B.kernels_for(x)
         self._check_backend(k)
-        x, shapes = _check_x(self.net, x)
+        x, shapes = _check_x(self.net, x, finite=not checked)
         n = x.shape[0]
         classes = shapes[self.net.score_node][0]
         T, single = self._targets(target, targets, n, classes)
@@ -305,8 +307,11 @@ class Explainer:
         m = self._compiled.get(x.dtype)
         if m is None or m.version != self.net.version:
             m = self._compiled[x.dtype] = compiled(self.net, x.dtype)
-        step, per, _ = self._engine_rows(m, p, k, shapes, x.itemsize, 1 if T is None else T.shape[1], n)
+        kk = 1 if T is None else T.shape[1]
+        step, per, chain = self._engine_rows(m, p, k, shapes, x.itemsize, kk, n)
         step = self.batch_size or step
+        # the Dense-chain kernel writes each batch's result into its rows of the output (no copy)
+        dest = page_aligned((n, kk) + x.shape[1:], x.dtype) if chain else None
         expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
 
@@ -315,7 +320,8 @@ class Explainer:
         scores = []
 
         def batch(sl, st):
-            ctx = Context(m, shapes, int(row_offset) + sl.start, seed, max(st, 1), expand)
+            ctx = Context(m, shapes, int(row_offset) + sl.start, seed, max(st, 1), expand,
+                          dest=None if dest is None else dest[sl])
             tb = None if T is None else T[sl]
             r = self._run(ctx, x[sl], tb, _slice(p, per_sample, x, sl))
             if keep_scores:
@@ -324,7 +330,7 @@ class Explainer:
 
         # overflow shows up as a non-finite result, which raises below, naming where: no numpy warnings
         with B.tf32(k, self.allow_tf32), B.LOCK, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            out = run_batches(m, x, step, (self.runs.name, "multi" if not single else "one"), batch)
+            out = run_batches(m, x, step, (self.runs.name, "multi" if not single else "one"), batch, dest)
             total = _row_totals(k, out) if explain and self.sums_to is not None else None
             # finite totals (float64 sums) mean finite entries; otherwise (or without totals) look at each
             if not (total is not None and bool(k.xp.isfinite(total).all())) and not bool(k.xp.isfinite(out).all()):

@@ -26,7 +26,16 @@ Packed layout (``relprop.core.dense_chain`` builds it once per plan):
   (G, Mm, zmode, B off, Wp^T rows, Wp^T cols, Wp^T off, coefs off, cz off, cp off, b off, bias_g off,
   modes off, masks off, 1 when the layer's input is >= 0, 1 for the Flat rule (modifiers and ``B``
   all ones, no masks: its ratios do not depend on the input), the offset of its per-unit weights
-  ``sum_g coef_g / stab(B 1 + bias_g)``); ``reps[l]``: epsilon.
+  ``sum_g coef_g / stab(B 1 + bias_g)``, 1 for a plain epsilon step (one group, no masks, the
+  layer's own z: the ratio is taken in the input's precision, the rows flattened when
+  ``bias_g`` is 0), the offset of epsilon in ``rbuf``); ``reps[l]``: epsilon (float64, for the
+  general ratio kernel).
+
+Each thread copies the packed arrays into memory of its own first: every array view the tile
+loop takes counts a reference on its array's record, and two threads counting on the same record
+kept passing its cache line between the cores. The helpers are inlined (``inline="always"``),
+which lets Numba drop the reference counts of the views they take. (Copying each tile of ``x``
+as well cost more than it saved.)
 """
 import numba as nb
 import numpy as np
@@ -47,7 +56,7 @@ _mods = stack_input_mods.kernel
 _mulsum = stacked_mul_sum.kernel
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _mat(buf, off, rows, cols):
     return buf[off:off + rows * cols].reshape(rows, cols)
 
@@ -74,6 +83,10 @@ def dense_chain(x, wbuf, bbuf, meta, acts, lrp, rbuf, ibuf, rmeta, reps, targets
     t0, t1 = tiles * part // parts, tiles * (part + 1) // parts
     if t0 >= t1:
         return
+    # this thread's own copies (see the module's docstring: no reference counting on shared records)
+    wbuf, bbuf, meta, acts = wbuf.copy(), bbuf.copy(), meta.copy(), acts.copy()
+    rbuf, ibuf, rmeta, reps = rbuf.copy(), ibuf.copy(), rmeta.copy(), reps.copy()
+    acc = np.empty(tile, x.dtype)  # a Flat step's per-row sum
     zs = [np.empty((tile, meta[l, 1]), x.dtype) for l in range(L)]  # pre-activations (bias included)
     avs = [np.empty((tile, meta[l, 1]), x.dtype) for l in range(L)]  # activations
     sig = [np.empty((tile, meta[l, 0]), x.dtype) for l in range(L)]  # signal at each layer's input
@@ -136,14 +149,14 @@ def dense_chain(x, wbuf, bbuf, meta, acts, lrp, rbuf, ibuf, rmeta, reps, targets
                     else:
                         np.dot(r, W, gin)
                 else:
-                    _lrp_step(a, zs[l][:m], r, rbuf, ibuf, rmeta[l], reps[l], k_, o_, xsb, cb, sb, zgb, m, gin)
+                    _lrp_step(a, zs[l][:m], r, rbuf, ibuf, rmeta[l], reps[l], k_, o_, xsb, cb, sb, zgb, acc, m, gin)
                 r = gin
             for i in range(m):
                 for j in range(f_):
                     out[i0 + i, q, j] = r[i, j]
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _act_grad(g, z, a, act, buf, m):
     """``g * f'(z)`` (m, O) into the front of ``buf``, returned as a contiguous (m, O) array."""
     o_ = g.shape[1]
@@ -152,13 +165,29 @@ def _act_grad(g, z, a, act, buf, m):
     return gz
 
 
-@nb.njit(cache=True, nogil=True, error_model="numpy")
-def _lrp_step(a, z, r, rbuf, ibuf, rm, eps, k_, o_, xsb, cb, sb, zgb, m, rin):
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _lrp_step(a, z, r, rbuf, ibuf, rm, eps, k_, o_, xsb, cb, sb, zgb, acc, m, rin):
     """One LRP rule step through a Dense layer for a tile: ``rin`` (m, K) from ``r`` (m, O)
     (``relprop.core.linear.lrp``'s Dense branch)."""
     g_, mm, zmode = rm[0], rm[1], rm[2]
     go = g_ * o_
+    if rm[15] == 1:  # Flat: modifiers and weight map all ones, no masks -> R_in[i, :] = sum_o r[i, o] w[o]
+        # w = sum_g coef_g / stab(B 1 + bias_g): the same for every row; one GEMV for the tile
+        av = acc[:m]
+        np.dot(r, rbuf[rm[16]:rm[16] + o_], av)
+        for i in range(m):
+            v = av[i]
+            for q in range(k_):
+                rin[i, q] = v
+        return
     B = _mat(rbuf, rm[3], go, mm * k_)
+    s = _mat(sb, 0, m, go)
+    if rm[17] == 1:  # epsilon: s = c r / (z + bias_g + eps sign(z + bias_g)), in the input's precision
+        _eps_ratio(z, r, rbuf[rm[7]], rbuf[rm[18]], rbuf, rm[11], rm[19] == 1, s)
+        c = _mat(cb, 0, m, k_)
+        np.dot(s, B, c)
+        _mulsum(a, c, 1, rin, 0, 1)
+        return
     coefs = rbuf[rm[7]:rm[7] + g_]
     cz = rbuf[rm[8]:rm[8] + g_]
     cp = rbuf[rm[9]:rm[9] + g_]
@@ -166,21 +195,11 @@ def _lrp_step(a, z, r, rbuf, ibuf, rm, eps, k_, o_, xsb, cb, sb, zgb, m, rin):
     bias_g = rbuf[rm[11]:rm[11] + go]
     modes = ibuf[rm[12]:rm[12] + mm]
     masks = ibuf[rm[13]:rm[13] + g_]
-    if rm[15] == 1:  # Flat: modifiers and weight map all ones, no masks -> R_in[i, :] = sum_o r[i, o] w[o]
-        w = rbuf[rm[16]:rm[16] + o_]  # w = sum_g coef_g / stab(B 1 + bias_g): the same for every row
-        for i in range(m):
-            acc = 0.0
-            for j in range(o_):
-                acc += r[i, j] * w[j]
-            for q in range(k_):
-                rin[i, q] = acc
-        return
     if mm == 1 and (modes[0] == 0 or (modes[0] == 1 and rm[14] == 1)):
         xs = a  # the input itself (x, or x+ of an input >= 0)
     else:
         xs = _mat(xsb, 0, m, mm * k_)
         _mods(a, modes, a, a, xs, 0, 1)
-    s = _mat(sb, 0, m, go)
     if zmode == 1:  # den = B a + bias_g
         zg = _mat(zgb, 0, m, go)
         np.dot(xs, _mat(rbuf, rm[6], rm[4], rm[5]), zg)
@@ -193,3 +212,21 @@ def _lrp_step(a, z, r, rbuf, ibuf, rm, eps, k_, o_, xsb, cb, sb, zgb, m, rin):
     c = _mat(cb, 0, m, mm * k_)
     np.dot(s, B, c)
     _mulsum(xs, c, mm, rin, 0, 1)
+
+
+@nb.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _eps_ratio(z, r, cf, eps, rbuf, boff, nobias, s):
+    """``s = cf r / (den + eps sign(den))``, ``den = z + bias_g`` (sign(0) = +1), for (m, O)
+    tiles; over the flattened tile when ``bias_g`` is 0 (a loop of m*O, not m loops of O: the
+    score layer has two units)."""
+    m, o_ = z.shape
+    if nobias:
+        zf, rf, sf = z.ravel(), r.ravel(), s.ravel()
+        for i in range(m * o_):
+            den = zf[i]
+            sf[i] = cf * rf[i] / (den + eps if den >= 0 else den - eps)
+        return
+    for i in range(m):
+        for o in range(o_):
+            den = z[i, o] + rbuf[boff + o]
+            s[i, o] = cf * r[i, o] / (den + eps if den >= 0 else den - eps)

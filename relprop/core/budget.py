@@ -44,7 +44,7 @@ class Budget:
     cols: int = 8 * 2**20
     work: int = 64 * 2**20
     patch: int = 16 * 2**20
-    chain: int = 4 * 2**20
+    chain: int = 64 * 2**20
     expansion: int = 512 * 2**20
     expansion_cols: int = 2**30
 

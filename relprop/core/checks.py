@@ -17,8 +17,9 @@ def _check_model(net):
         raise TypeError(f"net must be a relprop model (rp.Sequential or rp.Graph), got {type(net).__name__}")
 
 
-def _check_x(net, x, name="x", scores=True):
-    """Validate the batch; returns (x as a contiguous float array, per-node shapes)."""
+def _check_x(net, x, name="x", scores=True, finite=True):
+    """Validate the batch; returns (x as a contiguous float array, per-node shapes). ``finite``
+    False: the caller checked already that every entry is finite (a dataset job's reader)."""
     xp = backend.kernels_for(x).xp
     if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize not in (4, 8):
         raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}"
@@ -39,7 +40,7 @@ def _check_x(net, x, name="x", scores=True):
     if not x.dtype.isnative:  # e.g. big-endian '>f8': same width, native byte order
         x = x.astype(x.dtype.newbyteorder("="))
     x = xp.ascontiguousarray(x)
-    if not bool(xp.isfinite(x).all()):
+    if finite and not bool(xp.isfinite(x).all()):
         bad = backend.to_host(xp.argwhere(~xp.isfinite(x))[0])
         raise ValueError(f"{name} contains NaN or Inf (first at index {tuple(int(i) for i in bad)})")
     return x, shapes

@@ -17,12 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend, reuse
+from .execute import page_aligned
 from . import rules as R
 from .graph import ACT_CODES
 from .modes import GRAD, LRP, ZMode
 
 ENABLED = True  # tests switch it off to compare with the layer-by-layer path
 MIN_TILE = 8  # rows; narrower tiles spend more in per-call overhead than they save
+RMETA = 20  # columns of the kernel's per-layer rule record (see relprop.kernels.cpu.dense_chain)
 MIN_ROWS = 256  # smaller batches take the engine: as fast there, and no first compile of the kernel
 # (about 6 s once per machine) for a handful of rows -- a demo's 4 passengers
 MAX_TILE = 256
@@ -65,7 +67,7 @@ def _pack(m, k, dense, acts, rule_states, flags):
     wbuf = np.concatenate([np.concatenate([W.ravel(), W.T.ravel()]) for W in Ws]).astype(dt)
     packed = [wbuf, np.concatenate(bs).astype(dt), meta, np.array(acts, np.int64)]
     if rule_states is None:
-        return packed + [np.zeros(1, dt), np.zeros(1, np.int64), np.zeros((len(dense), 17), np.int64),
+        return packed + [np.zeros(1, dt), np.zeros(1, np.int64), np.zeros((len(dense), RMETA), np.int64),
                          np.zeros(len(dense))]
     fparts, iparts, rmeta, fo, io = [], [], [], 0, 0
 
@@ -85,9 +87,14 @@ def _pack(m, k, dense, acts, rule_states, flags):
         g, mm = st.coefs.shape[0], st.modes.shape[0]
         flat = mm == 1 and int(st.modes[0]) == int(R.ONES) and st.zmode == int(ZMode.DIRECT) \
             and bool(np.all(st.B == 1)) and not np.any(st.masks)
+        # a plain epsilon step: one group, no masks, the layer's own z, the input itself as modifier
+        eps_step = g == 1 and mm == 1 and (int(st.modes[0]) == 0 or (int(st.modes[0]) == 1 and bool(known))) \
+            and st.zmode == int(ZMode.LAYER_Z) \
+            and not np.any(st.masks) and st.eps > 0
         row = [g, mm, st.zmode, put(st.B), st.Wp.shape[1], st.Wp.shape[0], put(st.Wp.T), put(st.coefs), put(st.cz),
                put(st.cp), put(st.b), put(st.bias_g), put_int(st.modes), put_int(st.masks), int(known), int(flat),
-               put(_flat_weights(st) if flat else np.zeros(1))]
+               put(_flat_weights(st) if flat else np.zeros(1)), int(eps_step), put(np.array([st.eps])),
+               int(not np.any(st.bias_g))]
         rmeta.append(row)
     return packed + [np.concatenate(fparts), np.concatenate(iparts), np.array(rmeta, np.int64),
                      np.array([st.eps for st in rule_states], np.float64)]
@@ -184,9 +191,7 @@ def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
     n = x.shape[0]
     if n < MIN_ROWS:
         return None
-    x2 = np.ascontiguousarray(x.reshape(n, -1))
-    if not x2.flags.writeable:  # one compiled signature (Numba types read-only arrays apart)
-        x2 = x2.copy()
+    x2 = np.ascontiguousarray(x.reshape(n, -1))  # (a read-only x, e.g. a memory map, has its own compilation)
     if x2.shape[1] != dense[0].layer.weight.shape[1]:
         return None
     states, flags, key = None, None, ("dense_chain", method.mode)
@@ -210,7 +215,11 @@ def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):
     tg = np.zeros((n, 1), np.int64) if argmax else np.array(targets, dtype=np.int64, order="C")  # written, own copy
     c = dense[-1].layer.weight.shape[0]
     scores = np.empty((n, c), x.dtype)
-    out = np.empty((n, tg.shape[1]) + x.shape[1:], x.dtype)
+    want = (n, tg.shape[1]) + x.shape[1:]
+    out, ctx.dest = ctx.dest, None  # the caller's rows, when it gave them (once)
+    if not (isinstance(out, np.ndarray) and out.shape == want and out.dtype == x.dtype and out.flags.c_contiguous
+            and out.flags.writeable):
+        out = page_aligned(want, x.dtype)  # (a dataset store writes it by direct I/O)
     wbuf, bbuf, meta, acts_a, rbuf, ibuf, rmeta, reps = packed
     k.dense_chain(x2, wbuf, bbuf, meta, acts_a, method.mode == LRP, rbuf, ibuf, rmeta, reps, tg, argmax,
                   start_scaled, tile, scores, out.reshape(n, tg.shape[1], -1))

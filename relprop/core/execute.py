@@ -92,9 +92,30 @@ def run_batches(m, x, step, key, fn, out=None):
             if sl.stop == n and i == 0:
                 return r
             out = k.xp.empty((n,) + r.shape[1:], r.dtype)
-        out[sl] = r
+        if not _written_in_place(r, out[sl]):
+            out[sl] = r
         i = sl.stop
     return out
+
+
+PAGE = 4096  # bytes: the alignment of page_aligned arrays (and of a dataset store's direct writes)
+
+
+def page_aligned(shape, dtype):
+    """An uninitialised C-order numpy array whose data start on a ``PAGE`` boundary (the results
+    a dataset job writes to a ``.npy`` store by direct I/O)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + PAGE, np.uint8)
+    skip = -raw.ctypes.data % PAGE
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
+def _written_in_place(r, rows):
+    """Whether the batch's result ``r`` is the output rows ``rows`` themselves (a traversal
+    that wrote into them, ``Context.dest``)."""
+    return (isinstance(r, np.ndarray) and isinstance(rows, np.ndarray) and r.shape == rows.shape
+            and r.dtype == rows.dtype and r.strides == rows.strides and r.ctypes.data == rows.ctypes.data)
 
 
 def check_batch_size(batch_size):

@@ -95,6 +95,8 @@ class Context:
     expand_rows: int = 256
     score: object = None  # set by :func:`traverse`: the score rows (N, classes) of its forward pass
     picked: object = None  # set by :func:`traverse` when it chose the targets: each row's argmax (N, 1)
+    dest: object = None  # where the traversal of this batch may write its (N, K, ...) result (the caller's
+    # output rows; taken once, by the Dense-chain kernel; a context for other rows, ``at``, has none)
 
     @property
     def graph(self):
@@ -207,16 +209,19 @@ def traverse(ctx, x, targets, method, params):
 
 
 def _post(post, g, x, x0):
+    """The method's post-processing of a traversal result ``g`` (N, K, ...), in place (``g`` is
+    the traversal's own array)."""
     if post is None:
         return g
+    xp = xp_of(g)
     if post == "abs":
-        return abs(g)
+        return xp.abs(g, out=g)
     if post == "times_x":
-        return g * x[:, None]
+        return xp.multiply(g, x[:, None], out=g)
     if post == "times_delta":
-        return g * (x - x0)[:, None]
+        return xp.multiply(g, (x - x0)[:, None], out=g)
     if post == "positive_times_x":  # rectgrad: x * R kept where positive
-        return xp_of(g).maximum(g * x[:, None], 0)
+        return xp.maximum(xp.multiply(g, x[:, None], out=g), 0, out=g)
     raise ValueError(f"unknown post-processing {post!r}")  # pragma: no cover - declared in this package
 
 

@@ -29,6 +29,7 @@ import uuid
 import numpy as np
 
 from ..core import backend, budget, dense_chain
+from ..core.execute import page_aligned
 from ..core.checks import _check_targets
 from ..core.plan import compiled, fingerprint
 from . import stores
@@ -202,7 +203,7 @@ class Chunk:
     def __init__(self, ex, targets, shape, dtype, classes, error, n, one_batch_rows=None):
         self.ex, self.targets, self.shape, self.dtype = ex, targets, shape, np.dtype(dtype)
         self.classes, self.error, self.n = classes, error, n
-        self.plain, self.own = ex, False
+        self.plain = ex
         if one_batch_rows is not None:
             self.set_rows(one_batch_rows)
 
@@ -210,20 +211,15 @@ class Chunk:
         """Run each chunk of ``rows`` rows as one internal batch of the Dense-chain kernel (a job
         ``_chunk_rows`` found one for, with the chunk size it planned or the one a resumed store has)."""
         self.ex = self.plain.with_batch_size(rows)
-        # the kernel wants a writable input: the reader thread prepares and copies a read-only view
-        self.own = rows >= dense_chain.MIN_ROWS
 
-    def prepare(self, x, where, own=False):
-        """A source batch as the model's input: cast to the job's dtype, reshaped; with ``own``,
-        in memory of its own (not a read-only view of a memory map: the reader thread pays the
-        copy and the page faults while the kernels compute the chunk before)."""
+    def prepare(self, x, where):
+        """A source batch as the model's input: cast to the job's dtype, reshaped, every entry
+        checked to be finite (in the reader thread, while the kernels compute the chunk before)."""
         x = np.asarray(x)
         if np.issubdtype(x.dtype, np.integer):
             x = x.astype(self.dtype)
         else:
             x = x.astype(self.dtype, copy=False)
-        if own and not (x.flags.writeable and x.flags.c_contiguous):
-            x = np.array(x, order="C")
         x = x.reshape((x.shape[0],) + self.shape)
         if not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
@@ -232,15 +228,26 @@ class Chunk:
 
     def compute(self, x, y, sl, prepared=False):
         """The columns of rows ``sl``: attributions, targets, scores (and error); ``prepared``:
-        ``x`` came through :meth:`prepare` already."""
+        ``x`` came through :meth:`prepare` already. The columns are page-aligned where they are
+        copies anyway (a ``.npy`` store writes them by direct I/O)."""
         if not prepared:
             x = self.prepare(x, f"rows {sl.start}..{sl.stop - 1}")
         ex = self.ex.for_rows(sl.start, sl.stop, self.n, x.ndim)
-        e = ex.explain(x, row_offset=sl.start, **self.targets.call_args(sl, y, self.classes))
-        cols = {"attributions": e.attribution, "targets": e.targets, "scores": e.scores.astype(np.float64)}
+        kw = self.targets.call_args(sl, y, self.classes)
+        e = ex._call(x, kw.get("target"), kw.get("targets"), sl.start, explain=True, checked=True)
+        cols = {"attributions": e.attribution, "targets": _aligned(e.targets, np.int64),
+                "scores": _aligned(e.scores, np.float64)}
         if self.error:
-            cols["error"] = e.error.astype(np.float64)
+            cols["error"] = _aligned(e.error, np.float64)
         return cols
+
+
+def _aligned(a, dtype):
+    """``a`` as a page-aligned C-order array of ``dtype`` (one copy, as ``astype`` would make)."""
+    a = np.asarray(a)
+    out = page_aligned(a.shape, dtype)
+    np.copyto(out, a, casting="same_kind")
+    return out
 
 
 # -- the job --------------------------------------------------------------------------------
@@ -434,14 +441,13 @@ def _run_local(chunk, src, store, done, progress):
         try:
             for i, x, y in _read_chunks(src, store, set(done), todo):
                 sl, ready = store.chunk_slice(i), False
-                if chunk.own:  # the copy and its page faults here, while the kernels compute the chunk before
-                    try:
-                        read, x, ready = x, chunk.prepare(x, f"rows {sl.start}..{sl.stop - 1}", own=True), True
-                        if not np.shares_memory(read, x):
-                            release(sl.start, sl.stop)  # copied: the memory map's pages can go now
-                        del read
-                    except Exception:  # noqa: BLE001 - raised again by compute, in chunk order
-                        ready = False
+                try:  # the cast and the finite check here, while the kernels compute the chunk before
+                    read, x, ready = x, chunk.prepare(x, f"rows {sl.start}..{sl.stop - 1}"), True
+                    if not np.shares_memory(read, x):
+                        release(sl.start, sl.stop)  # cast into memory of its own: the memory map's pages can go now
+                    del read
+                except Exception:  # noqa: BLE001 - raised again by compute, in chunk order
+                    ready = False
                 if not put(inq, (i, x, y, ready)):
                     return
             put(inq, None)

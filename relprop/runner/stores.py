@@ -10,7 +10,8 @@ file is not finished and a rerun computes it again (whatever bytes a killed run 
 overwritten). So the store a killed-and-resumed job ends with equals an uninterrupted run's.
 
 * :class:`NpyStore` (``out="job/"`` or any path not ending in ``.zarr``): preallocated
-  ``.npy`` files written through memory maps; what a user opens with ``np.load(mmap_mode="r")``.
+  ``.npy`` files written chunk by chunk at their offsets; what a user opens with
+  ``np.load(mmap_mode="r")``.
 * :class:`ZarrStore` (``out="job.zarr"``): zarr arrays chunked along samples with the job's
   chunk rows, compressed; each chunk is written whole by one writer (zarr's local store writes
   a chunk to a temporary file and renames it), so workers of a Dask cluster write their chunks
@@ -18,6 +19,7 @@ overwritten). So the store a killed-and-resumed job ends with equals an uninterr
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -26,11 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.execute import PAGE
+
 FORMAT = "relprop-attributions/1"
 META = "meta.json"
 MANIFEST = "manifest"
 CREATING = ".relprop-creating"  # written first, removed once meta.json is in place
 COLUMNS = ("attributions", "targets", "scores", "error")
+ALIGN = PAGE  # a .npy store's data start at a multiple of this, and direct writes cover whole blocks of it
+DIRECT_MIN = 2**16  # bytes: smaller writes go through the page cache
 
 
 class StoreError(ValueError):
@@ -224,7 +230,15 @@ class NpyStore(_Store):
     """One ``.npy`` file per column, preallocated on disk (``posix_fallocate``: a full disk shows
     up when the job starts, not in the middle of a write) and written chunk by chunk with
     ``pwrite`` at the chunk's offset, then ``fdatasync``: no memory map is held while writing,
-    so the job's memory does not grow with the store."""
+    so the job's memory does not grow with the store.
+
+    The data of each file start at a multiple of ``ALIGN`` bytes (the header is padded, as the
+    ``.npy`` format allows). Where a chunk's bytes in memory and in the file are aligned alike
+    (the Dense-chain kernel's results are page-aligned, and a chunk of a multiple of ``ALIGN``
+    bytes starts aligned), its whole blocks are written with ``O_DIRECT``: the device reads them
+    from the result itself, and the CPU, which the kernels are using, does not copy them into
+    the page cache. The blocks around them, and every write on a system or file system without
+    direct I/O, go through the page cache. The bytes on disk are the same either way."""
 
     @classmethod
     def create(cls, out, meta):
@@ -233,7 +247,7 @@ class NpyStore(_Store):
             # created under a temporary name and renamed: a killed run leaves no half-made file
             tmp = out / f".{name}.npy.tmp"
             dt = np.dtype(dtype)
-            header = _npy_header(dt, (n,) + tuple(shape))
+            header = _npy_header(dt, (n,) + tuple(shape), ALIGN)
             size = len(header) + n * int(np.prod(shape, dtype=np.int64)) * dt.itemsize
             with open(tmp, "wb") as f:
                 f.write(header)
@@ -250,7 +264,8 @@ class NpyStore(_Store):
         return cls(out, meta, "r+")
 
     def _open(self, mode):
-        arrays, self._files = {}, {}
+        arrays, self._files, self._direct = {}, {}, {}
+        self.direct_bytes = 0  # how many bytes went to disk by direct I/O (the rest through the page cache)
         for name, (shape, dtype) in self.columns.items():
             p = self.path / f"{name}.npy"
             try:
@@ -264,38 +279,89 @@ class NpyStore(_Store):
             arrays[name] = a
             if mode != "r":
                 self._files[name] = (os.open(p, os.O_WRONLY), int(a.offset), a.itemsize * int(np.prod(shape)))
+                self._direct[name] = _open_direct(p)
         return arrays
 
     def _put(self, name, sl, a):
         fd, offset, row = self._files[name]
-        buf = memoryview(np.ascontiguousarray(a, dtype=self.columns[name][1])).cast("B")
+        a = np.ascontiguousarray(a, dtype=self.columns[name][1])
+        buf = memoryview(a).cast("B")
         pos = offset + sl.start * row
-        while len(buf):
-            k = os.pwrite(fd, buf, pos)
-            buf, pos = buf[k:], pos + k
+        dfd = self._direct.get(name)
+        head = (-pos) % ALIGN  # bytes before the first whole block of the file
+        body = (len(buf) - head) // ALIGN * ALIGN if len(buf) > head else 0
+        if dfd is None or body < DIRECT_MIN or (a.ctypes.data + head) % ALIGN:
+            _pwrite(fd, buf, pos)
+            return
+        _pwrite(fd, buf[:head], pos)
+        try:
+            done = _pwrite(dfd, buf[head:head + body], pos + head, direct=True)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            done = 0  # refused at write time (a file system that opens O_DIRECT files but cannot write them)
+            self._close_direct(name)
+        self.direct_bytes += done
+        _pwrite(fd, buf[head + done:], pos + head + done)  # a short direct write's rest, and the tail
+
+    def _close_direct(self, name):
+        dfd = self._direct.pop(name, None)
+        if dfd is not None:
+            os.close(dfd)
 
     def _sync(self, sl):
         for fd, _, _ in self._files.values():
-            os.fdatasync(fd)
+            os.fdatasync(fd)  # the file's data, whichever descriptor wrote them
 
     def close(self):
+        for name in list(getattr(self, "_direct", {})):
+            self._close_direct(name)
         for fd, _, _ in getattr(self, "_files", {}).values():
             os.close(fd)
         self._files = {}
 
 
-def _npy_header(dtype, shape):
-    """The bytes of a version 1.0 .npy header for a C-order array (2.0 when it does not fit)."""
-    import io
+def _open_direct(path):
+    """A descriptor writing ``path`` with ``O_DIRECT``, or None where there is none (no such
+    flag, as on macOS and Windows; a file system that refuses it, as tmpfs before Linux 6.6)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
+def _pwrite(fd, buf, pos, direct=False):
+    """Write all of ``buf`` at ``pos``; returns the bytes written. ``direct``: stop at a short
+    write that leaves the rest unaligned (the caller writes the rest through the page cache)."""
+    total = len(buf)
+    while len(buf):
+        k = os.pwrite(fd, buf, pos)
+        if k <= 0:
+            raise OSError(errno.EIO, f"a write of {len(buf)} bytes at offset {pos} wrote nothing")
+        buf, pos = buf[k:], pos + k
+        if direct and k % ALIGN:
+            break
+    return total - len(buf)
+
+
+def _npy_header(dtype, shape, align=64):
+    """The bytes of a ``.npy`` header (version 1.0; 2.0 when it does not fit) for a C-order
+    array, padded with spaces to a multiple of ``align`` bytes (the format pads to 64; readers
+    take any length a version's size field can state)."""
+    import struct
 
     d = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(int(s) for s in shape)}
-    f = io.BytesIO()
-    try:
-        np.lib.format.write_array_header_1_0(f, d)
-    except ValueError:
-        f = io.BytesIO()
-        np.lib.format.write_array_header_2_0(f, d)
-    return f.getvalue()
+    text = repr(d).encode("latin1")
+    for version, size in ((1, "<H"), (2, "<I")):
+        pre = 8 + struct.calcsize(size)  # magic (6), version (2), header length
+        total = -(-(pre + len(text) + 1) // align) * align
+        if total - pre < 2 ** (8 * struct.calcsize(size)):
+            return (np.lib.format.magic(version, 0) + struct.pack(size, total - pre) + text
+                    + b" " * (total - pre - len(text) - 1) + b"\n")
+    raise ValueError(f"a .npy header for shape {shape} does not fit the format")
 
 
 class MemoryStore(_Store):
