@@ -139,6 +139,7 @@ def test_a_job_writes_its_attributions_by_direct_io(tmp_path, monkeypatch):
         close(self)
 
     monkeypatch.setattr(stores.NpyStore, "close", record)
+    in_place = _record_in_place(monkeypatch)
     rng = np.random.default_rng(3)
     net = rp.Sequential(rp.Dense(rng.normal(0, 0.3, (32, 16)), rng.normal(0, 0.1, 32)), rp.ReLU(),
                         rp.Dense(rng.normal(0, 0.3, (4, 32)), rng.normal(0, 0.1, 4)))
@@ -149,7 +150,8 @@ def test_a_job_writes_its_attributions_by_direct_io(tmp_path, monkeypatch):
     np.testing.assert_allclose(np.asarray(res.attributions), e.attribution, rtol=0,
                                atol=1e-6 * np.abs(e.attribution).max())
     np.testing.assert_array_equal(np.asarray(res.targets), e.targets)
-    assert e.attribution.ctypes.data % PAGE == 0  # explain's result: the kernel wrote it in place
+    assert in_place and all(in_place)  # every batch's result was written into its rows (no copy)
+    assert e.attribution.ctypes.data % PAGE == 0
     if _direct_io_works(tmp_path):
         # attributions 4 x 256 KiB; targets, scores and error 4 x 32 KiB each (below DIRECT_MIN)
         assert seen[-1] == x.nbytes, seen
@@ -182,19 +184,28 @@ def test_a_refused_direct_write_falls_back_to_the_page_cache(tmp_path, monkeypat
 
 
 def test_a_short_direct_write_is_finished_through_the_page_cache(tmp_path, monkeypatch):
+    """A direct write that stops inside a block (as a device may): the rest of the chunk goes
+    through the page cache, the direct descriptor stays for the next chunks, the bytes are right."""
     n, rows = 2 * 1024, 1024
     store, _ = stores.prepare(tmp_path / "s", _meta(n, rows, features=64), overwrite=False)
-    direct_fds = {fd for fd in store._direct.values() if fd is not None}
+    if store._direct.get("attributions") is None:
+        pytest.skip("this file system opens no O_DIRECT files: there is no direct write to cut short")
+    buffered = {store._direct[c]: store._files[c][0] for c in store._direct if store._direct[c] is not None}
     real = os.pwrite
+    short = []
 
     def pwrite(fd, buf, pos):
-        if fd in direct_fds and len(buf) > 3 * PAGE:
-            return real(fd, buf[:3 * PAGE + 100], pos)  # the device stopped inside a block
+        if fd in buffered and len(buf) > 3 * PAGE:  # whole blocks by direct I/O, 100 bytes more past them
+            done = real(fd, buf[:3 * PAGE], pos) + real(buffered[fd], buf[3 * PAGE:3 * PAGE + 100], pos + 3 * PAGE)
+            short.append(done)
+            return done
         return real(fd, buf, pos)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
     want = _expected(n, features=64)
     _write_all(store, want, range(store.chunks), lambda i: True)
+    assert short == [3 * PAGE + 100] * store.chunks  # each chunk's body was cut short once
+    assert store._direct.get("attributions") is not None and store.direct_bytes == sum(short)
     store.close()
     _assert_files_hold(tmp_path / "s", want)
 
@@ -257,12 +268,37 @@ def test_a_store_from_before_the_padded_header_resumes(tmp_path):
         np.testing.assert_array_equal(got, v)
 
 
-def test_dense_chain_results_are_page_aligned():
-    """The kernel's output (and so a dataset job's attributions) starts on a page."""
+def _record_in_place(monkeypatch):
+    """What ``run_batches`` found for each batch: True where the result was written into the
+    output rows themselves (the Dense-chain kernel's results), False where it copied them."""
+    from relprop.core import execute
+
+    seen, real = [], execute._written_in_place
+
+    def check(r, rows):
+        seen.append(real(r, rows))
+        return seen[-1]
+
+    monkeypatch.setattr(execute, "_written_in_place", check)
+    return seen
+
+
+def test_dense_chain_results_are_written_in_place_and_page_aligned(monkeypatch):
+    """The kernel writes each batch into the caller's output rows, which start on a page (so a
+    dataset job's attributions can go to disk by direct I/O); a remainder the engine computes
+    (below the kernel's ``MIN_ROWS``) is copied in, and all rows equal the engine's."""
+    in_place = _record_in_place(monkeypatch)
     rng = np.random.default_rng(0)
     net = rp.Sequential(rp.Dense(rng.normal(0, 0.3, (8, 5)), rng.normal(0, 0.1, 8)), rp.ReLU(),
                         rp.Dense(rng.normal(0, 0.3, (3, 8)), np.zeros(3)))
-    x = rng.standard_normal((DC.MIN_ROWS + 3, 5))
-    for method in ("gradient", "lrp.epsilon"):
-        R = rp.attribute(net, x, method)
+    x = rng.standard_normal((2 * DC.MIN_ROWS + 3, 5))
+    for method in ("gradient", "gradient_x_input", "lrp.epsilon"):
+        in_place.clear()
+        ex = rp.Explainer(net, method, batch_size=DC.MIN_ROWS + 1)  # two kernel batches, then 1 row
+        R = ex.attribute(x)
+        assert in_place == [True, True, False], (method, in_place)
         assert R.ctypes.data % PAGE == 0, method
+        with monkeypatch.context() as mp:
+            mp.setattr(DC, "ENABLED", False)
+            ref = rp.Explainer(net, method).attribute(x)
+        np.testing.assert_allclose(R, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max(), err_msg=method)

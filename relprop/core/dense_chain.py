@@ -90,7 +90,7 @@ def _pack(m, k, dense, acts, rule_states, flags):
         # a plain epsilon step: one group, no masks, the layer's own z, the input itself as modifier
         eps_step = g == 1 and mm == 1 and (int(st.modes[0]) == 0 or (int(st.modes[0]) == 1 and bool(known))) \
             and st.zmode == int(ZMode.LAYER_Z) \
-            and not np.any(st.masks) and st.eps > 0
+            and not np.any(st.masks) and dt.type(st.eps) >= np.finfo(dt).tiny  # (epsilon kept in the input's dtype)
         row = [g, mm, st.zmode, put(st.B), st.Wp.shape[1], st.Wp.shape[0], put(st.Wp.T), put(st.coefs), put(st.cz),
                put(st.cp), put(st.b), put(st.bias_g), put_int(st.modes), put_int(st.masks), int(known), int(flat),
                put(_flat_weights(st) if flat else np.zeros(1)), int(eps_step), put(np.array([st.eps])),
@@ -163,8 +163,8 @@ def _modes(rule):
 
 def row_bytes(m, method, params, k, shapes, itemsize, targets=1):
     """Bytes one sample takes outside the kernel's tiles when ``method`` runs through the chain
-    kernel (its input, scores, and ``targets`` results and their post-processed copies: the
-    internal batches can be large), else None."""
+    kernel (its input, scores and ``targets`` results: the kernel writes the results into the
+    caller's output rows and a method's post-processing works on them in place), else None."""
     from ..methods.base import rules_by_node
 
     by_node = rules_by_node(m.graph, method, params) if method.mode == LRP else None
@@ -174,7 +174,7 @@ def row_bytes(m, method, params, k, shapes, itemsize, targets=1):
     if chain is None:
         return None
     f = int(np.prod(shapes["input"]))
-    return ((1 + 2 * max(1, int(targets))) * f + chain[0][-1].layer.weight.shape[0]) * itemsize
+    return ((1 + max(1, int(targets))) * f + chain[0][-1].layer.weight.shape[0]) * itemsize
 
 
 def run(ctx, x, targets, method, params, by_node, relu, reveal, start_scaled):

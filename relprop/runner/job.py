@@ -7,16 +7,19 @@ the seed and the sample's index, so a chunk's result does not depend on which pr
 computes it) and is written whole to the store, then recorded in its manifest. A rerun of the
 same job computes only the chunks the manifest lacks; a rerun of another job is refused.
 
-In one process, three threads form a pipeline with bounded queues: a reader (the next chunks
-are read and converted while the kernels run), the caller's thread (the kernels; they release
-the GIL), and a writer. At most ``QUEUE`` chunks wait on each side, which with the chunk size
-chosen from ``max_memory`` bounds the job's memory. With ``scheduler=`` the chunks run as tasks
+In one process, threads form a pipeline with bounded queues: a reader (the next chunks are
+read, converted and checked while the kernels run), the caller's thread (the kernels; they
+release the GIL), a writer (each chunk's data into the store) and a committer (syncs what the
+writer put, then records it in the manifest, a group of chunks at a time: the device's syncs
+never hold up the writer, nor through it the kernels). At most ``QUEUE`` chunks wait on each
+side, which with the chunk size chosen from ``max_memory`` bounds the job's memory. With ``scheduler=`` the chunks run as tasks
 on a Dask cluster instead (:mod:`relprop.dask`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
 import os
 import queue
@@ -29,14 +32,13 @@ import uuid
 import numpy as np
 
 from ..core import backend, budget, dense_chain
-from ..core.execute import page_aligned
+from ..core.execute import PAGE, page_aligned
 from ..core.checks import _check_targets
 from ..core.plan import compiled, fingerprint
 from . import stores
 from .sources import IterableSource, SourceError, as_source
 
 QUEUE = 2  # chunks read ahead, and chunks waiting for the writer
-COMMIT_EVERY = 1.0  # at most this many seconds of finished chunks wait for a commit (a kill loses them)
 MAX_CHUNK_ROWS = 65536
 MAX_CHUNK_BYTES = 64 * 2**20
 
@@ -373,6 +375,12 @@ def _chunk_rows(ex, shapes, shape, src, dtype, k, batch_size, max_memory):
                        f"{need:.0f} MiB with the engine's working set (give at least {int(need * 1.5) + 1}MB)")
     rows = min(room // pipeline, MAX_CHUNK_ROWS, max(1, MAX_CHUNK_BYTES // out_row), src.n)
     if chain:
+        # whole pages per chunk in every column (the kernel's results are page-aligned: a .npy store
+        # writes all of them by direct I/O), when that still leaves one internal batch per chunk
+        col_bytes = [k * size * dtype.itemsize] + [8 * k] * 3
+        whole = int(np.lcm.reduce([PAGE // math.gcd(b, PAGE) for b in col_bytes]))
+        if rows >= max(whole, dense_chain.MIN_ROWS) and rows < src.n:
+            rows = rows // whole * whole
         return int(max(1, rows)), rows >= dense_chain.MIN_ROWS
     if rows > engine_rows:
         rows = rows // engine_rows * engine_rows
@@ -455,39 +463,55 @@ def _run_local(chunk, src, store, done, progress):
             failure.append(e)
             put(inq, None)
 
+    # the writer puts each chunk's data into the store; the committer records them, in groups:
+    # it syncs the data of every chunk put so far, then writes their manifest entries (a sync waits
+    # for the device, so the writer never does: the kernels never wait for a full output queue)
+    written, cond, writing = [], threading.Condition(), [True]
+
     def writer():
-        pending, last = [], time.perf_counter()
         ended = False
         try:
             while True:
                 item = outq.get()
                 if item is None:
                     ended = True
-                    store.commit(pending)
                     return
                 i, cols, info = item
-                try:
-                    store.put(i, cols)
-                except BaseException:
-                    store.commit(pending)  # the chunks before this one are whole: keep them
-                    raise
-                pending.append((i, info))
+                store.put(i, cols)
+                with cond:
+                    written.append((i, info))
+                    cond.notify()
                 bar.update(_rows(store, i))
-                # commit while idle (the sync overlaps the kernels); when chunks queue up, group them
-                # into one commit, at least every COMMIT_EVERY seconds
-                if outq.empty() or time.perf_counter() - last >= COMMIT_EVERY:
-                    store.commit(pending)
-                    pending, last = [], time.perf_counter()
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - the chunks put before this one are whole and get committed
             failure.append(e)
             stop.set()
             while not ended and outq.get() is not None:  # drain so the compute side never blocks
                 pass
+        finally:
+            with cond:
+                writing[0] = False
+                cond.notify()
+
+    def committer():
+        try:
+            while True:
+                with cond:
+                    while not written and writing[0]:
+                        cond.wait()
+                    group, written[:] = list(written), []
+                    if not group:
+                        return  # the writer ended and everything it put is recorded
+                store.commit(group)
+        except BaseException as e:  # noqa: BLE001
+            failure.append(e)
+            stop.set()
 
     rd = threading.Thread(target=reader, name="relprop-reader", daemon=True)
     wr = threading.Thread(target=writer, name="relprop-writer", daemon=True)
+    cm = threading.Thread(target=committer, name="relprop-committer", daemon=True)
     rd.start()
     wr.start()
+    cm.start()
     ok = False
     try:
         while not failure:
@@ -513,6 +537,7 @@ def _run_local(chunk, src, store, done, progress):
             stop.set()  # the reader stops; the writer still writes the chunks already computed
         outq.put(None)
         wr.join()
+        cm.join()
         rd.join(timeout=10)
         bar.close()
     if failure:
@@ -543,8 +568,10 @@ def _read_chunks(src, store, done, todo):
             take = min(rows, store.n - i * rows)
             if take <= 0 or have < take:
                 break
-            xa = np.concatenate(xs) if len(xs) > 1 else xs[0]
-            ya = None if ys[0] is None else (np.concatenate(ys) if len(ys) > 1 else ys[0])
+            # memory of its own (a copy when one batch of the iterable holds the chunk): an iterable
+            # may refill the array it yielded, after the reader checked it
+            xa = np.concatenate(xs) if len(xs) > 1 else np.array(xs[0])
+            ya = None if ys[0] is None else (np.concatenate(ys) if len(ys) > 1 else np.array(ys[0]))
             if i not in done:
                 yield i, xa[:take], None if ya is None else ya[:take]
             xs, ys = [xa[take:]], [None if ya is None else ya[take:]]

@@ -266,6 +266,14 @@ class NpyStore(_Store):
     def _open(self, mode):
         arrays, self._files, self._direct = {}, {}, {}
         self.direct_bytes = 0  # how many bytes went to disk by direct I/O (the rest through the page cache)
+        try:
+            self._open_columns(mode, arrays)
+        except BaseException:
+            self.close()  # the descriptors of the columns opened before the one that failed
+            raise
+        return arrays
+
+    def _open_columns(self, mode, arrays):
         for name, (shape, dtype) in self.columns.items():
             p = self.path / f"{name}.npy"
             try:
@@ -280,7 +288,6 @@ class NpyStore(_Store):
             if mode != "r":
                 self._files[name] = (os.open(p, os.O_WRONLY), int(a.offset), a.itemsize * int(np.prod(shape)))
                 self._direct[name] = _open_direct(p)
-        return arrays
 
     def _put(self, name, sl, a):
         fd, offset, row = self._files[name]
