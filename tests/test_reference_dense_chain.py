@@ -945,3 +945,20 @@ def test_errors_runner_nan_in_a_chunk_keeps_the_chunks_before(tmp_path):
         ex.map(str(tmp_path / "bad.npy"), out=tmp_path / "o", max_memory="8MB", progress=False)
     part = rp.open_attributions(tmp_path / "o")
     assert part.finished_rows()[:3 * rows].all() and not part.finished_rows()[3 * rows:].any()
+
+
+def test_reference_a_tiny_epsilon_keeps_the_general_ratio(monkeypatch, spy):
+    """An epsilon that float32 cannot hold (1e-46 rounds to 0): the fused kernel takes the general
+    ratio (epsilon in float64), as the engine does, so an all-zero input row (zero relevance over a
+    zero denominator in the first layer, no bias) stays finite and equals the engine's result."""
+    rng = np.random.default_rng(4)
+    net = rp.Sequential(rp.Dense(rng.normal(0, 0.5, (6, 5)), np.zeros(6)), rp.ReLU(),
+                        rp.Dense(rng.normal(0, 0.5, (3, 6)), np.zeros(3)))
+    x = rng.standard_normal((300, 5)).astype(np.float32)
+    x[::7] = 0.0
+    R = rp.attribute(net, x, "lrp.epsilon", epsilon=1e-46)
+    _assert_fused(spy)
+    assert np.isfinite(R).all()
+    engine = _engine(monkeypatch, spy, lambda: rp.attribute(net, x, "lrp.epsilon", epsilon=1e-46))
+    np.testing.assert_allclose(R, engine, rtol=0, atol=1e-5 * np.abs(engine).max())
+    assert (R[::7] == 0).all()

@@ -387,3 +387,21 @@ def test_plain_progress_lines(tmp_path, data, capsys):
     assert "103/103 samples (100.0%)" in err and "samples/s" in err
     rp.Explainer(mlp(), "gradient").map(data, out=tmp_path / "p", batch_size=20)
     assert "nothing left to compute" in capsys.readouterr().err
+
+
+def test_an_iterable_that_refills_its_array_gives_each_batch_its_own_results(tmp_path, data):
+    """A generator that yields one array, refilled for each batch (as some loaders do): every chunk
+    is computed on the rows it had when it was read and checked, not on what the generator wrote
+    there later while the chunk waited in the reader's queue."""
+    buf = np.empty((10, data.shape[1]))
+
+    def refilling():
+        for i in range(0, len(data), 10):
+            part = data[i:i + 10]
+            buf[:len(part)] = part
+            yield buf[:len(part)]
+        buf[:] = np.nan  # after the last batch too: a chunk still queued would see NaN
+
+    ex = rp.Explainer(mlp(), "gradient")
+    res = ex.map(refilling(), out=tmp_path / "o", n=len(data), batch_size=10, progress=False)
+    np.testing.assert_allclose(np.asarray(res.attributions), ex.attribute(data), rtol=1e-12, atol=1e-14)
