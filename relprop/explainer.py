@@ -286,9 +286,11 @@ class Explainer:
         """Like :meth:`attribute`, returning an :class:`Explanation`."""
         return self._call(x, target, targets, row_offset, explain=True)
 
-    def _call(self, x, target, targets, row_offset, explain, checked=False):
+    def _call(self, x, target, targets, row_offset, explain, checked=False, out=None):
         """``attribute`` / ``explain``; ``checked``: every entry of ``x`` is known to be finite
-        (a dataset job's reader thread looked), so it is not looked at again."""
+        (a dataset job's reader thread looked), so it is not looked at again; ``out``: a C-order
+        numpy array (N, K, ...) of ``x``'s dtype the results are written into (a dataset job's
+        in-memory column), else None."""
         if targets is not None and target is not None:
             raise TypeError("give either target= (one class per sample) or targets= (several classes), not both")
         if isinstance(row_offset, (bool, np.bool_)) or not isinstance(row_offset, numbers.Integral):
@@ -312,6 +314,12 @@ class Explainer:
         step = self.batch_size or step
         # the Dense-chain kernel writes each batch's result into its rows of the output (no copy)
         dest = page_aligned((n, kk) + x.shape[1:], x.dtype) if chain else None
+        if out is not None:
+            if not (isinstance(out, np.ndarray) and isinstance(x, np.ndarray) and out.shape == (n, kk) + x.shape[1:]
+                    and out.dtype == x.dtype and out.flags.c_contiguous and out.flags.writeable):
+                raise ValueError(f"out must be a writable C-order numpy array {(n, kk) + x.shape[1:]} of {x.dtype}, "
+                                 f"got {type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}")
+            dest = out
         expand = budget.BUDGET.expand_rows(per)
         per_sample = self.runs.per_sample
 

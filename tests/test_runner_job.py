@@ -405,3 +405,42 @@ def test_an_iterable_that_refills_its_array_gives_each_batch_its_own_results(tmp
     ex = rp.Explainer(mlp(), "gradient")
     res = ex.map(refilling(), out=tmp_path / "o", n=len(data), batch_size=10, progress=False)
     np.testing.assert_allclose(np.asarray(res.attributions), ex.attribute(data), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("model,call", [("mlp", {}), ("mlp", {"targets": [0, 2]}), ("cnn", {})])
+def test_an_in_memory_job_writes_results_into_its_columns(monkeypatch, model, call):
+    """``out=None``: each chunk's attributions are computed straight into the in-memory column
+    (no copy of the results; checked by recording what ``run_batches`` found), and the columns
+    equal one ``explain`` call -- for a Dense chain (the fused kernel), several targets, and a
+    CNN (the engine's batches, copied into the column rows)."""
+    from relprop.core import execute
+
+    seen, real = [], execute._written_in_place
+    monkeypatch.setattr(execute, "_written_in_place", lambda r, rows: (seen.append(real(r, rows)), seen[-1])[1])
+    rng = np.random.default_rng(8)
+    if model == "mlp":
+        net, x = mlp(), rng.normal(size=(700, 14))
+    else:
+        net, x = cnn(), rng.normal(size=(40, 1, 8, 8))
+    ex = rp.Explainer(net, "lrp.epsilon")
+    res = ex.map(x, batch_size=300 if model == "mlp" else 16, progress=False, **call)
+    in_job = list(seen)
+    e = ex.explain(x, **call)
+    np.testing.assert_allclose(np.asarray(res.attributions), e.attribution, rtol=1e-12,
+                               atol=1e-12 * np.abs(e.attribution).max())
+    np.testing.assert_array_equal(np.asarray(res.targets), e.targets)
+    if model == "mlp":  # chunks of 300, 300, 100 rows: the kernel, the kernel, the engine (below MIN_ROWS)
+        assert in_job == [True, True, False], in_job
+    else:
+        assert in_job and not any(in_job)  # the engine's results, copied once into the column
+
+
+def test_errors_explainer_out_rows_must_fit():
+    ex = rp.Explainer(mlp(), "gradient")
+    x = np.random.default_rng(0).normal(size=(5, 14))
+    with pytest.raises(ValueError, match="out must be a writable C-order numpy array"):
+        ex._call(x, None, None, 0, explain=False, out=np.empty((5, 14)))  # (N, K, ...) expected
+    out = np.empty((5, 1, 14))
+    R = ex._call(x, None, None, 0, explain=False, out=out)
+    np.testing.assert_allclose(out[:, 0], ex.attribute(x), rtol=1e-12)
+    assert np.shares_memory(R, out)

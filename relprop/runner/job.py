@@ -228,15 +228,16 @@ class Chunk:
             raise JobError(f"{where}: sample {int(bad[0])} of the chunk contains NaN or Inf (at {tuple(bad[1:])})")
         return x
 
-    def compute(self, x, y, sl, prepared=False):
+    def compute(self, x, y, sl, prepared=False, out=None):
         """The columns of rows ``sl``: attributions, targets, scores (and error); ``prepared``:
-        ``x`` came through :meth:`prepare` already. The columns are page-aligned where they are
+        ``x`` came through :meth:`prepare` already; ``out``: where the attributions are written
+        (an in-memory store's rows), else None. The columns are page-aligned where they are
         copies anyway (a ``.npy`` store writes them by direct I/O)."""
         if not prepared:
             x = self.prepare(x, f"rows {sl.start}..{sl.stop - 1}")
         ex = self.ex.for_rows(sl.start, sl.stop, self.n, x.ndim)
         kw = self.targets.call_args(sl, y, self.classes)
-        e = ex._call(x, kw.get("target"), kw.get("targets"), sl.start, explain=True, checked=True)
+        e = ex._call(x, kw.get("target"), kw.get("targets"), sl.start, explain=True, checked=True, out=out)
         cols = {"attributions": e.attribution, "targets": _aligned(e.targets, np.int64),
                 "scores": _aligned(e.scores, np.float64)}
         if self.error:
@@ -525,7 +526,8 @@ def _run_local(chunk, src, store, done, progress):
             item = None  # the chunk's input is freed once computed (del x below)
             sl = store.chunk_slice(i)
             t0 = time.perf_counter()
-            cols = chunk.compute(x, y, sl, prepared=ready)
+            rows = store.result_rows(i) if isinstance(store, stores.MemoryStore) else None  # (in place)
+            cols = chunk.compute(x, y, sl, prepared=ready, out=rows)
             del x
             release(sl.start, sl.stop)
             info = {"seconds": round(time.perf_counter() - t0, 4), "run": run, "pid": os.getpid()}

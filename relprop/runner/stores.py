@@ -385,7 +385,17 @@ class MemoryStore(_Store):
         return set(self._done)
 
     def _put(self, name, sl, a):
-        self.arrays[name][sl] = a
+        rows = self.arrays[name][sl]
+        if not (isinstance(a, np.ndarray) and a.shape == rows.shape and a.strides == rows.strides
+                and a.ctypes.data == rows.ctypes.data):  # (results written into the column already)
+            rows[...] = a
+
+    def result_rows(self, i):
+        """The attributions column's rows of chunk ``i`` as (rows, K, ...): where the chunk's
+        results can be written directly."""
+        a = self.arrays["attributions"][self.chunk_slice(i)]
+        shape, _ = self.columns["attributions"]
+        return a.reshape((a.shape[0],) + ((1,) if len(shape) == len(self.meta["model_shape"]) else ()) + a.shape[1:])
 
     def _sync(self, sl):
         pass
