@@ -31,7 +31,8 @@ def collect():
     rows = [("relprop", f"{__version__} ({Path(__file__).resolve().parent})"),
             ("Python", f"{platform.python_version()} ({platform.python_implementation()}, {sys.platform})"),
             ("numpy", np.__version__), ("scipy", scipy.__version__), ("numba", numba.__version__)]
-    for label, part in (("CPU threads", cpu_threads), ("BLAS", blas), ("GPU", gpu), ("Numba cache", numba_cache),
+    for label, part in (("CPU threads", cpu_threads), ("BLAS", blas), ("relprop's GEMMs", gemms), ("GPU", gpu),
+                        ("Numba cache", numba_cache),
                         ("extras", extras)):
         try:
             value = part()
@@ -81,6 +82,21 @@ def blas():
     libs = [f"{d.get('internal_api', '?')} {d.get('version') or ''} ({d.get('threading_layer', '?')}, "
             f"{d.get('num_threads')} threads)" for d in threadpool_info() if d.get("user_api") == "blas"]
     return text + "; loaded: " + (", ".join(" ".join(s.split()) for s in libs) or "none")
+
+
+def gemms():
+    """Where relprop's CPU GEMMs run (``relprop.kernels.cpu.blas``): its private single-threaded
+    copy of numpy's OpenBLAS (made at the first call that needs it), or numpy's BLAS."""
+    from .kernels.cpu import blas as B
+
+    if os.environ.get("RELPROP_PRIVATE_BLAS", "1") == "0":
+        return "numpy's BLAS (RELPROP_PRIVATE_BLAS=0)"
+    if B._numpy_openblas() is None:
+        return "numpy's BLAS (numpy is not built on scipy-openblas: no private copy)"
+    p = B._private()
+    if p is None:
+        return f"numpy's BLAS (no private copy could be made in {B.cache_dir()})"
+    return f"a private single-threaded copy of numpy's OpenBLAS ({p[0]._name}), blocks on relprop's threads"
 
 
 def gpu():

@@ -164,8 +164,19 @@ def _ig_cases():
         for i, (net_name, tk) in enumerate(nets):
             for bl in BASELINES:
                 # full baseline matrix on vgg_relu and mlp, one rotating baseline on the others
-                if net_name in ("vgg_relu", "mlp") or BASELINES.index(bl) == (i + list(SCHEMES).index(scheme)) % 4:
-                    cases.append(pytest.param(scheme, net_name, tk, bl, id=f"{scheme}-{net_name}-target_{tk}-{bl}"))
+                if not (net_name in ("vgg_relu", "mlp") or BASELINES.index(bl) == (i + list(SCHEMES).index(scheme)) % 4):
+                    continue
+                if bl == "scalar" and scheme in ("riemann_left", "riemann_trapezoid") and net_name.startswith("vgg"):
+                    # These schemes take the gradient at the baseline itself (alpha = 0). A constant
+                    # nonzero image gives every interior position of a feature map the same value in
+                    # exact arithmetic, so each 2x2 max-pool window there is a tie that the GEMM's
+                    # rounding breaks, and the gradient's route through the pool is arbitrary: with one
+                    # OpenBLAS thread (OPENBLAS_NUM_THREADS=1) relprop's float32 result moved 6% off
+                    # Captum's on these cases, as it did with relprop's own GEMM blocking. The scalar
+                    # baseline keeps its other schemes here, and all of them on the MLP; the zero
+                    # baseline's ties are exact (0 * w sums to 0 in any order), so it stays.
+                    continue
+                cases.append(pytest.param(scheme, net_name, tk, bl, id=f"{scheme}-{net_name}-target_{tk}-{bl}"))
     return cases
 
 

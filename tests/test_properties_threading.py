@@ -106,7 +106,8 @@ def test_kernels_are_serial_nogil_and_split_over_relprop_threads():
     # not Numba kernels: constants, geometry, and the shifted-GEMM driver (BLAS calls through ctypes)
     python_level = ("xp", "name", "OOM", "conv_out_shape", "SHIFTED", "gemm_taps", "taps", "wide_geometry",
                     "WINOGRAD", "winograd_filter", "winograd_tiles", "winograd4_filter",
-                    "winograd4_tiles", "PARAM_ACT_CODES", "DENSE_CHAIN")
+                    "winograd4_tiles", "PARAM_ACT_CODES", "DENSE_CHAIN",
+                    "matmul")  # (BLAS through ctypes, its blocks on relprop's threads: relprop.kernels.cpu.blas)
     names = [n for n in cpu.__all__ if n not in python_level]
     for n in names:
         f = getattr(cpu, n)

@@ -13,6 +13,7 @@ Layout conventions shared by all kernels:
 """
 import numpy as xp
 
+from .blas import matmul
 from .conv import im2col, col2im_gather, conv_out_shape
 from .depthwise import depthwise_conv, depthwise_conv_grad
 from .activations import PARAM_ACT_CODES, param_act, param_act_grad
@@ -48,7 +49,7 @@ name = "cpu"  # backend name (device caches are keyed by it)
 OOM = ()  # out-of-memory exceptions the API answers by splitting the batch (host: batches are bounded already)
 
 __all__ = [
-    "xp", "name", "OOM",
+    "xp", "name", "OOM", "matmul",
     "im2col", "col2im_gather", "conv_out_shape",
     "depthwise_conv", "depthwise_conv_grad", "PARAM_ACT_CODES", "param_act", "param_act_grad",
     "SHIFTED", "pad_flat", "crop_wide", "gemm_taps", "taps", "wide_geometry",

@@ -14,9 +14,10 @@ multiplications as im2col + one GEMM, without writing the ``kh*kw``-times larger
 matrix: on the 2-core reference machine 1.5-1.7x faster for VGG's 64- and 128-channel layers
 (``bench/results/2026-12-02-cpu-shifted-conv.md``).
 
-The GEMMs run on numpy's own OpenBLAS through its CBLAS entry point (the same library and
-thread pool as ``numpy.matmul``); where numpy's BLAS does not export one, :data:`AVAILABLE` is
-False and convolutions take the im2col route.
+The GEMMs run on relprop's private single-threaded copy of numpy's OpenBLAS, in column blocks over
+relprop's threads (:mod:`relprop.kernels.cpu.blas`), else on numpy's own OpenBLAS through its CBLAS
+entry point; where numpy's BLAS does not export one, :data:`AVAILABLE` is False and convolutions
+take the im2col route.
 """
 import ctypes
 import glob
@@ -25,6 +26,7 @@ import os
 import numba as nb
 import numpy as np
 
+from . import blas
 from .threads import threaded
 
 _ROW_MAJOR, _NO_TRANS = 101, 111
@@ -121,10 +123,18 @@ def gemm_taps(wtaps, xf, wp, kw, zw):
     for a in (wtaps, xf, zw):
         if not a.flags.c_contiguous:
             raise ValueError("gemm_taps: arrays must be C-contiguous")
-    f = _GEMM[zw.dtype.str]
+    private = blas.private_gemm(zw.dtype)
+    f = private or _GEMM[zw.dtype.str]
     item = zw.itemsize
     s = xf.shape[1]
-    for t in range(t_):
-        off = (t // kw) * wp + t % kw
-        f(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, r, length, c, 1.0, wtaps[t].ctypes.data, c,
-          xf.ctypes.data + off * item, s, 0.0 if t == 0 else 1.0, zw.ctypes.data, length)
+
+    def columns(lo, hi):
+        for t in range(t_):
+            off = (t // kw) * wp + t % kw
+            f(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, r, hi - lo, c, 1.0, wtaps[t].ctypes.data, c,
+              xf.ctypes.data + (off + lo) * item, s, 0.0 if t == 0 else 1.0, zw.ctypes.data + lo * item, length)
+
+    if private is not None and t_ * r * c * length >= blas.SPLIT_MNK:  # column blocks on relprop's threads
+        blas.run_blocks(columns, length, blas.MIN_COLS)
+    else:
+        columns(0, length)

@@ -55,6 +55,11 @@ SHIFTED = WINOGRAD = False  # CPU lowerings (shifted GEMMs, Winograd); here im2c
 OOM = (xp.cuda.memory.OutOfMemoryError,)  # the API answers these by splitting the batch
 
 
+def matmul(a, b, out=None):
+    """``a @ b`` into ``out`` (the CPU backend's ``matmul``: there a private BLAS on relprop's threads)."""
+    return xp.matmul(a, b, out=out)
+
+
 def free_memory():
     """Return the blocks cached by CuPy's memory pools to the driver (after an OOM)."""
     xp.get_default_memory_pool().free_all_blocks()
@@ -72,7 +77,7 @@ def set_tf32(on):
 
 
 __all__ = [
-    "xp", "name", "OOM", "free_memory", "set_tf32",
+    "xp", "name", "OOM", "free_memory", "set_tf32", "matmul",
     "im2col", "col2im_gather", "conv_out_shape",
     "depthwise_conv", "depthwise_conv_grad", "PARAM_ACT_CODES", "param_act", "param_act_grad",
     "SHIFTED", "WINOGRAD",

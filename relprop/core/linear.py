@@ -76,7 +76,7 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", wino
         u = m.host((route,) + tuple(taps_key) + (np.dtype(x.dtype).str,), lambda: filt(wmat, c), _taps_node(m, taps_key))
         v = scratch("wino_v", (u.shape[0], c, n * th * tw), x.dtype, xp)
         (k.winograd4_input if f4 else k.winograd_input)(x, ph, pw, th, tw, v)
-        mm = xp.matmul(u, v, out=scratch("wino_m", (u.shape[0], wmat.shape[0], n * th * tw), x.dtype, xp))
+        mm = k.matmul(u, v, out=scratch("wino_m", (u.shape[0], wmat.shape[0], n * th * tw), x.dtype, xp))
         out = scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp)
         (k.winograd4_output if f4 else k.winograd_output)(mm, n, th, tw, ho, wo, out)
         return out
@@ -94,7 +94,7 @@ def conv_gemm(k, m, x, wmat, taps_key, kh, kw, sh, sw, ph, pw, slot="gemm", wino
     ho, wo = k.conv_out_shape(h, w, kh, kw, sh, sw, ph, pw)
     cols = scratch("cols", (c * kh * kw, n * ho * wo), x.dtype, xp)
     k.im2col(x, kh, kw, sh, sw, ph, pw, cols)
-    return xp.matmul(wmat, cols, out=scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp))
+    return k.matmul(wmat, cols, out=scratch(slot, (wmat.shape[0], n * ho * wo), x.dtype, xp))
 
 
 def _taps_node(m, taps_key):
@@ -197,7 +197,7 @@ def forward(k, m, node, xin, act, store_z, dtype, plus_rule=None):
     xp = k.xp
     n = xin.shape[0]
     if node.layer.kind == "Dense":
-        z = xin @ W.T
+        z = k.matmul(xin, W.T)
         a = xp.empty_like(z) if (store_z and act) else z
         k.bias_act_rows(z, b, act, a, store_z)
         return (z if (store_z or not act) else None), a, None
@@ -252,7 +252,7 @@ def pos_neg_forward(k, m, node, da, dtype):
     k.stack_input_mods(d2, st.modes, d2, d2, xs)
     o = node.layer.weight.shape[0]
     if node.layer.kind == "Dense":
-        z = xs @ st.B.T
+        z = k.matmul(xs, st.B.T)
         return z[:, :o], z[:, o:]
     _, cin, kh, kw = node.layer.weight.shape
     (sh, sw), (ph, pw) = node.layer.stride, node.layer.padding
@@ -264,7 +264,7 @@ def pos_neg_forward(k, m, node, da, dtype):
     for i0, i1 in chunks(n, 2 * cin * kh * kw * p * z.itemsize):
         cols = scratch("cols", (2 * cin * kh * kw, (i1 - i0) * p), dtype, xp)
         k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-        zg = xp.matmul(st.B, cols, out=scratch("gemm", (2 * o, (i1 - i0) * p), dtype, xp))
+        zg = k.matmul(st.B, cols, out=scratch("gemm", (2 * o, (i1 - i0) * p), dtype, xp))
         z[i0:i1] = zg.reshape(2 * o, i1 - i0, ho, wo).transpose(1, 0, 2, 3)
     return z[:, :o], z[:, o:]
 
@@ -289,7 +289,7 @@ def reveal_cancel(k, m, node, tape, g, n):
     sel = xp.concatenate([pos, 1 - pos], axis=1)  # (N, 2F) or (N, 2C, H, W): mode blocks are channel blocks
     if node.layer.kind == "Dense":
         out = xp.empty(da.shape, dtype)
-        k.stacked_mul_sum(sel, s @ st.B, 2, out)
+        k.stacked_mul_sum(sel, k.matmul(s, st.B), 2, out)
         return out
     _, cin, kh, kw = node.layer.weight.shape
     h, w = da.shape[2:]
@@ -329,7 +329,7 @@ def transposed_conv(k, layer, s, Bt, xs, mods, out, m=None, taps_key=None, winog
     s3 = s.reshape(n, co, ho * wo)
     k.grad_to_rows(s3, s3, s3, 0, rows)
     B = _unflip(xp, Bt, co, kh, kw) if stride1(layer) else Bt
-    ccols = xp.matmul(B.T, rows, out=scratch("cols", (B.shape[1], n * ho * wo), s.dtype, xp))
+    ccols = k.matmul(B.T, rows, out=scratch("cols", (B.shape[1], n * ho * wo), s.dtype, xp))
     k.col2im_gather(ccols, kh, kw, sh, sw, ph, pw, out, xs.reshape(out.shape[0], -1, h, w), mods)
 
 
@@ -412,7 +412,7 @@ def grad(k, m, node, g, in_shape):
     """``W^T g``: the gradient (and DeepLIFT linear rule) through Dense/Conv2d."""
     W, _ = m.params(k, node)
     if node.layer.kind == "Dense":
-        return g @ W
+        return k.matmul(g, W)
     o, c, kh, kw = W.shape
     n, _, ho, wo = g.shape
     h, w = in_shape[2:]
@@ -472,10 +472,10 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
     go = st.B.shape[0]
     if node.layer.kind == "Dense":
         s = xp.empty((n, go), dtype)
-        zg = (a2 if st.zmode == ZMode.PLUS else xs) @ st.Wp.T if st.zmode != ZMode.LAYER_Z else s
+        zg = k.matmul(a2 if st.zmode == ZMode.PLUS else xs, st.Wp.T) if st.zmode != ZMode.LAYER_Z else s
         k.lrp_ratio_rows(zg, st.zmode, st.cz, st.cp, st.b, st.bias_g, z if z is not None else r, r,
                          st.coefs, st.masks, st.eps, s)
-        c = s @ st.B
+        c = k.matmul(s, st.B)
         out = xp.empty_like(a2)
         k.stacked_mul_sum(xs, c, mm, out)
         return out.reshape(a.shape)
@@ -503,11 +503,11 @@ def lrp(k, m, node, a, z, r, rule, pz=None, x_shape=None, nonneg=None):
         elif zmode == ZMode.DIRECT:
             cols = scratch("cols", (mm * cin * kh * kw, nc * p), dtype, xp)
             k.im2col(xs4[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-            zg = xp.matmul(st.B, cols, out=scratch("gemm", (go, nc * p), dtype, xp))
+            zg = k.matmul(st.B, cols, out=scratch("gemm", (go, nc * p), dtype, xp))
         elif zmode == ZMode.PLUS:  # a >= 0: one GEMM with W+ gives every group's denominator
             cols = scratch("cols", (cin * kh * kw, nc * p), dtype, xp)
             k.im2col(a[i0:i1], kh, kw, sh, sw, ph, pw, cols)
-            zg = xp.matmul(st.Wp, cols, out=scratch("gemm", (o, nc * p), dtype, xp))
+            zg = k.matmul(st.Wp, cols, out=scratch("gemm", (o, nc * p), dtype, xp))
         else:
             zg = s.reshape(go, -1)  # typed placeholder, unread
         k.lrp_ratio(zg, zp, zmode, st.cz, st.cp, st.b, st.bias_g, zz[i0:i1].reshape(nc, o, p),
