@@ -89,14 +89,15 @@ def gemms():
     copy of numpy's OpenBLAS (made at the first call that needs it), or numpy's BLAS."""
     from .kernels.cpu import blas as B
 
-    if os.environ.get("RELPROP_PRIVATE_BLAS", "1") == "0":
+    if not B.enabled():
         return "numpy's BLAS (RELPROP_PRIVATE_BLAS=0)"
     if B._numpy_openblas() is None:
         return "numpy's BLAS (numpy is not built on scipy-openblas: no private copy)"
-    p = B._private()
+    p = B._private()  # (made here if it is not yet: the first GEMM would make it)
     if p is None:
         return f"numpy's BLAS (no private copy could be made in {B.cache_dir()})"
-    return f"a private single-threaded copy of numpy's OpenBLAS ({p[0]._name}), blocks on relprop's threads"
+    return (f"a private single-threaded copy of numpy's OpenBLAS ({p[0]._name}), in column blocks on relprop's "
+            f"threads")
 
 
 def gpu():

@@ -166,15 +166,17 @@ def _ig_cases():
                 # full baseline matrix on vgg_relu and mlp, one rotating baseline on the others
                 if not (net_name in ("vgg_relu", "mlp") or BASELINES.index(bl) == (i + list(SCHEMES).index(scheme)) % 4):
                     continue
-                if bl == "scalar" and scheme in ("riemann_left", "riemann_trapezoid") and net_name.startswith("vgg"):
+                if bl == "scalar" and scheme in ("riemann_left", "riemann_trapezoid") and net_name != "mlp":
                     # These schemes take the gradient at the baseline itself (alpha = 0). A constant
                     # nonzero image gives every interior position of a feature map the same value in
                     # exact arithmetic, so each 2x2 max-pool window there is a tie that the GEMM's
                     # rounding breaks, and the gradient's route through the pool is arbitrary: with one
                     # OpenBLAS thread (OPENBLAS_NUM_THREADS=1) relprop's float32 result moved 6% off
                     # Captum's on these cases, as it did with relprop's own GEMM blocking. The scalar
-                    # baseline keeps its other schemes here, and all of them on the MLP; the zero
-                    # baseline's ties are exact (0 * w sums to 0 in any order), so it stays.
+                    # baseline keeps its other schemes here, and all of them on the MLP (no pooling);
+                    # the zero baseline's ties are exact (0 * w sums to 0 in any order), so it stays;
+                    # test_integrated_gradients_scalar_baseline_is_the_constant_image checks the
+                    # scalar on these nets against the same image given as an array.
                     continue
                 cases.append(pytest.param(scheme, net_name, tk, bl, id=f"{scheme}-{net_name}-target_{tk}-{bl}"))
     return cases
@@ -202,6 +204,20 @@ def test_integrated_gradients(scheme, net_name, target_kind, baseline):
         return r_rp, r_c
 
     assert_agree(run, f"integrated_gradients scheme={scheme} baseline={baseline} on {net_name}")
+
+
+@pytest.mark.parametrize("scheme", ["riemann_left", "riemann_trapezoid"])
+@pytest.mark.parametrize("net_name", ["vgg_relu", "vgg_tanh", "strided"])
+def test_integrated_gradients_scalar_baseline_is_the_constant_image(net_name, scheme):
+    """A scalar baseline is the constant image of that value: the same computation, bit for bit,
+    as the image given as an array (the cases left out of test_integrated_gradients above)."""
+    net = make_net(net_name)
+    x = net.inputs(dtype=np.float32)
+    kw = {"target": relprop_target("array", net), "steps": 16, "scheme": scheme}
+    r_scalar = rp().attribute(net.relprop(np.float32), x, "integrated_gradients", baseline=-0.3, **kw)
+    r_image = rp().attribute(net.relprop(np.float32), x, "integrated_gradients",
+                             baseline=np.full(x.shape, -0.3, np.float32), **kw)
+    np.testing.assert_array_equal(r_scalar, r_image)
 
 
 def test_integrated_gradients_default_scheme_is_gauss_legendre_50():

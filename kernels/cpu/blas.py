@@ -12,10 +12,17 @@ its user's other code. So relprop loads its own copy of the library file (the dy
 gives a copy with another inode its own state), sets that copy to one thread, and runs the
 blocks of a product on its worker threads, which sleep on a queue between kernels.
 
-The copy goes to ``RELPROP_CACHE_DIR`` or ``$XDG_CACHE_HOME/relprop`` (``~/.cache/relprop``).
-Where it cannot be made (numpy built on another BLAS, a read-only cache, a loader error),
-:func:`matmul` is ``numpy.matmul`` and :data:`PRIVATE` is False: the results are the same up to
-rounding, only the threads differ.
+The copy goes to ``RELPROP_CACHE_DIR`` or ``$XDG_CACHE_HOME/relprop`` (``~/.cache/relprop``),
+named by numpy's file name (which carries a hash of its contents) and size; a cached copy is used
+only when this user owns it and nobody else can write it. When it loads, the copy starts its own
+worker threads (OpenBLAS does so from the core count); they spin about 0.1 s and then sleep for
+good, since the copy is held at one thread (also against ``threadpoolctl``, which does not list
+it: its name does not start as numpy's). Where no copy can be made (numpy built on another BLAS,
+as numpy < 2's wheels, macOS and Windows; a cache that cannot be written; a loader error;
+``RELPROP_PRIVATE_BLAS=0``), :func:`matmul` is ``numpy.matmul``.
+
+The column blocks are cut at positions that depend on the product's shape only (``PARTS`` blocks,
+taken by whichever thread is free), so the results are the same bits for any number of threads.
 """
 import ctypes
 import glob
@@ -31,11 +38,21 @@ import numpy as np
 from . import threads as TH
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-SPLIT_MNK = 1 << 21  # m*n*k from which a product is split over relprop's threads (smaller: one call)
+SPLIT_MNK = 1 << 21  # m*n*k from which a product is cut into column blocks (smaller: one call)
 MIN_COLS = 64  # columns per block at least
+PARTS = 8  # column blocks of a large product (at most; fixed, so the bits do not depend on the threads)
 
 _state = {"pid": None, "lib": None}
 _lock = threading.Lock()
+
+
+def _after_fork():  # a fork while another thread held the lock (making the copy) leaves it held
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _numpy_openblas():
@@ -58,16 +75,26 @@ def cache_dir():
     return Path(base) / "relprop"
 
 
+def _trusted(p, size):
+    """Whether the cached copy ``p`` can be loaded: this user's, writable by nobody else, whole."""
+    try:
+        st = os.stat(p)
+    except OSError:
+        return False
+    return st.st_size == size and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _private_copy(path):
     """A copy of ``path`` in the cache (made once: written under a temporary name, then renamed)."""
-    st = os.stat(path)
-    key = hashlib.sha256(f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    size = os.stat(path).st_size
+    key = hashlib.sha256(f"{os.path.basename(path)}:{size}".encode()).hexdigest()[:16]
     dest = cache_dir() / f"private-openblas-{key}.so"
-    if not dest.exists() or dest.stat().st_size != st.st_size:
+    if not _trusted(dest, size):
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.tmp")
         try:
             shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o755)
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
@@ -98,13 +125,24 @@ def _bind(lib):
     if setter is None or getter is None:
         return None
     setter.argtypes, setter.restype, getter.argtypes, getter.restype = [ctypes.c_int], None, [], ctypes.c_int
-    return fns, setter, getter
+    return fns, setter, getter, 2 ** (8 * ctypes.sizeof(it) - 1) - 1
+
+
+def enabled():
+    """``RELPROP_PRIVATE_BLAS``: "1" (default) or "0"."""
+    v = os.environ.get("RELPROP_PRIVATE_BLAS", "1").strip()
+    if v not in ("0", "1"):
+        raise ValueError(f"RELPROP_PRIVATE_BLAS must be 1 (relprop's private BLAS copy, the default) or 0 "
+                         f"(numpy's BLAS), got {v!r}")
+    return v == "1"
 
 
 def _load():
+    if not enabled():
+        return None
     try:
         path = _numpy_openblas()
-        if path is None or os.environ.get("RELPROP_PRIVATE_BLAS", "1") == "0":
+        if path is None:
             return None
         lib = ctypes.CDLL(str(_private_copy(path)), mode=os.RTLD_LOCAL)
         bound = _bind(lib)
@@ -117,7 +155,8 @@ def _load():
 
 
 def _private():
-    """(lib, gemm by dtype, set_num_threads, get_num_threads) of this process, or None."""
+    """(lib, gemm by dtype, set_num_threads, get_num_threads, largest int its CBLAS takes) of this
+    process, or None."""
     pid = os.getpid()
     if _state["pid"] != pid:
         with _lock:
@@ -132,14 +171,21 @@ def private_gemm(dtype):
     p = _private()
     if p is None:
         return None
-    _, fns, setter, getter = p
+    _, fns, setter, getter, _ = p
     if getter() != 1:
         setter(1)
     return fns.get(np.dtype(dtype))
 
 
+def _int_max():
+    p = _private()
+    return 0 if p is None else p[4]
+
+
 def _operand(a):
     """(transpose flag, leading dimension) for a 2-D operand BLAS can read in place, else None."""
+    if not a.flags.aligned:
+        return None
     s0, s1 = a.strides
     item = a.itemsize
     if s1 == item and s0 % item == 0 and s0 // item >= max(1, a.shape[1]):
@@ -150,17 +196,25 @@ def _operand(a):
 
 
 def run_blocks(fn, n_items, min_items):
-    """``fn(lo, hi)`` over ``[0, n_items)`` cut into one block per relprop thread (blocks of at
-    least ``min_items``), the first on the calling thread."""
-    pool, threads = TH._pool()
-    parts = 1 if pool is None else max(1, min(threads, n_items // max(1, min_items)))
-    if parts == 1:
-        fn(0, n_items)
-        return
+    """``fn(lo, hi)`` over ``[0, n_items)`` cut into at most ``PARTS`` blocks of at least
+    ``min_items`` (positions that depend on ``n_items`` only), which relprop's threads take as
+    they finish (the calling thread too)."""
+    parts = max(1, min(PARTS, n_items // max(1, min_items)))
     bounds = [n_items * i // parts for i in range(parts + 1)]
-    rest = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    pool, threads = TH._pool()
+    if pool is None or parts == 1:
+        for i in range(parts):
+            fn(bounds[i], bounds[i + 1])
+        return
+    taken = iter(range(parts))  # next() on a range iterator is atomic under the GIL
+
+    def work():
+        for i in taken:
+            fn(bounds[i], bounds[i + 1])
+
+    rest = [pool.submit(work) for _ in range(min(threads, parts) - 1)]
     try:
-        fn(bounds[0], bounds[1])
+        work()
     finally:
         for f in rest:
             f.result()
@@ -170,14 +224,15 @@ def matmul(a, b, out=None):
     """``numpy.matmul(a, b, out=out)`` for 2-D and stacked 3-D float arrays, its GEMMs on the
     private single-threaded OpenBLAS, a large one cut into column blocks (3-D: into groups of
     matrices) over relprop's threads. Other inputs (dtypes, layouts, shapes) go to numpy."""
-    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or a.dtype != b.dtype \
-            or a.dtype not in (np.float32, np.float64) or a.ndim != b.ndim or a.ndim not in (2, 3):
+    if not (type(a) is np.ndarray and type(b) is np.ndarray and (out is None or type(out) is np.ndarray)) \
+            or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or a.ndim != b.ndim \
+            or a.ndim not in (2, 3) or (out is not None and not (out.flags.writeable and out.flags.aligned)):
         return np.matmul(a, b, out=out)
     gemm = private_gemm(a.dtype)
-    if gemm is None:
+    if gemm is None or max(a.shape + b.shape + a.strides + b.strides) > _int_max():
         return np.matmul(a, b, out=out)
     if a.ndim == 3:
-        if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1] or a.shape[0] == 0:
             return np.matmul(a, b, out=out)
         if out is None:
             out = np.empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
@@ -191,7 +246,7 @@ def matmul(a, b, out=None):
             for i in range(lo, hi):
                 _gemm2(gemm, a[i], b[i], out[i])
 
-        run_blocks(group, a.shape[0], 1)
+        run_blocks(group, a.shape[0], max(1, SPLIT_MNK // max(1, a.shape[1] * a.shape[2] * b.shape[2])))
         return out
     m, k = a.shape
     k2, n = b.shape
@@ -211,16 +266,16 @@ def matmul(a, b, out=None):
     return out
 
 
-def _gemm2(gemm, a, b, out, beta=0.0):
-    """``out = a @ b + beta out`` for 2-D operands BLAS reads in place (``out`` row-major)."""
+def _gemm2(gemm, a, b, out):
+    """``out = a @ b`` for 2-D operands BLAS reads in place (``out`` row-major)."""
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0:
         return
     if k == 0:
-        out[...] = 0 if beta == 0.0 else out * beta
+        out[...] = 0
         return
     ta, lda = _operand(a)
     tb, ldb = _operand(b)
-    gemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, beta, out.ctypes.data,
+    gemm(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0, out.ctypes.data,
          out.strides[0] // out.itemsize)
