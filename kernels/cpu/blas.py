@@ -102,8 +102,9 @@ def _private_copy(path):
     return dest
 
 
-def _bind(lib):
-    """(gemm functions by dtype, set_num_threads, get_num_threads) of an OpenBLAS ``lib``, or None."""
+def gemm_functions(lib):
+    """(CBLAS ``?gemm`` functions of an OpenBLAS ``lib`` by dtype, their name prefix, suffix and
+    integer type), trying scipy-openblas's and plain names, ILP64 first; None without both."""
     for prefix, suffix, it in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
                                ("scipy_cblas_", "", ctypes.c_int32), ("cblas_", "", ctypes.c_int32)):
         fns = {}
@@ -116,9 +117,17 @@ def _bind(lib):
                           ctypes.c_void_p, it, ct, ctypes.c_void_p, it]
             fns[np.dtype(ct)] = f
         if len(fns) == 2:
-            break
-    else:
+            return fns, prefix, suffix, it
+    return None
+
+
+def _bind(lib):
+    """(gemm functions by dtype, set_num_threads, get_num_threads, largest CBLAS int) of an
+    OpenBLAS ``lib``, or None."""
+    found = gemm_functions(lib)
+    if found is None:
         return None
+    fns, prefix, suffix, it = found
     pre = "scipy_openblas" if prefix.startswith("scipy") else "openblas"
     setter = getattr(lib, f"{pre}_set_num_threads{suffix}", None) or getattr(lib, f"{pre}_set_num_threads", None)
     getter = getattr(lib, f"{pre}_get_num_threads{suffix}", None) or getattr(lib, f"{pre}_get_num_threads", None)

@@ -20,7 +20,6 @@ entry point; where numpy's BLAS does not export one, :data:`AVAILABLE` is False 
 take the im2col route.
 """
 import ctypes
-import glob
 import os
 
 import numba as nb
@@ -33,28 +32,13 @@ _ROW_MAJOR, _NO_TRANS = 101, 111
 
 
 def _find_cblas():
-    """numpy's bundled OpenBLAS CBLAS ``?gemm`` (ILP64 in numpy >= 2 wheels) as ctypes functions."""
-    here = os.path.dirname(np.__file__)
-    libs = sorted(glob.glob(os.path.join(os.path.dirname(here), "numpy.libs", "libscipy_openblas*.so*")))
-    for path in libs:
-        try:  # only the copy numpy has loaded (RTLD_NOLOAD): never a second OpenBLAS with its own threads
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL)
-        except (OSError, AttributeError):
-            continue
-        for prefix, suffix, it in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
-                                   ("scipy_cblas_", "", ctypes.c_int32), ("cblas_", "", ctypes.c_int32)):
-            fns = {}
-            for t, ct in (("s", ctypes.c_float), ("d", ctypes.c_double)):
-                f = getattr(lib, f"{prefix}{t}gemm{suffix}", None)
-                if f is None:
-                    break
-                f.restype = None
-                f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, it, it, it, ct, ctypes.c_void_p, it,
-                              ctypes.c_void_p, it, ct, ctypes.c_void_p, it]
-                fns[np.dtype(ct).str] = f
-            if len(fns) == 2:
-                return fns
-    return None
+    """numpy's bundled OpenBLAS CBLAS ``?gemm`` (ILP64 in numpy >= 2 wheels) as ctypes functions
+    by dtype (the fallback where relprop's private copy cannot be made)."""
+    path = blas._numpy_openblas()
+    if path is None:
+        return None
+    found = blas.gemm_functions(ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LOCAL))  # numpy's own copy
+    return None if found is None else found[0]
 
 
 _GEMM = _find_cblas()
@@ -124,7 +108,7 @@ def gemm_taps(wtaps, xf, wp, kw, zw):
         if not a.flags.c_contiguous:
             raise ValueError("gemm_taps: arrays must be C-contiguous")
     private = blas.private_gemm(zw.dtype)
-    f = private or _GEMM[zw.dtype.str]
+    f = private or _GEMM[zw.dtype]
     item = zw.itemsize
     s = xf.shape[1]
 
