@@ -17,3 +17,18 @@ def cnn(seed=0):
     return rp.Sequential(rp.Conv2d(rng.normal(0, 0.4, (4, 1, 3, 3)), rng.normal(0, 0.1, 4), stride=1, padding=1),
                          rp.ReLU(), rp.MaxPool2d(2), rp.Flatten(),
                          rp.Dense(rng.normal(0, 0.3, (5, 4 * 4 * 4)), rng.normal(0, 0.1, 5)))
+
+
+def record_in_place(monkeypatch):
+    """What ``run_batches`` found for each internal batch from now on: True where the result was
+    written into the output rows themselves (the Dense-chain kernel's), False where it was copied."""
+    from relprop.core import execute
+
+    seen, real = [], execute.written_in_place
+
+    def check(r, rows):
+        seen.append(real(r, rows))
+        return seen[-1]
+
+    monkeypatch.setattr(execute, "written_in_place", check)
+    return seen

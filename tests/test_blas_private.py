@@ -70,7 +70,7 @@ def test_reference_stacked_matmul(dtype):
         _close(got[i], a[i], b[i])
     out = np.empty((16, 64, 500), dtype)
     assert blas.matmul(a, b, out=out) is out
-    np.testing.assert_array_equal(out, got)
+    np.testing.assert_array_equal(out, got)  # the same call on the same operands: the same bits
 
 
 def test_errors_a_read_only_or_empty_stack_goes_to_numpy(tmp_path):
@@ -226,4 +226,4 @@ def test_a_forked_child_computes_products(tmp_path):
     here = blas.matmul(a, b)
     with mp.get_context("fork").Pool(1) as pool:
         there = pool.apply(blas.matmul, (a, b))
-    np.testing.assert_array_equal(there, here)
+    np.testing.assert_array_equal(there, here)  # the same library and call on the same CPU

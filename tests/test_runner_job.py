@@ -13,7 +13,7 @@ from relprop.runner import JobError, SourceError, StoreError, open_attributions,
 
 pytest.importorskip("zarr")
 
-from runner_models import cnn, mlp  # noqa: E402
+from runner_models import cnn, mlp, record_in_place  # noqa: E402
 
 
 @pytest.fixture
@@ -413,10 +413,7 @@ def test_an_in_memory_job_writes_results_into_its_columns(monkeypatch, model, ca
     (no copy of the results; checked by recording what ``run_batches`` found), and the columns
     equal one ``explain`` call -- for a Dense chain (the fused kernel), several targets, and a
     CNN (the engine's batches, copied into the column rows)."""
-    from relprop.core import execute
-
-    seen, real = [], execute._written_in_place
-    monkeypatch.setattr(execute, "_written_in_place", lambda r, rows: (seen.append(real(r, rows)), seen[-1])[1])
+    seen = record_in_place(monkeypatch)
     rng = np.random.default_rng(8)
     if model == "mlp":
         net, x = mlp(), rng.normal(size=(700, 14))

@@ -16,6 +16,8 @@ from relprop.core import dense_chain as DC
 from relprop.core.execute import PAGE, page_aligned
 from relprop.runner import stores
 
+from runner_models import record_in_place
+
 
 def _direct_io_works(folder):
     """Whether this file system takes an aligned O_DIRECT write (probed here, not by the store)."""
@@ -139,7 +141,7 @@ def test_a_job_writes_its_attributions_by_direct_io(tmp_path, monkeypatch):
         close(self)
 
     monkeypatch.setattr(stores.NpyStore, "close", record)
-    in_place = _record_in_place(monkeypatch)
+    in_place = record_in_place(monkeypatch)
     rng = np.random.default_rng(3)
     net = rp.Sequential(rp.Dense(rng.normal(0, 0.3, (32, 16)), rng.normal(0, 0.1, 32)), rp.ReLU(),
                         rp.Dense(rng.normal(0, 0.3, (4, 32)), rng.normal(0, 0.1, 4)))
@@ -268,26 +270,11 @@ def test_a_store_from_before_the_padded_header_resumes(tmp_path):
         np.testing.assert_array_equal(got, v)
 
 
-def _record_in_place(monkeypatch):
-    """What ``run_batches`` found for each batch: True where the result was written into the
-    output rows themselves (the Dense-chain kernel's results), False where it copied them."""
-    from relprop.core import execute
-
-    seen, real = [], execute._written_in_place
-
-    def check(r, rows):
-        seen.append(real(r, rows))
-        return seen[-1]
-
-    monkeypatch.setattr(execute, "_written_in_place", check)
-    return seen
-
-
 def test_dense_chain_results_are_written_in_place_and_page_aligned(monkeypatch):
     """The kernel writes each batch into the caller's output rows, which start on a page (so a
     dataset job's attributions can go to disk by direct I/O); a remainder the engine computes
     (below the kernel's ``MIN_ROWS``) is copied in, and all rows equal the engine's."""
-    in_place = _record_in_place(monkeypatch)
+    in_place = record_in_place(monkeypatch)
     rng = np.random.default_rng(0)
     net = rp.Sequential(rp.Dense(rng.normal(0, 0.3, (8, 5)), rng.normal(0, 0.1, 8)), rp.ReLU(),
                         rp.Dense(rng.normal(0, 0.3, (3, 8)), np.zeros(3)))

@@ -92,7 +92,7 @@ def run_batches(m, x, step, key, fn, out=None):
             if sl.stop == n and i == 0:
                 return r
             out = k.xp.empty((n,) + r.shape[1:], r.dtype)
-        if not _written_in_place(r, out[sl]):
+        if not written_in_place(r, out[sl]):
             out[sl] = r
         i = sl.stop
     return out
@@ -111,9 +111,9 @@ def page_aligned(shape, dtype):
     return raw[skip:skip + nbytes].view(dtype).reshape(shape)
 
 
-def _written_in_place(r, rows):
-    """Whether the batch's result ``r`` is the output rows ``rows`` themselves (a traversal
-    that wrote into them, ``Context.dest``)."""
+def written_in_place(r, rows):
+    """Whether the result ``r`` is the output rows ``rows`` themselves (a traversal that wrote
+    into them, ``Context.dest``; a dataset chunk computed into its in-memory column)."""
     return (isinstance(r, np.ndarray) and isinstance(rows, np.ndarray) and r.shape == rows.shape
             and r.dtype == rows.dtype and r.strides == rows.strides and r.ctypes.data == rows.ctypes.data)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.execute import PAGE
+from ..core.execute import PAGE, written_in_place
 
 FORMAT = "relprop-attributions/1"
 META = "meta.json"
@@ -386,8 +386,7 @@ class MemoryStore(_Store):
 
     def _put(self, name, sl, a):
         rows = self.arrays[name][sl]
-        if not (isinstance(a, np.ndarray) and a.shape == rows.shape and a.strides == rows.strides
-                and a.ctypes.data == rows.ctypes.data):  # (results written into the column already)
+        if not written_in_place(a, rows):
             rows[...] = a
 
     def result_rows(self, i):
